@@ -1,0 +1,155 @@
+"""The ClientApp: one data owner's side of a round.
+
+train: load data -> featurise -> pre-flight budget check -> DP-SGD -> charge ledger ->
+reply. A refusal (budget, ledger, data, config) is an error reply with a clear reason;
+the server reports it and carries on with the other owners.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedshield.client.owner import Owner, owner_features, resolve_owner
+from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
+from fedshield.common import wire
+from fedshield.common.config import RunConfig
+from fedshield.common.data import check_batch_fits
+from fedshield.common.errors import (
+    FedshieldError,
+    LedgerCorrupted,
+    PrivacyBudgetExceeded,
+)
+from fedshield.common.federation import featurizer_spec
+from fedshield.common.model import build_model, evaluate_model, unwrapped_state_dict
+from fedshield.common.privacy import noise_for_target_epsilon
+
+log = logging.getLogger("fedshield.client")
+
+
+@lru_cache(maxsize=64)
+def _derived_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    return noise_for_target_epsilon(target_epsilon, delta, sample_rate, steps)
+
+
+def training_settings(plan: RunConfig, owner: Owner) -> TrainSettings:
+    """The round's settings; the noise multiplier is fixed or derived from the target.
+
+    A target epsilon is met over the whole run: the noise is chosen so that
+    ``num-rounds`` rounds of this owner's training compose to at most the target.
+    """
+    settings = TrainSettings(
+        local_epochs=plan.local_epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        momentum=plan.momentum,
+        max_grad_norm=plan.max_grad_norm,
+        noise_multiplier=plan.noise_multiplier,
+        dp=plan.dp,
+    )
+    if plan.dp and plan.noise_multiplier <= 0:
+        one_round = planned_dp_event(len(owner.dataset), settings)
+        sigma = _derived_noise(
+            plan.target_epsilon, owner.delta, one_round.sample_rate, one_round.steps * plan.num_rounds
+        )
+        settings = TrainSettings(**{**settings.__dict__, "noise_multiplier": sigma})
+    return settings
+
+
+def _local_run_config(context: Context, overrides: dict) -> RunConfig:
+    return RunConfig.from_dict({**dict(context.run_config), **overrides})
+
+
+def _load_global_model(msg: Message, in_dim: int, num_classes: int) -> torch.nn.Module:
+    model = build_model(in_dim, num_classes)
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    return model
+
+
+def _refusal(msg: Message, owner_id: str, exc: FedshieldError) -> Message:
+    code = {
+        PrivacyBudgetExceeded: wire.ERROR_BUDGET_EXCEEDED,
+        LedgerCorrupted: wire.ERROR_LEDGER_CORRUPTED,
+    }.get(type(exc), wire.ERROR_BAD_DATA_OR_CONFIG)
+    log.warning("%s refused the round: %s", owner_id, exc)
+    return Message(Error(code=code, reason=f"{owner_id}: {exc}"), reply_to=msg)
+
+
+def make_client_app(run_overrides: dict | None = None) -> ClientApp:
+    """A ClientApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass."""
+    overrides = dict(run_overrides or {})
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        owner_id = "client"
+        try:
+            plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
+            owner = resolve_owner(context.node_config, _local_run_config(context, overrides), classes)
+            owner_id = owner.owner_id
+            check_batch_fits(owner.dataset, plan.batch_size)
+            features = owner_features(owner, featurizer_spec(plan))
+            settings = training_settings(plan, owner)
+            planned = planned_dp_event(len(owner.dataset), settings)
+            if plan.dp:
+                # Refuse before training: nothing is computed on the data past the budget.
+                owner.ledger.check_budget(planned, owner.epsilon_budget, owner.delta)
+            model = _load_global_model(msg, features.shape[1], len(classes))
+            outcome = train_locally(model, features, owner.dataset.labels, settings, owner.device)
+            epsilon = 0.0
+            if plan.dp:
+                if outcome.dp_event != planned:
+                    raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
+                # Charge before release: a crash after this line over-counts, never under.
+                epsilon = owner.ledger.charge_ledger_before_release(
+                    outcome.dp_event, owner.epsilon_budget, owner.delta, context.run_id, server_round
+                )
+        except FedshieldError as exc:
+            return _refusal(msg, owner_id, exc)
+        metrics = MetricRecord(
+            {
+                "num-examples": outcome.num_examples,
+                "train-loss": outcome.train_loss,
+                "epsilon": epsilon,
+                "epsilon-budget": owner.epsilon_budget if plan.dp else 0.0,
+                "noise-multiplier": settings.noise_multiplier if plan.dp else 0.0,
+                "sample-rate": planned.sample_rate if plan.dp else 0.0,
+                "steps": planned.steps,
+            }
+        )
+        content = RecordDict(
+            {
+                wire.ARRAYS: ArrayRecord(unwrapped_state_dict(model)),
+                wire.METRICS: metrics,
+                wire.OWNER: ConfigRecord({wire.OWNER_ID: owner.owner_id}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        # Off by default (fraction-evaluate 0): accuracy on an owner's records is not
+        # covered by the DP guarantee, only the training updates are.
+        owner_id = "client"
+        try:
+            plan, classes, _ = wire.decode_train_plan(msg.content[wire.CONFIG])
+            owner = resolve_owner(context.node_config, _local_run_config(context, overrides), classes)
+            owner_id = owner.owner_id
+            features = owner_features(owner, featurizer_spec(plan))
+        except FedshieldError as exc:
+            return _refusal(msg, owner_id, exc)
+        model = _load_global_model(msg, features.shape[1], len(classes))
+        loss, accuracy = evaluate_model(model, features, owner.dataset.labels)
+        metrics = MetricRecord(
+            {"num-examples": len(owner.dataset), "loss": loss, "accuracy": accuracy}
+        )
+        return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

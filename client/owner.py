@@ -1,0 +1,89 @@
+"""Who this client is: its data, its ledger, its budget and its device.
+
+A deployed SuperNode is configured by its data owner (``--node-config``: data-path,
+epsilon-budget, delta, ledger-dir, ...); those settings are never taken from the
+server. A simulated SuperNode (node config with ``partition-id``) is one partition of
+the run's data set, with the run's budget and ledger directory: in simulation the
+operator plays every owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common.config import OwnerConfig, RunConfig
+from fedshield.common.data import TextDataset, load_dataset
+from fedshield.common.errors import ConfigError
+from fedshield.common.federation import simulated_owner_data
+from fedshield.common.featurize import FeaturizerSpec, featurize
+from fedshield.common.privacy import check_delta
+
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+
+@dataclass(frozen=True)
+class Owner:
+    owner_id: str
+    dataset: TextDataset
+    ledger: PrivacyLedger
+    epsilon_budget: float
+    delta: float
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_owner(
+    node_config: dict, run_config: RunConfig, classes: tuple[str, ...] | None
+) -> Owner:
+    if PARTITION_ID in node_config and "data-path" not in node_config:
+        pid, num = int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
+        dataset = simulated_owner_data(run_config, pid, num)
+        budget = run_config.epsilon_budget or run_config.target_epsilon
+        ledger_dir = Path(run_config.ledger_dir or "~/.fedshield/simulation-ledgers")
+        owner = Owner(
+            owner_id=f"client-{pid}",
+            dataset=dataset,
+            ledger=PrivacyLedger(ledger_dir, dataset.fingerprint, len(dataset)),
+            epsilon_budget=budget,
+            delta=run_config.delta,
+            device=resolve_device(run_config.device),
+        )
+    else:
+        config = OwnerConfig.from_dict(dict(node_config))
+        dataset = load_dataset(config.data_path, config.text_column, config.label_column, classes)
+        owner = Owner(
+            owner_id=config.owner_id or f"owner-{dataset.fingerprint[:8]}",
+            dataset=dataset,
+            ledger=PrivacyLedger(config.ledger_dir, dataset.fingerprint, len(dataset)),
+            epsilon_budget=config.epsilon_budget,
+            delta=config.delta,
+            device=resolve_device(config.device),
+        )
+    check_delta(owner.delta, len(owner.dataset))
+    return owner
+
+
+_FEATURE_CACHE: dict[tuple[str, FeaturizerSpec], np.ndarray] = {}
+
+
+def owner_features(owner: Owner, spec: FeaturizerSpec) -> np.ndarray:
+    """Features of the owner's records, cached per process (a simulation actor lives on)."""
+    key = (owner.dataset.fingerprint, spec)
+    if key not in _FEATURE_CACHE:
+        if len(_FEATURE_CACHE) >= 16:
+            _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
+        _FEATURE_CACHE[key] = featurize(owner.dataset.texts, spec)
+    return _FEATURE_CACHE[key]

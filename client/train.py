@@ -1,0 +1,127 @@
+"""Local training on one data owner's features: DP-SGD with Opacus, or plain SGD.
+
+Guarantee: with DP on, batches are drawn by Poisson sampling at rate
+``batch_size / n`` (Opacus's ``DPDataLoader``), every per-sample gradient is clipped to
+``max_grad_norm`` and Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added
+to each step's sum. The returned :class:`DpEvent` is read from Opacus's own accountant
+after training, so the ledger charges exactly what training did.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.common.privacy import DpEvent
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one round of local training runs (sent by the server each round)."""
+
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1.0
+    momentum: float = 0.0
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    dp: bool = True
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    train_loss: float
+    num_examples: int
+    dp_event: DpEvent | None
+
+
+def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
+    """The DP event one round will cause, computed before training (pre-flight).
+
+    Mirrors Opacus: ``DPDataLoader`` samples at ``1 / len(loader)`` and runs
+    ``len(loader)`` steps per epoch, where the loader is a plain ``DataLoader`` of
+    ``batch_size``.
+    """
+    steps_per_epoch = math.ceil(num_examples / settings.batch_size)
+    return DpEvent(
+        noise_multiplier=settings.noise_multiplier,
+        sample_rate=1.0 / steps_per_epoch,
+        steps=steps_per_epoch * settings.local_epochs,
+    )
+
+
+def _quiet_opacus_import():
+    # Opacus switches the "flwr" logger to DEBUG on import; put it back.
+    level = logging.getLogger("flwr").level
+    import opacus
+
+    logging.getLogger("flwr").setLevel(level)
+    return opacus
+
+
+def train_locally(
+    model: nn.Module,
+    features: np.ndarray,
+    labels: np.ndarray,
+    settings: TrainSettings,
+    device: torch.device,
+    seed: int | None = None,
+) -> TrainOutcome:
+    """Train ``model`` in place on (features, labels); returns loss and the DP event.
+
+    ``seed`` is for tests only. In the product it stays None: batch sampling and noise
+    are then seeded from the OS's entropy, because a server that could predict a
+    client's noise could subtract it, and one that knew which records were sampled would
+    void the amplification the accountant assumes.
+    """
+    seed = secrets.randbits(62) if seed is None else seed
+    generator = torch.Generator().manual_seed(seed)
+    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    dataset = TensorDataset(torch.from_numpy(features), torch.from_numpy(labels).long())
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum
+    )
+    criterion = nn.CrossEntropyLoss()
+    engine = None
+    if settings.dp:
+        opacus = _quiet_opacus_import()
+        engine = opacus.PrivacyEngine(accountant="rdp", secure_mode=False)
+        model, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+        )
+    total_loss, seen = 0.0, 0
+    for _ in range(settings.local_epochs):
+        for x, y in loader:
+            # Poisson sampling can draw an empty batch: it is still a step the accountant
+            # counts and Opacus handles it (noise on a zero sum), so it is not skipped.
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if len(y):
+                total_loss += loss.item() * len(y)
+                seen += len(y)
+    event = None
+    if engine is not None:
+        history = engine.accountant.history
+        event = DpEvent.merge_history(history)
+    return TrainOutcome(
+        train_loss=total_loss / max(seen, 1), num_examples=len(labels), dp_event=event
+    )

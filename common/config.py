@@ -1,0 +1,205 @@
+"""Run configuration: every key, its type, default and range, in one place.
+
+Guarantee: a configuration that reaches the apps has only known keys, each of the
+declared type and inside its range; anything else is refused with the key, the value
+and the fix. Keys are kebab-case, as in Flower's run config.
+
+Two groups: ``RunConfig`` is the federation's plan (the operator's; sent to clients in
+each train message), ``OwnerConfig`` is a data owner's own settings (node config of a
+deployed SuperNode, never taken from the server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from fedshield.common.errors import ConfigError
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _KebabConfig:
+    """Build from / export to a dict of kebab-case keys, validating types and ranges."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, allow_unknown: bool = False):
+        hints = get_type_hints(cls)
+        known = {_kebab(f.name): f for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                if allow_unknown:
+                    continue
+                raise ConfigError(
+                    f"unknown configuration key '{key}'; known keys: {', '.join(sorted(known))}"
+                )
+            target = hints[known[key].name]
+            kwargs[known[key].name] = _coerce(key, value, target)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def as_dict(self) -> dict[str, Any]:
+        return {_kebab(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes):
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif target is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"configuration key '{key}': expected {target.__name__}, got {value!r} "
+        f"({type(value).__name__})"
+    )
+
+
+def _require(condition: bool, key: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"configuration key '{key}' = {value!r}: {rule}")
+
+
+@dataclass(frozen=True)
+class RunConfig(_KebabConfig):
+    """The federation's plan; defaults are the measured defaults (docs/BENCHMARKS.md)."""
+
+    num_rounds: int = 10
+    data: str = "imdb"
+    text_column: str = "text"
+    label_column: str = "label"
+    classes: str = ""
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    max_records: int = 0
+    seed: int = 0
+    dp: bool = True
+    target_epsilon: float = 3.0
+    epsilon_budget: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    batch_size: int = 128
+    local_epochs: int = 1
+    learning_rate: float = 2.0
+    momentum: float = 0.0
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    fraction_evaluate: float = 0.0
+    round_timeout_s: float = 600.0
+    out_dir: str = ""
+    ledger_dir: str = ""
+    device: str = "auto"
+    feat_n_buckets: int = 2**18
+    feat_ngram_max: int = 2
+    feat_out_dim: int = 4096
+    feat_entries_per_bucket: int = 4
+    feat_seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
+        _require(
+            self.partition in ("iid", "dirichlet"), "partition", self.partition,
+            "use 'iid' or 'dirichlet'",
+        )
+        _require(self.alpha > 0, "alpha", self.alpha, "must be > 0")
+        _require(0 < self.test_fraction < 1, "test-fraction", self.test_fraction, "must be in (0, 1)")
+        _require(self.max_records >= 0, "max-records", self.max_records, "must be >= 0 (0 = all)")
+        _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        if self.dp:
+            _require(
+                self.target_epsilon > 0 or self.noise_multiplier > 0,
+                "target-epsilon", self.target_epsilon,
+                "with DP on, set target-epsilon > 0 or noise-multiplier > 0",
+            )
+            _require(
+                self.target_epsilon > 0 or self.epsilon_budget > 0,
+                "epsilon-budget", self.epsilon_budget,
+                "with a fixed noise-multiplier, set the simulated owners' epsilon-budget",
+            )
+            _require(self.noise_multiplier >= 0, "noise-multiplier", self.noise_multiplier, "must be >= 0")
+            _require(self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm, "must be > 0")
+        _require(self.batch_size >= 1, "batch-size", self.batch_size, "must be >= 1")
+        _require(self.local_epochs >= 1, "local-epochs", self.local_epochs, "must be >= 1")
+        _require(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
+        _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        _require(self.server_learning_rate > 0, "server-learning-rate", self.server_learning_rate, "must be > 0")
+        _require(0 <= self.server_momentum < 1, "server-momentum", self.server_momentum, "must be in [0, 1)")
+        _require(0 < self.fraction_train <= 1, "fraction-train", self.fraction_train, "must be in (0, 1]")
+        _require(self.min_train_nodes >= 1, "min-train-nodes", self.min_train_nodes, "must be >= 1")
+        _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate", self.fraction_evaluate, "must be in [0, 1]")
+        _require(self.round_timeout_s > 0, "round-timeout-s", self.round_timeout_s, "must be > 0")
+        _require(self.feat_out_dim >= 1, "feat-out-dim", self.feat_out_dim, "must be >= 1")
+        _require(self.feat_n_buckets >= 1, "feat-n-buckets", self.feat_n_buckets, "must be >= 1")
+        _require(self.feat_ngram_max >= 1, "feat-ngram-max", self.feat_ngram_max, "must be >= 1")
+        validate_device(self.device, "device")
+
+    def class_names(self) -> tuple[str, ...] | None:
+        names = tuple(c.strip() for c in self.classes.split(",") if c.strip())
+        return names or None
+
+
+@dataclass(frozen=True)
+class OwnerConfig(_KebabConfig):
+    """A data owner's own settings (a deployed SuperNode's ``--node-config``)."""
+
+    data_path: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    epsilon_budget: float = 0.0
+    delta: float = 1e-5
+    ledger_dir: str = "~/.fedshield/ledgers"
+    owner_id: str = ""
+    device: str = "auto"
+
+    def validate(self) -> None:
+        _require(bool(self.data_path), "data-path", self.data_path, "set the owner's data file")
+        _require(
+            self.epsilon_budget > 0, "epsilon-budget", self.epsilon_budget,
+            "set the owner's privacy budget, e.g. epsilon-budget=3",
+        )
+        _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        validate_device(self.device, "device")
+
+
+def validate_device(device: str, key: str) -> None:
+    ok = device in ("auto", "cpu", "cuda") or (
+        device.startswith("cuda:") and device[5:].isdigit()
+    )
+    _require(ok, key, device, "use auto, cpu, cuda or cuda:N")

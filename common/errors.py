@@ -1,0 +1,29 @@
+"""One exception hierarchy; the CLI turns each into a message and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class FedshieldError(Exception):
+    """A failure a person can act on: the message names the value and the fix."""
+
+    exit_code = 2
+
+
+class DataError(FedshieldError):
+    """A data file is missing, unreadable or unsuitable for training."""
+
+
+class ConfigError(FedshieldError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class PrivacyBudgetExceeded(FedshieldError):
+    """The planned round would take the owner's epsilon past its budget."""
+
+    exit_code = 3
+
+
+class LedgerCorrupted(FedshieldError):
+    """The privacy ledger on disk fails its integrity check; training is refused."""
+
+    exit_code = 4

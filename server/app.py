@@ -1,0 +1,113 @@
+"""The ServerApp: the operator's side of every round.
+
+configure (the training plan) -> send to owners -> validate and aggregate replies
+(server/strategy.py) -> evaluate the new global model on the held-out split ->
+record the round (metrics.json) -> next round; at the end, save the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedshield.common import wire
+from fedshield.common.config import RunConfig
+from fedshield.common.federation import featurizer_spec, heldout_test_split
+from fedshield.common.featurize import featurize
+from fedshield.common.model import build_model, evaluate_model
+from fedshield.server.outputs import RunOutputs
+from fedshield.server.strategy import ValidatingFedAvgM
+
+log = logging.getLogger("fedshield.server")
+
+RoundCallback = Callable[[dict], None]
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def make_server_app(
+    run_overrides: dict | None = None, on_round: RoundCallback | None = None
+) -> ServerApp:
+    """A ServerApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass."""
+    overrides = dict(run_overrides or {})
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = RunConfig.from_dict({**dict(context.run_config), **overrides})
+        run_federation(grid, config, on_round)
+
+    return app
+
+
+def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None = None) -> dict:
+    outputs = RunOutputs(Path(config.out_dir) if config.out_dir else default_out_dir())
+    spec = featurizer_spec(config)
+    test = heldout_test_split(config)
+    classes = test.classes
+    test_features = featurize(test.texts, spec)
+    model = build_model(spec.out_dim, len(classes))
+    strategy = ValidatingFedAvgM(
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=config.min_train_nodes,
+        min_evaluate_nodes=config.min_train_nodes if config.fraction_evaluate > 0 else 0,
+        min_available_nodes=config.min_train_nodes,
+        server_learning_rate=config.server_learning_rate,
+        server_momentum=config.server_momentum,
+    )
+    epsilon_so_far: dict[str, float] = {}
+    history: list[dict] = []
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate_model(model, test_features, test.labels)
+        record = strategy.rounds.get(server_round)
+        if record is not None:
+            epsilon_so_far.update(record.epsilon)
+        entry = {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "epsilon": dict(sorted(epsilon_so_far.items())),
+            "participants": record.participants if record else [],
+            "refusals": record.refusals if record else [],
+            "rejected": record.rejected if record else [],
+        }
+        history.append(entry)
+        outputs.record_round(entry)
+        if on_round is not None:
+            on_round(entry)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    plan = wire.encode_train_plan(config, classes)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.num_rounds,
+        timeout=config.round_timeout_s,
+        train_config=plan,
+        evaluate_config=ConfigRecord(dict(plan)),
+        evaluate_fn=evaluate_global,
+    )
+    final_arrays = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
+    outputs.save_model(final_arrays, classes, spec)
+    final = {
+        "accuracy": history[-1]["accuracy"],
+        "loss": history[-1]["loss"],
+        "epsilon_max": max(epsilon_so_far.values(), default=0.0),
+        "dp": config.dp,
+        "rounds_completed": len(history) - 1,
+    }
+    outputs.record_final(final, config.as_dict())
+    return {"final": final, "rounds": history, "out_dir": str(outputs.out_dir)}
+
+
+app = make_server_app()
