@@ -14,9 +14,7 @@ import itertools
 import json
 import time
 
-import numpy as np
 import torch
-
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common.data import load_builtin, partition, split_holdout
 from fedshield.common.featurize import FeaturizerSpec, featurize
@@ -37,7 +35,9 @@ def run_federation(parts, val, settings, rounds, server_lr, server_momentum, eps
     for i, (x, _) in enumerate(parts):
         if settings.dp:
             probe = planned_dp_event(len(x), settings)
-            noise[i] = noise_for_target_epsilon(epsilon, delta, probe.sample_rate, probe.steps * rounds)
+            noise[i] = noise_for_target_epsilon(
+                epsilon, delta, probe.sample_rate, probe.steps * rounds
+            )
     curve = []
     for rnd in range(rounds):
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -83,8 +83,13 @@ def main() -> None:
     train, val = split_holdout(train, 0.125, seed=1)
     xv = featurize(val.texts, spec)
     grid = {
-        "learning_rate": [2.0], "momentum": [0.0], "batch_size": [128], "local_epochs": [1],
-        "max_grad_norm": [1.0], "server_lr": [1.0], "server_momentum": [0.0],
+        "learning_rate": [2.0],
+        "momentum": [0.0],
+        "batch_size": [128],
+        "local_epochs": [1],
+        "max_grad_norm": [1.0],
+        "server_lr": [1.0],
+        "server_momentum": [0.0],
     }
     grid.update(json.loads(args.grid))
     keys = list(grid)
@@ -99,13 +104,24 @@ def main() -> None:
             settings = TrainSettings(dp=not args.no_dp, **cfg)
             t = time.time()
             curve, eps = run_federation(
-                parts, (xv, val.labels), settings, args.rounds, server_lr, server_momentum,
-                args.epsilon, args.delta, seed,
+                parts,
+                (xv, val.labels),
+                settings,
+                args.rounds,
+                server_lr,
+                server_momentum,
+                args.epsilon,
+                args.delta,
+                seed,
             )
             print(
-                "| " + " | ".join(str(v) for v in values) + f" | {seed} | "
-                + " ".join(f"{a:.3f}" for a in curve) + f" | {curve[-1]:.3f} | {eps:.2f} |"
-                + f" {time.time() - t:.0f}s", flush=True,
+                "| "
+                + " | ".join(str(v) for v in values)
+                + f" | {seed} | "
+                + " ".join(f"{a:.3f}" for a in curve)
+                + f" | {curve[-1]:.3f} | {eps:.2f} |"
+                + f" {time.time() - t:.0f}s",
+                flush=True,
             )
 
 

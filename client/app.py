@@ -11,9 +11,6 @@ import logging
 from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
 from fedshield.client.owner import Owner, owner_features, resolve_owner
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
@@ -27,6 +24,8 @@ from fedshield.common.errors import (
 from fedshield.common.federation import featurizer_spec
 from fedshield.common.model import build_model, evaluate_model, unwrapped_state_dict
 from fedshield.common.privacy import noise_for_target_epsilon
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 
 log = logging.getLogger("fedshield.client")
 
@@ -54,7 +53,10 @@ def training_settings(plan: RunConfig, owner: Owner) -> TrainSettings:
     if plan.dp and plan.noise_multiplier <= 0:
         one_round = planned_dp_event(len(owner.dataset), settings)
         sigma = _derived_noise(
-            plan.target_epsilon, owner.delta, one_round.sample_rate, one_round.steps * plan.num_rounds
+            plan.target_epsilon,
+            owner.delta,
+            one_round.sample_rate,
+            one_round.steps * plan.num_rounds,
         )
         settings = TrainSettings(**{**settings.__dict__, "noise_multiplier": sigma})
     return settings
@@ -89,7 +91,9 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
         owner_id = "client"
         try:
             plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
-            owner = resolve_owner(context.node_config, _local_run_config(context, overrides), classes)
+            owner = resolve_owner(
+                context.node_config, _local_run_config(context, overrides), classes
+            )
             owner_id = owner.owner_id
             check_batch_fits(owner.dataset, plan.batch_size)
             features = owner_features(owner, featurizer_spec(plan))
@@ -106,7 +110,11 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
                     raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
                 # Charge before release: a crash after this line over-counts, never under.
                 epsilon = owner.ledger.charge_ledger_before_release(
-                    outcome.dp_event, owner.epsilon_budget, owner.delta, context.run_id, server_round
+                    outcome.dp_event,
+                    owner.epsilon_budget,
+                    owner.delta,
+                    context.run_id,
+                    server_round,
                 )
         except FedshieldError as exc:
             return _refusal(msg, owner_id, exc)
@@ -137,7 +145,9 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
         owner_id = "client"
         try:
             plan, classes, _ = wire.decode_train_plan(msg.content[wire.CONFIG])
-            owner = resolve_owner(context.node_config, _local_run_config(context, overrides), classes)
+            owner = resolve_owner(
+                context.node_config, _local_run_config(context, overrides), classes
+            )
             owner_id = owner.owner_id
             features = owner_features(owner, featurizer_spec(plan))
         except FedshieldError as exc:

@@ -105,13 +105,17 @@ class PrivacyLedger:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             body, stored = data["body"], data["checksum"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LedgerCorrupted(f"{self.path}: unreadable privacy ledger ({exc}); {resolve}") from exc
+            raise LedgerCorrupted(
+                f"{self.path}: unreadable privacy ledger ({exc}); {resolve}"
+            ) from exc
         if _checksum(body) != stored:
             raise LedgerCorrupted(
                 f"{self.path}: checksum mismatch, the ledger was altered or damaged; {resolve}"
             )
         if body.get("fingerprint") != self.fingerprint or body.get("format") != LEDGER_FORMAT:
-            raise LedgerCorrupted(f"{self.path}: ledger belongs to another data set or format; {resolve}")
+            raise LedgerCorrupted(
+                f"{self.path}: ledger belongs to another data set or format; {resolve}"
+            )
         return [LedgerEntry.from_dict(e) for e in body["events"]]
 
     def _write(self, entries: list[LedgerEntry]) -> None:

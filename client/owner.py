@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig
 from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.errors import ConfigError
-from fedshield.common.federation import simulated_owner_data
 from fedshield.common.featurize import FeaturizerSpec, featurize
+from fedshield.common.federation import simulated_owner_data
 from fedshield.common.privacy import check_delta
 
 PARTITION_ID = "partition-id"
@@ -41,7 +40,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu or auto")
+        raise ConfigError(
+            f"device '{name}' requested but CUDA is not available; use --device cpu or auto"
+        )
     return torch.device(name)
 
 

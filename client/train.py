@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fedshield.common.privacy import DpEvent
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from fedshield.common.privacy import DpEvent
 
 
 @dataclass(frozen=True)

@@ -135,35 +135,63 @@ class RunConfig(_KebabConfig):
     def validate(self) -> None:
         _require(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
         _require(
-            self.partition in ("iid", "dirichlet"), "partition", self.partition,
+            self.partition in ("iid", "dirichlet"),
+            "partition",
+            self.partition,
             "use 'iid' or 'dirichlet'",
         )
         _require(self.alpha > 0, "alpha", self.alpha, "must be > 0")
-        _require(0 < self.test_fraction < 1, "test-fraction", self.test_fraction, "must be in (0, 1)")
+        _require(
+            0 < self.test_fraction < 1, "test-fraction", self.test_fraction, "must be in (0, 1)"
+        )
         _require(self.max_records >= 0, "max-records", self.max_records, "must be >= 0 (0 = all)")
         _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
         if self.dp:
             _require(
                 self.target_epsilon > 0 or self.noise_multiplier > 0,
-                "target-epsilon", self.target_epsilon,
+                "target-epsilon",
+                self.target_epsilon,
                 "with DP on, set target-epsilon > 0 or noise-multiplier > 0",
             )
             _require(
                 self.target_epsilon > 0 or self.epsilon_budget > 0,
-                "epsilon-budget", self.epsilon_budget,
+                "epsilon-budget",
+                self.epsilon_budget,
                 "with a fixed noise-multiplier, set the simulated owners' epsilon-budget",
             )
-            _require(self.noise_multiplier >= 0, "noise-multiplier", self.noise_multiplier, "must be >= 0")
+            _require(
+                self.noise_multiplier >= 0,
+                "noise-multiplier",
+                self.noise_multiplier,
+                "must be >= 0",
+            )
             _require(self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm, "must be > 0")
         _require(self.batch_size >= 1, "batch-size", self.batch_size, "must be >= 1")
         _require(self.local_epochs >= 1, "local-epochs", self.local_epochs, "must be >= 1")
         _require(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
-        _require(self.server_learning_rate > 0, "server-learning-rate", self.server_learning_rate, "must be > 0")
-        _require(0 <= self.server_momentum < 1, "server-momentum", self.server_momentum, "must be in [0, 1)")
-        _require(0 < self.fraction_train <= 1, "fraction-train", self.fraction_train, "must be in (0, 1]")
+        _require(
+            self.server_learning_rate > 0,
+            "server-learning-rate",
+            self.server_learning_rate,
+            "must be > 0",
+        )
+        _require(
+            0 <= self.server_momentum < 1,
+            "server-momentum",
+            self.server_momentum,
+            "must be in [0, 1)",
+        )
+        _require(
+            0 < self.fraction_train <= 1, "fraction-train", self.fraction_train, "must be in (0, 1]"
+        )
         _require(self.min_train_nodes >= 1, "min-train-nodes", self.min_train_nodes, "must be >= 1")
-        _require(0 <= self.fraction_evaluate <= 1, "fraction-evaluate", self.fraction_evaluate, "must be in [0, 1]")
+        _require(
+            0 <= self.fraction_evaluate <= 1,
+            "fraction-evaluate",
+            self.fraction_evaluate,
+            "must be in [0, 1]",
+        )
         _require(self.round_timeout_s > 0, "round-timeout-s", self.round_timeout_s, "must be > 0")
         _require(self.feat_out_dim >= 1, "feat-out-dim", self.feat_out_dim, "must be >= 1")
         _require(self.feat_n_buckets >= 1, "feat-n-buckets", self.feat_n_buckets, "must be >= 1")
@@ -191,7 +219,9 @@ class OwnerConfig(_KebabConfig):
     def validate(self) -> None:
         _require(bool(self.data_path), "data-path", self.data_path, "set the owner's data file")
         _require(
-            self.epsilon_budget > 0, "epsilon-budget", self.epsilon_budget,
+            self.epsilon_budget > 0,
+            "epsilon-budget",
+            self.epsilon_budget,
             "set the owner's privacy budget, e.g. epsilon-budget=3",
         )
         _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
@@ -199,7 +229,5 @@ class OwnerConfig(_KebabConfig):
 
 
 def validate_device(device: str, key: str) -> None:
-    ok = device in ("auto", "cpu", "cuda") or (
-        device.startswith("cuda:") and device[5:].isdigit()
-    )
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     _require(ok, key, device, "use auto, cpu, cuda or cuda:N")

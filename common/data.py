@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from fedshield.common.errors import DataError
 
 BUILTIN_DATASETS = {
@@ -148,7 +147,11 @@ def validate_frame(
             )
     labels_raw = frame[label_column].tolist()
     for row, label in enumerate(labels_raw):
-        if label is None or (isinstance(label, float) and np.isnan(label)) or _label_text(label) == "":
+        if (
+            label is None
+            or (isinstance(label, float) and np.isnan(label))
+            or _label_text(label) == ""
+        ):
             raise DataError(
                 f"{origin}: row {row + 1}, column '{label_column}': missing label; "
                 "remove the row or label it"
@@ -243,7 +246,9 @@ def partition(
 
     if num_partitions < 1:
         raise DataError(f"number of clients must be >= 1, got {num_partitions}")
-    table = Dataset.from_dict({"row": np.arange(len(dataset)), "label": dataset.labels})
+    # Shuffle first: IidPartitioner cuts contiguous chunks, and files are often sorted.
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    table = Dataset.from_dict({"row": order, "label": dataset.labels[order]})
     if scheme == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)
     elif scheme == "dirichlet":

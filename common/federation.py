@@ -20,7 +20,9 @@ def featurizer_spec(config: RunConfig) -> FeaturizerSpec:
 
 @lru_cache(maxsize=2)
 def _train_test(config: RunConfig) -> tuple[TextDataset, TextDataset]:
-    dataset = load_dataset(config.data, config.text_column, config.label_column, config.class_names())
+    dataset = load_dataset(
+        config.data, config.text_column, config.label_column, config.class_names()
+    )
     dataset = take(dataset, config.max_records, config.seed)
     return split_holdout(dataset, config.test_fraction, config.seed)
 

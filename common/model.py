@@ -36,7 +36,9 @@ def unwrapped_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, v.detach().cpu().clone()) for k, v in inner.state_dict().items())
 
 
-def evaluate_model(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def evaluate_model(
+    model: nn.Module, features: np.ndarray, labels: np.ndarray
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on (features, labels)."""
     model.eval()
     with torch.no_grad():

@@ -9,9 +9,8 @@ per-record value, no data fingerprint.
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord
-
 from fedshield.common.config import RunConfig
+from flwr.app import ConfigRecord
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -22,13 +21,30 @@ CLASSES = "classes"
 OWNER_ID = "owner-id"
 
 TRAIN_PLAN_KEYS = (
-    "num-rounds", "dp", "target-epsilon", "noise-multiplier", "max-grad-norm",
-    "batch-size", "local-epochs", "learning-rate", "momentum", "seed",
-    "feat-n-buckets", "feat-ngram-max", "feat-out-dim", "feat-entries-per-bucket", "feat-seed",
+    "num-rounds",
+    "dp",
+    "target-epsilon",
+    "noise-multiplier",
+    "max-grad-norm",
+    "batch-size",
+    "local-epochs",
+    "learning-rate",
+    "momentum",
+    "seed",
+    "feat-n-buckets",
+    "feat-ngram-max",
+    "feat-out-dim",
+    "feat-entries-per-bucket",
+    "feat-seed",
 )
 REPLY_METRIC_KEYS = (
-    "num-examples", "train-loss", "epsilon", "epsilon-budget", "noise-multiplier",
-    "sample-rate", "steps",
+    "num-examples",
+    "train-loss",
+    "epsilon",
+    "epsilon-budget",
+    "noise-multiplier",
+    "sample-rate",
+    "steps",
 )
 
 # Error codes a client puts in an error reply (Flower's own codes are below 100).

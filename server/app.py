@@ -12,16 +12,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-from flwr.serverapp import Grid, ServerApp
-
 from fedshield.common import wire
 from fedshield.common.config import RunConfig
-from fedshield.common.federation import featurizer_spec, heldout_test_split
 from fedshield.common.featurize import featurize
+from fedshield.common.federation import featurizer_spec, heldout_test_split
 from fedshield.common.model import build_model, evaluate_model
 from fedshield.server.outputs import RunOutputs
 from fedshield.server.strategy import ValidatingFedAvgM
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
 
 log = logging.getLogger("fedshield.server")
 

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord
-
 from fedshield.common.featurize import FeaturizerSpec, projection_digest
+from flwr.app import ArrayRecord
 
 MODEL_FORMAT = "fedshield-linear-head/1"
 
@@ -46,7 +45,9 @@ class RunOutputs:
         self.metrics["run"] = run
         write_json_atomic(self.metrics_path, self.metrics)
 
-    def save_model(self, arrays: ArrayRecord, classes: tuple[str, ...], spec: FeaturizerSpec) -> Path:
+    def save_model(
+        self, arrays: ArrayRecord, classes: tuple[str, ...], spec: FeaturizerSpec
+    ) -> Path:
         path = self.out_dir / "model.pt"
         torch.save(arrays.to_torch_state_dict(), path)
         meta = {

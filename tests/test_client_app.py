@@ -1,0 +1,151 @@
+"""The ClientApp's train handler, called with real Flower messages, in process.
+
+Covers the privacy invariants at the client: refuse before training, charge the ledger
+durably before the update leaves, and release nothing derived from the text but the
+model update and aggregate metrics.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from fedshield.client import app as client_module
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common import wire
+from fedshield.common.config import RunConfig
+from fedshield.common.data import load_dataset
+from fedshield.common.model import build_model
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+CLASSES = ("0", "1")
+
+
+@pytest.fixture(autouse=True)
+def flower_task_identity():
+    # What Flower's runtime sets in a ClientApp process before it handles a message.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+
+
+PLAN = RunConfig(
+    num_rounds=2, target_epsilon=2.0, batch_size=64, feat_out_dim=256, feat_n_buckets=2**14
+)
+
+
+def train_message(plan: RunConfig = PLAN, server_round: int = 1) -> Message:
+    config = wire.encode_train_plan(plan, CLASSES)
+    config[wire.SERVER_ROUND] = server_round
+    model = build_model(plan.feat_out_dim, len(CLASSES))
+    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: config})
+    return Message(content=content, dst_node_id=1, message_type="train")
+
+
+def owner_context(data_path, ledger_dir, budget: float = 5.0) -> Context:
+    node_config = {
+        "data-path": str(data_path),
+        "epsilon-budget": budget,
+        "delta": 1e-5,
+        "ledger-dir": str(ledger_dir),
+        "owner-id": "hospital-a",
+    }
+    return Context(run_id=42, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def run_train(context: Context, message: Message | None = None) -> Message:
+    return client_module.make_client_app()(message or train_message(), context)
+
+
+def test_a_round_trains_charges_the_ledger_and_replies_with_the_update(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    reply = run_train(context)
+    assert not reply.has_error(), reply.error
+    metrics = reply.content[wire.METRICS]
+    ledger = PrivacyLedger(tmp_path / "ledgers", load_dataset(owner_csv).fingerprint, 600)
+    assert len(ledger.entries()) == 1
+    assert metrics["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
+    assert 0 < metrics["epsilon"] < 2.0
+    assert metrics["num-examples"] == 600
+    assert set(reply.content[wire.ARRAYS].keys()) == {"weight", "bias"}
+
+
+def test_target_epsilon_is_met_over_the_planned_rounds_and_then_refused(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers", budget=2.0)
+    eps = [
+        run_train(context, train_message(server_round=r)).content[wire.METRICS]["epsilon"]
+        for r in (1, 2)
+    ]
+    assert eps[0] < eps[1] <= 2.0
+    assert eps[1] == pytest.approx(2.0, abs=0.02)
+    refusal = run_train(context, train_message(server_round=3))
+    assert refusal.has_error()
+    assert refusal.error.code == wire.ERROR_BUDGET_EXCEEDED
+    assert (
+        "hospital-a" in refusal.error.reason and "over the owner's budget 2" in refusal.error.reason
+    )
+
+
+def test_refusal_happens_before_training(owner_csv, tmp_path, monkeypatch):
+    context = owner_context(owner_csv, tmp_path / "ledgers", budget=0.01)
+    calls = []
+    monkeypatch.setattr(client_module, "train_locally", lambda *a, **k: calls.append(a))
+    reply = run_train(context)
+    assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
+    assert calls == []
+    assert not (tmp_path / "ledgers").exists() or not list((tmp_path / "ledgers").glob("*.json"))
+
+
+def test_no_update_leaves_when_the_charge_cannot_be_recorded(owner_csv, tmp_path, monkeypatch):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+
+    def failing_charge(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PrivacyLedger, "charge_ledger_before_release", failing_charge)
+    with pytest.raises(OSError):
+        run_train(context)  # Flower turns this into an error reply: no arrays leave
+
+
+def test_delta_at_or_above_one_over_n_is_refused(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.node_config["delta"] = 1 / 600
+    reply = run_train(context)
+    assert reply.has_error() and "must be > 0 and < 1/N" in reply.error.reason
+
+
+def test_nothing_derived_from_the_text_is_in_the_reply(tmp_path, imdb_frame):
+    marker = "zqxmarker7731"
+    frame = imdb_frame.copy()
+    frame.loc[:49, "text"] = frame.loc[:49, "text"] + f" {marker} {marker}"
+    path = tmp_path / "planted.csv"
+    frame.to_csv(path, index=False)
+    reply = run_train(owner_context(path, tmp_path / "ledgers"))
+    assert not reply.has_error(), reply.error
+    assert set(reply.content.keys()) == {wire.ARRAYS, wire.METRICS, wire.OWNER}
+    assert set(reply.content[wire.METRICS].keys()) == set(wire.REPLY_METRIC_KEYS)
+    arrays = reply.content[wire.ARRAYS]
+    # The update has the public model's shape, nothing vocabulary- or record-sized.
+    assert {k: tuple(v.shape) for k, v in arrays.items()} == {"weight": (2, 256), "bias": (2,)}
+    wire_bytes = pickle.dumps(reply.content)
+    assert marker.encode() not in wire_bytes
+    assert str(path).encode() not in wire_bytes
+    assert load_dataset(path).fingerprint.encode() not in wire_bytes
+
+
+def test_bad_owner_config_is_a_clear_error_reply(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.node_config["epsilon-budget"] = 0
+    reply = run_train(context)
+    assert reply.has_error() and "epsilon-budget" in reply.error.reason
+
+
+def test_unknown_label_in_owner_data_is_a_clear_error_reply(tmp_path):
+    path = tmp_path / "three.csv"
+    pd.DataFrame({"text": [f"text {i}" for i in range(90)], "label": np.arange(90) % 3}).to_csv(
+        path, index=False
+    )
+    reply = run_train(owner_context(path, tmp_path / "ledgers"))
+    assert reply.has_error() and "not among the federation's classes" in reply.error.reason
