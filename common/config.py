@@ -79,9 +79,8 @@ def _coerce(key: str, value: Any, target: type) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif target is str:
-        if isinstance(value, str):
-            return value
+    elif target is str and isinstance(value, str):
+        return value
     raise ConfigError(
         f"configuration key '{key}': expected {target.__name__}, got {value!r} "
         f"({type(value).__name__})"
