@@ -77,6 +77,10 @@ def simulate(
             help="Target epsilon per client over the whole run (and each owner's budget)."
         ),
     ] = 3.0,
+    epsilon_budget: Annotated[
+        float | None,
+        typer.Option(help="Each simulated owner's total budget across runs (default: --epsilon)."),
+    ] = None,
     delta: Annotated[float, typer.Option(help="delta per client; must be < 1/N.")] = 1e-5,
     noise_multiplier: Annotated[
         float,
@@ -125,7 +129,7 @@ def simulate(
             "seed": seed,
             "dp": not no_dp,
             "target-epsilon": 0.0 if noise_multiplier > 0 else epsilon,
-            "epsilon-budget": epsilon,
+            "epsilon-budget": epsilon if epsilon_budget is None else epsilon_budget,
             "noise-multiplier": noise_multiplier,
             "delta": delta,
             "max-grad-norm": max_grad_norm,
@@ -157,7 +161,8 @@ def _run_simulation_with_progress(config, clients: int) -> None:
         for size in sizes:
             check_delta(config.delta, size)
         mode = (
-            f"DP-SGD, target epsilon {config.target_epsilon:g} per client"
+            f"DP-SGD, target epsilon {config.target_epsilon:g} per client this run, "
+            f"budget {config.epsilon_budget or config.target_epsilon:g}"
             if config.noise_multiplier <= 0
             else f"DP-SGD, noise multiplier {config.noise_multiplier:g}, budget {config.epsilon_budget:g}"
         )

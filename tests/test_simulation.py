@@ -1,0 +1,132 @@
+"""End to end: `fedshield simulate` runs a real Flower simulation (ServerApp + ClientApps
+on Ray) on a slice of the built-in IMDB data, and its outcome is checked, not its logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common.privacy import epsilon_spent
+
+from .test_privacy import independent_epsilon
+
+pytestmark = pytest.mark.slow
+
+FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+SMALL = ["--clients", "3", "--rounds", "3", "--max-records", "4000", "--partition", "iid"]
+DELTA = 1e-5
+
+
+def simulate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    return subprocess.run(
+        [*FEDSHIELD, "simulate", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def ledgers(directory: Path) -> list[PrivacyLedger]:
+    return [PrivacyLedger(directory, p.stem, 0) for p in sorted(directory.glob("*.json"))]
+
+
+def ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "raylet" in line or "gcs_server" in line]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run1")
+    proc = simulate(*SMALL, "--epsilon", "2", "--epsilon-budget", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_accuracy_rises_above_the_untrained_model(first_run):
+    out, proc = first_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert metrics["final"]["accuracy"] > rounds[0]["accuracy"] + 0.1
+    assert "Held-out accuracy" in proc.stdout
+    assert (out / "model.pt").exists() and json.loads((out / "model.json").read_text())[
+        "classes"
+    ] == ["0", "1"]
+
+
+def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):
+    out, _ = first_run
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"][1:]
+    owners = sorted(rounds[0]["epsilon"])
+    assert owners == ["client-0", "client-1", "client-2"]
+    for owner in owners:
+        series = [r["epsilon"][owner] for r in rounds]
+        assert all(a < b for a, b in zip(series, series[1:], strict=False)), series
+        assert series[-1] <= 2.0
+    found = ledgers(out / "ledgers")
+    assert len(found) == 3
+    claimed = sorted(r for r in rounds[-1]["epsilon"].values())
+    recomputed = sorted(epsilon_spent([e.event for e in led.entries()], DELTA) for led in found)
+    independent = sorted(
+        independent_epsilon([e.event for e in led.entries()], DELTA) for led in found
+    )
+    assert claimed == pytest.approx(recomputed, rel=1e-9)
+    assert claimed == pytest.approx(independent, rel=0.01)
+    assert all(len(led.entries()) == 3 for led in found)
+
+
+def test_no_process_is_left_running(first_run):
+    assert ray_processes() == []
+
+
+def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
+    out, _ = first_run
+    ledger_dir = out / "ledgers"
+    before = {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)}
+    second = simulate(
+        *SMALL,
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        "4",
+        "--ledger-dir",
+        str(ledger_dir),
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)}
+    assert after.keys() == before.keys()
+    for fingerprint, eps in after.items():
+        assert before[fingerprint] < eps <= 4.0
+        assert eps == pytest.approx(
+            epsilon_spent(
+                [e.event for e in PrivacyLedger(ledger_dir, fingerprint, 0).entries()], DELTA
+            )
+        )
+    assert all(len(led.entries()) == 6 for led in ledgers(ledger_dir))
+
+    # A third run under a budget that the first round would pass: every owner refuses
+    # before training, the server reports it and finishes, and no ledger moves.
+    budget = f"{max(after.values()) + 1e-3:.6f}"
+    third = simulate(
+        *SMALL,
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        budget,
+        "--ledger-dir",
+        str(ledger_dir),
+        "--out",
+        str(tmp_path / "run3"),
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
+    for entry in metrics["rounds"][1:]:
+        assert entry["participants"] == [] and len(entry["refusals"]) == 3
+        assert all("over the owner's budget" in reason for reason in entry["refusals"])
+    assert {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)} == after
