@@ -29,8 +29,8 @@ ledger_app = typer.Typer(help="Read a data owner's privacy ledger.", no_args_is_
 app.add_typer(data_app, name="data")
 app.add_typer(ledger_app, name="ledger")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 
