@@ -83,7 +83,9 @@ def train_locally(
     seed = secrets.randbits(62) if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    dataset = TensorDataset(torch.from_numpy(features), torch.from_numpy(labels).long())
+    dataset = TensorDataset(
+        torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(labels).long()
+    )
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
     model.to(device)
     model.train()

@@ -40,6 +40,7 @@ def run_simulation(
     """Run ``config.num_rounds`` rounds with ``num_clients`` simulated owners; blocks."""
     from fedshield.client.app import make_client_app
     from fedshield.server.app import make_server_app
+
     # Keeps Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation as flower_run_simulation

@@ -18,7 +18,10 @@ def fedshield(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["simulate", "--data", "no/such/file.csv"], "no such file; check the path passed to --data"),
+        (
+            ["simulate", "--data", "no/such/file.csv"],
+            "no such file; check the path passed to --data",
+        ),
         (["simulate", "--rounds", "0"], "'num-rounds' = 0: must be >= 1"),
         (["simulate", "--epsilon", "0"], "target-epsilon"),
         (["simulate", "--partition", "zipf"], "use 'iid' or 'dirichlet'"),
@@ -38,7 +41,9 @@ def test_bad_data_columns_name_the_flag(tmp_path):
     pd.DataFrame({"body": ["a", "b"] * 100, "label": [0, 1] * 100}).to_csv(path, index=False)
     proc = fedshield("simulate", "--data", str(path))
     assert proc.returncode == 2
-    assert "text column 'text' not found (columns: body, label); pass --text-column" in " ".join(proc.stderr.split())
+    assert "text column 'text' not found (columns: body, label); pass --text-column" in " ".join(
+        proc.stderr.split()
+    )
 
 
 def test_data_check_summarises_without_showing_text(owner_csv):

@@ -149,3 +149,10 @@ def test_unknown_label_in_owner_data_is_a_clear_error_reply(tmp_path):
     )
     reply = run_train(owner_context(path, tmp_path / "ledgers"))
     assert reply.has_error() and "not among the federation's classes" in reply.error.reason
+
+
+def test_a_fixed_noise_multiplier_is_used_as_given(owner_csv, tmp_path):
+    plan = PLAN.replace(noise_multiplier=1.7, target_epsilon=0.0, epsilon_budget=5.0)
+    reply = run_train(owner_context(owner_csv, tmp_path / "ledgers"), train_message(plan))
+    assert not reply.has_error(), reply.error
+    assert reply.content[wire.METRICS]["noise-multiplier"] == 1.7
