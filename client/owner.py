@@ -53,6 +53,10 @@ def resolve_owner(
         pid, num = int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
         dataset = simulated_owner_data(run_config, pid, num)
         budget = run_config.epsilon_budget or run_config.target_epsilon
+        if budget <= 0:
+            raise ConfigError(
+                "simulated owners need a budget: set epsilon-budget (or target-epsilon) > 0"
+            )
         ledger_dir = Path(run_config.ledger_dir or "~/.fedshield/simulation-ledgers")
         owner = Owner(
             owner_id=f"client-{pid}",

@@ -153,12 +153,6 @@ class RunConfig(_KebabConfig):
                 "with DP on, set target-epsilon > 0 or noise-multiplier > 0",
             )
             _require(
-                self.target_epsilon > 0 or self.epsilon_budget > 0,
-                "epsilon-budget",
-                self.epsilon_budget,
-                "with a fixed noise-multiplier, set the simulated owners' epsilon-budget",
-            )
-            _require(
                 self.noise_multiplier >= 0,
                 "noise-multiplier",
                 self.noise_multiplier,
