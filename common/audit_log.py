@@ -1,0 +1,205 @@
+"""Tamper-evident audit log: append-only JSON Lines, hash-chained, Ed25519-signed.
+
+Guarantees:
+- every entry carries ``seq`` (0, 1, 2, ...), a UTC timestamp, its ``type`` and ``actor``,
+  the SHA-256 of the previous entry (``prev``) and its own SHA-256 (``hash``) over the
+  canonical JSON of all its other fields, so any edit, deletion, insertion or reordering
+  breaks the chain;
+- the first entry (``log-start``) records the party's Ed25519 public key; ``checkpoint``
+  entries sign the hash of the entry before them with that key, every ``checkpoint_every``
+  entries and whenever the party closes a unit of work (a round, a run), so a rewrite of
+  the log needs the private key, and truncation behind the last checkpoint is visible;
+- each entry is written with one ``write`` to a file opened with O_APPEND, then fsynced:
+  a crash loses at most the entry being written, which the verifier reports as a partial
+  last line;
+- nothing passed in is stored unless the caller names it; callers log digests, sizes,
+  counts and DP parameters, never text (tests plant a marker to check).
+
+Keys: ``audit-key.pem`` (PKCS#8, 0600) beside the log, made on first use, or one given.
+Hand-written chaining, not a library: the format must be verifiable by anyone with a
+JSON parser and SHA-256; the signatures come from ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fedshield.common.errors import FedshieldError
+
+GENESIS = "0" * 64
+LOG_FORMAT = "fedshield-audit/1"
+CHECKPOINT = "checkpoint"
+LOG_START = "log-start"
+TAIL_WINDOW_BYTES = 256 * 1024
+
+
+class AuditLogError(FedshieldError):
+    """The audit log cannot be opened or appended to."""
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def public_key_hex(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The party's audit signing key; created with 0600 permissions if absent."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise AuditLogError(
+                f"{path}: audit signing key is readable by others (mode {oct(mode)}); "
+                f"run: chmod 600 {path}"
+            )
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise AuditLogError(f"{path}: not an Ed25519 private key")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    (path.with_suffix(".pub")).write_text(public_key_hex(key.public_key()) + "\n")
+    return key
+
+
+class AuditLog:
+    """Appends entries to ``path``; reopening continues the chain where it ended."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        actor: str,
+        signing_key: Ed25519PrivateKey | None = None,
+        checkpoint_every: int = 50,
+    ) -> None:
+        self.path = Path(path)
+        self.actor = actor
+        self.checkpoint_every = checkpoint_every
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._key = signing_key or load_or_create_signing_key(self.path.parent / "audit-key.pem")
+        self.public_key = public_key_hex(self._key.public_key())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _tail(self) -> tuple[int, str, int]:
+        """(next seq, hash of the last entry, entries since the last checkpoint).
+
+        Reads only the end of the file; a checkpoint further back than the window counts
+        as due, which only adds a signature.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0, GENESIS, 0
+        with open(self.path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_WINDOW_BYTES))
+            window = handle.read()
+        if not window.endswith(b"\n"):
+            raise AuditLogError(
+                f"{self.path}: last line is incomplete (a crash mid-write); keep the file as "
+                "evidence, run `fedshield audit verify` on it, and point the party at a new "
+                "audit folder"
+            )
+        lines = window.split(b"\n")[:-1]
+        if size > TAIL_WINDOW_BYTES:
+            lines = lines[1:]  # the first line in the window may be cut
+        entries = [json.loads(line) for line in lines]
+        last = entries[-1]
+        since = len(entries) if size <= TAIL_WINDOW_BYTES else self.checkpoint_every
+        for back, entry in enumerate(reversed(entries)):
+            if entry.get("type") == CHECKPOINT:
+                since = back
+                break
+        return int(last["seq"]) + 1, str(last["hash"]), since
+
+    def _write(self, fd: int, entry: dict[str, Any]) -> None:
+        os.write(fd, canonical(entry) + b"\n")
+        os.fsync(fd)
+
+    def append(self, event_type: str, **data: Any) -> dict[str, Any]:
+        """Append one entry (and a checkpoint when one is due); returns the entry."""
+        with self._locked() as fd:
+            seq, prev, since = self._tail()
+            if seq == 0 and event_type != LOG_START:
+                prev = self._append_entry(
+                    fd, seq, prev, LOG_START, {"format": LOG_FORMAT, "public-key": self.public_key}
+                )["hash"]
+                seq, since = seq + 1, since + 1
+            entry = self._append_entry(fd, seq, prev, event_type, data)
+            if since + 1 >= self.checkpoint_every:
+                self._append_checkpoint(fd, seq + 1, entry["hash"])
+        return entry
+
+    def checkpoint(self, reason: str) -> dict[str, Any]:
+        """Sign the current head of the chain (end of a round, a message, a run)."""
+        with self._locked() as fd:
+            seq, prev, _ = self._tail()
+            if seq == 0:
+                prev = self._append_entry(
+                    fd, 0, prev, LOG_START, {"format": LOG_FORMAT, "public-key": self.public_key}
+                )["hash"]
+                seq = 1
+            return self._append_checkpoint(fd, seq, prev, reason)
+
+    def _append_entry(
+        self, fd: int, seq: int, prev: str, event_type: str, data: dict
+    ) -> dict[str, Any]:
+        entry = {
+            "seq": seq,
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "type": event_type,
+            "actor": self.actor,
+            "data": data,
+            "prev": prev,
+        }
+        entry["hash"] = entry_hash(entry)
+        self._write(fd, entry)
+        return entry
+
+    def _append_checkpoint(
+        self, fd: int, seq: int, signed_hash: str, reason: str = "periodic"
+    ) -> dict[str, Any]:
+        signature = self._key.sign(bytes.fromhex(signed_hash)).hex()
+        data = {
+            "signed-hash": signed_hash,
+            "signed-seq": seq - 1,
+            "signature": signature,
+            "reason": reason,
+        }
+        return self._append_entry(fd, seq, signed_hash, CHECKPOINT, data)
