@@ -14,6 +14,7 @@ import torch
 from fedshield.client.owner import Owner, owner_features, resolve_owner
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
+from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.data import check_batch_fits
 from fedshield.common.errors import (
@@ -81,6 +82,103 @@ def _refusal(msg: Message, owner_id: str, exc: FedshieldError) -> Message:
     return Message(Error(code=code, reason=f"{owner_id}: {exc}"), reply_to=msg)
 
 
+def train_round(
+    msg: Message,
+    context: Context,
+    plan: RunConfig,
+    classes: tuple[str, ...],
+    server_round: int,
+    owner: Owner,
+    audit: AuditLog,
+) -> Message:
+    """One round at one owner: data -> features -> pre-flight -> DP-SGD -> charge -> reply."""
+    audit.append(
+        "round-start",
+        **{
+            "run-id": context.run_id,
+            "node-id": context.node_id,
+            "server-round": server_round,
+            "data-fingerprint": owner.dataset.fingerprint,
+            "records": len(owner.dataset),
+            "class-counts": owner.dataset.class_counts(),
+            "plan": dict(msg.content[wire.CONFIG]),
+            "device": str(owner.device),
+            "transport": dict(context.node_config).get("transport", "flower-managed"),
+        },
+    )
+    check_batch_fits(owner.dataset, plan.batch_size)
+    features = owner_features(owner, featurizer_spec(plan))
+    settings = training_settings(plan, owner)
+    planned = planned_dp_event(len(owner.dataset), settings)
+    if plan.dp:
+        # Refuse before training: nothing is computed on the data past the budget.
+        owner.ledger.check_budget(planned, owner.epsilon_budget, owner.delta)
+    model = _load_global_model(msg, features.shape[1], len(classes))
+    outcome = train_locally(model, features, owner.dataset.labels, settings, owner.device)
+    epsilon = 0.0
+    if plan.dp:
+        if outcome.dp_event != planned:
+            raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
+        epsilon_before = owner.ledger.epsilon(owner.delta)
+        # Charge before release: a crash after this line over-counts, never under-counts.
+        epsilon = owner.ledger.charge_ledger_before_release(
+            outcome.dp_event, owner.epsilon_budget, owner.delta, context.run_id, server_round
+        )
+        audit.append(
+            "dp-charged",
+            **{
+                "server-round": server_round,
+                "data-fingerprint": owner.dataset.fingerprint,
+                "noise-multiplier": settings.noise_multiplier,
+                "max-grad-norm": settings.max_grad_norm,
+                "sample-rate": planned.sample_rate,
+                "steps": planned.steps,
+                "delta": owner.delta,
+                "epsilon-before": epsilon_before,
+                "epsilon-after": epsilon,
+                "epsilon-budget": owner.epsilon_budget,
+                "budget-remaining": owner.epsilon_budget - epsilon,
+                "ledger-events": [
+                    [e.event.noise_multiplier, e.event.sample_rate, e.event.steps]
+                    for e in owner.ledger.entries()
+                ],
+            },
+        )
+    else:
+        audit.append(
+            "non-private-round",
+            **{"server-round": server_round, "warning": "dp disabled by the plan"},
+        )
+    arrays = ArrayRecord(unwrapped_state_dict(model))
+    metrics = MetricRecord(
+        {
+            "num-examples": outcome.num_examples,
+            "train-loss": outcome.train_loss,
+            "epsilon": epsilon,
+            "epsilon-budget": owner.epsilon_budget if plan.dp else 0.0,
+            "noise-multiplier": settings.noise_multiplier if plan.dp else 0.0,
+            "sample-rate": planned.sample_rate if plan.dp else 0.0,
+            "steps": planned.steps,
+            "delta": owner.delta if plan.dp else 0.0,
+            "max-grad-norm": settings.max_grad_norm if plan.dp else 0.0,
+        }
+    )
+    digest, size = wire.arrays_digest(arrays)
+    released = audit.append(
+        "update-released",
+        **{
+            "server-round": server_round,
+            "update-sha256": digest,
+            "update-bytes": size,
+            "update-l2-distance": wire.arrays_l2_distance(arrays, msg.content[wire.ARRAYS]),
+            "metrics": dict(metrics),
+        },
+    )
+    owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
+    content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.OWNER: owner_record})
+    return Message(content=content, reply_to=msg)
+
+
 def make_client_app(run_overrides: dict | None = None) -> ClientApp:
     """A ClientApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass."""
     overrides = dict(run_overrides or {})
@@ -88,55 +186,26 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        owner_id = "client"
         try:
             plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
             owner = resolve_owner(
                 context.node_config, _local_run_config(context, overrides), classes
             )
-            owner_id = owner.owner_id
-            check_batch_fits(owner.dataset, plan.batch_size)
-            features = owner_features(owner, featurizer_spec(plan))
-            settings = training_settings(plan, owner)
-            planned = planned_dp_event(len(owner.dataset), settings)
-            if plan.dp:
-                # Refuse before training: nothing is computed on the data past the budget.
-                owner.ledger.check_budget(planned, owner.epsilon_budget, owner.delta)
-            model = _load_global_model(msg, features.shape[1], len(classes))
-            outcome = train_locally(model, features, owner.dataset.labels, settings, owner.device)
-            epsilon = 0.0
-            if plan.dp:
-                if outcome.dp_event != planned:
-                    raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
-                # Charge before release: a crash after this line over-counts, never under.
-                epsilon = owner.ledger.charge_ledger_before_release(
-                    outcome.dp_event,
-                    owner.epsilon_budget,
-                    owner.delta,
-                    context.run_id,
-                    server_round,
-                )
         except FedshieldError as exc:
-            return _refusal(msg, owner_id, exc)
-        metrics = MetricRecord(
-            {
-                "num-examples": outcome.num_examples,
-                "train-loss": outcome.train_loss,
-                "epsilon": epsilon,
-                "epsilon-budget": owner.epsilon_budget if plan.dp else 0.0,
-                "noise-multiplier": settings.noise_multiplier if plan.dp else 0.0,
-                "sample-rate": planned.sample_rate if plan.dp else 0.0,
-                "steps": planned.steps,
-            }
-        )
-        content = RecordDict(
-            {
-                wire.ARRAYS: ArrayRecord(unwrapped_state_dict(model)),
-                wire.METRICS: metrics,
-                wire.OWNER: ConfigRecord({wire.OWNER_ID: owner.owner_id}),
-            }
-        )
-        return Message(content=content, reply_to=msg)
+            return _refusal(msg, "client", exc)
+        audit = AuditLog(owner.audit_dir / "audit.jsonl", actor=owner.owner_id)
+        try:
+            return train_round(msg, context, plan, classes, server_round, owner, audit)
+        except FedshieldError as exc:
+            audit.append("round-refused", **{"server-round": server_round, "reason": str(exc)})
+            return _refusal(msg, owner.owner_id, exc)
+        except Exception as exc:
+            audit.append(
+                "round-error", **{"server-round": server_round, "error": type(exc).__name__}
+            )
+            raise
+        finally:
+            audit.checkpoint("message-end")
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

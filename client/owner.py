@@ -34,6 +34,7 @@ class Owner:
     epsilon_budget: float
     delta: float
     device: torch.device
+    audit_dir: Path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,7 +58,13 @@ def resolve_owner(
             raise ConfigError(
                 "simulated owners need a budget: set epsilon-budget (or target-epsilon) > 0"
             )
-        ledger_dir = Path(run_config.ledger_dir or "~/.fedshield/simulation-ledgers")
+        base = Path(run_config.out_dir or "~/.fedshield/simulation").expanduser()
+        ledger_dir = (
+            Path(run_config.ledger_dir).expanduser() if run_config.ledger_dir else base / "ledgers"
+        )
+        audit_root = (
+            Path(run_config.audit_dir).expanduser() if run_config.audit_dir else base / "audit"
+        )
         owner = Owner(
             owner_id=f"client-{pid}",
             dataset=dataset,
@@ -65,6 +72,7 @@ def resolve_owner(
             epsilon_budget=budget,
             delta=run_config.delta,
             device=resolve_device(run_config.device),
+            audit_dir=audit_root / f"client-{pid}",
         )
     else:
         config = OwnerConfig.from_dict(dict(node_config))
@@ -76,6 +84,7 @@ def resolve_owner(
             epsilon_budget=config.epsilon_budget,
             delta=config.delta,
             device=resolve_device(config.device),
+            audit_dir=Path(config.audit_dir).expanduser(),
         )
     check_delta(owner.delta, len(owner.dataset))
     return owner

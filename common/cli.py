@@ -141,6 +141,7 @@ def simulate(
             "out-dir": str(out_dir),
             "ledger-dir": str(ledger_dir or out_dir / "ledgers"),
             "device": device,
+            "transport": "simulation: in-process messages, no network",
         }
     )
     _run_simulation_with_progress(config, clients)

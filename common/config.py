@@ -124,6 +124,8 @@ class RunConfig(_KebabConfig):
     round_timeout_s: float = 600.0
     out_dir: str = ""
     ledger_dir: str = ""
+    audit_dir: str = ""
+    transport: str = ""
     device: str = "auto"
     feat_n_buckets: int = 2**18
     feat_ngram_max: int = 2
@@ -206,6 +208,7 @@ class OwnerConfig(_KebabConfig):
     epsilon_budget: float = 0.0
     delta: float = 1e-5
     ledger_dir: str = "~/.fedshield/ledgers"
+    audit_dir: str = "~/.fedshield/audit"
     owner_id: str = ""
     device: str = "auto"
 

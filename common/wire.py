@@ -3,14 +3,18 @@
 server -> client (train): the global model ("arrays") and the training plan ("config":
 the keys in TRAIN_PLAN_KEYS, the class names, the server round).
 client -> server (reply): the updated model ("arrays"), aggregate metrics ("metrics":
-REPLY_METRIC_KEYS) and the owner's public label ("owner"). No text, no vocabulary, no
+REPLY_METRIC_KEYS) and the owner's public label and the hash of its latest signed audit
+checkpoint ("owner"), which the server logs so that truncating the owner's log later shows. No text, no vocabulary, no
 per-record value, no data fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 from fedshield.common.config import RunConfig
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -19,6 +23,7 @@ OWNER = "owner"
 SERVER_ROUND = "server-round"
 CLASSES = "classes"
 OWNER_ID = "owner-id"
+AUDIT_HEAD = "audit-head"
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",
@@ -45,6 +50,8 @@ REPLY_METRIC_KEYS = (
     "noise-multiplier",
     "sample-rate",
     "steps",
+    "delta",
+    "max-grad-norm",
 )
 
 # Error codes a client puts in an error reply (Flower's own codes are below 100).
@@ -65,3 +72,25 @@ def decode_train_plan(record: ConfigRecord) -> tuple[RunConfig, tuple[str, ...],
     values = {key: record[key] for key in TRAIN_PLAN_KEYS if key in record}
     classes = tuple(c for c in str(record.get(CLASSES, "")).split(",") if c)
     return RunConfig.from_dict(values), classes, int(record.get(SERVER_ROUND, 0))
+
+
+def arrays_digest(arrays: ArrayRecord) -> tuple[str, int]:
+    """SHA-256 and byte size of an update, identical on the sending and receiving side."""
+    digest = hashlib.sha256()
+    size = 0
+    for key in sorted(arrays.keys()):
+        values = np.ascontiguousarray(arrays[key].numpy())
+        digest.update(
+            key.encode() + b"\0" + str(values.dtype).encode() + str(values.shape).encode()
+        )
+        digest.update(values.tobytes())
+        size += values.nbytes
+    return digest.hexdigest(), size
+
+
+def arrays_l2_distance(a: ArrayRecord, b: ArrayRecord) -> float:
+    """L2 norm of (a - b) over all arrays: the size of an update against the global model."""
+    total = 0.0
+    for key in a:
+        total += float(np.sum((a[key].numpy().astype(np.float64) - b[key].numpy()) ** 2))
+    return float(np.sqrt(total))

@@ -7,14 +7,16 @@ record the round (metrics.json) -> next round; at the end, save the model.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fedshield.common import wire
+from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
-from fedshield.common.featurize import featurize
+from fedshield.common.featurize import featurize, projection_digest
 from fedshield.common.federation import featurizer_spec, heldout_test_split
 from fedshield.common.model import build_model, evaluate_model
 from fedshield.server.outputs import RunOutputs
@@ -48,12 +50,25 @@ def make_server_app(
 
 def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None = None) -> dict:
     outputs = RunOutputs(Path(config.out_dir) if config.out_dir else default_out_dir())
+    audit_dir = Path(config.audit_dir) if config.audit_dir else outputs.out_dir / "audit"
+    audit = AuditLog(audit_dir / "server" / "audit.jsonl", actor="server", checkpoint_every=100)
     spec = featurizer_spec(config)
     test = heldout_test_split(config)
     classes = test.classes
     test_features = featurize(test.texts, spec)
     model = build_model(spec.out_dim, len(classes))
+    audit.append(
+        "run-start",
+        **{
+            "config": config.as_dict(),
+            "classes": list(classes),
+            "featurizer-projection-sha256": projection_digest(spec),
+            "test-records": len(test),
+            "transport": config.transport or "unspecified (flwr run)",
+        },
+    )
     strategy = ValidatingFedAvgM(
+        audit=audit,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_train_nodes,
@@ -82,6 +97,17 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         }
         history.append(entry)
         outputs.record_round(entry)
+        audit.append(
+            "round-evaluated",
+            **{
+                "server-round": server_round,
+                "accuracy": accuracy,
+                "loss": loss,
+                "epsilon-reported": entry["epsilon"],
+                "dropped-node-ids": record.dropped if record else [],
+            },
+        )
+        audit.checkpoint(f"round-{server_round}-end")
         if on_round is not None:
             on_round(entry)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
@@ -106,6 +132,16 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         "rounds_completed": len(history) - 1,
     }
     outputs.record_final(final, config.as_dict())
+    audit.append(
+        "run-end",
+        **{
+            "final": final,
+            "model-sha256": json.loads((outputs.out_dir / "model.json").read_text())[
+                "model-sha256"
+            ],
+        },
+    )
+    audit.checkpoint("run-end")
     return {"final": final, "rounds": history, "out_dir": str(outputs.out_dir)}
 
 

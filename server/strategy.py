@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedshield.common import wire
+from fedshield.common.audit_log import AuditLog
 from fedshield.server.validate import UpdateRejected, validate_update
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -30,56 +31,119 @@ class RoundRecord:
     update_norms: dict[str, float] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
     aggregated: bool = False
 
 
 class ValidatingFedAvgM(FedAvgM):
     """FedAvgM that validates each update and records each round (see module doc)."""
 
-    def __init__(self, *, max_update_norm: float = 0.0, **kwargs) -> None:
+    def __init__(self, *, audit: AuditLog, max_update_norm: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.audit = audit
         self.max_update_norm = max_update_norm
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
+        self._sampled: list[int] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._global_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sampled = [m.metadata.dst_node_id for m in messages]
+        self.audit.append(
+            "round-sampled",
+            **{
+                "server-round": server_round,
+                "node-ids": self._sampled,
+                "global-sha256": wire.arrays_digest(arrays)[0],
+            },
+        )
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record = RoundRecord(server_round)
         self.rounds[server_round] = record
+        replies = list(replies)
         accepted: list[Message] = []
         for reply in replies:
-            node = f"node {reply.metadata.src_node_id}"
+            node_id = reply.metadata.src_node_id
             if reply.has_error():
-                record.refusals.append(reply.error.reason or f"{node}: error {reply.error.code}")
-                log.warning("round %d: %s", server_round, record.refusals[-1])
+                reason = reply.error.reason or f"node {node_id}: error {reply.error.code}"
+                record.refusals.append(reason)
+                log.warning("round %d: %s", server_round, reason)
+                self.audit.append(
+                    "client-refused",
+                    **{
+                        "server-round": server_round,
+                        "node-id": node_id,
+                        "code": reply.error.code,
+                        "reason": reason,
+                    },
+                )
                 continue
-            owner = self._owner_id(reply) or node
+            owner = self._owner_field(reply, wire.OWNER_ID) or f"node {node_id}"
             try:
                 norm = validate_update(reply, self._global_arrays, self.max_update_norm)
             except UpdateRejected as exc:
                 record.rejected.append(f"{owner}: {exc}")
                 log.warning("round %d: rejected update from %s: %s", server_round, owner, exc)
+                self.audit.append(
+                    "update-rejected",
+                    **{
+                        "server-round": server_round,
+                        "node-id": node_id,
+                        "owner": owner,
+                        "reason": str(exc),
+                    },
+                )
                 continue
+            digest, size = wire.arrays_digest(reply.content[wire.ARRAYS])
+            self.audit.append(
+                "update-received",
+                **{
+                    "server-round": server_round,
+                    "node-id": node_id,
+                    "owner": owner,
+                    "update-sha256": digest,
+                    "update-bytes": size,
+                    "update-l2-distance": norm,
+                    "metrics": dict(reply.content[wire.METRICS]),
+                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD),
+                },
+            )
             record.participants.append(owner)
             record.update_norms[owner] = norm
             record.epsilon[owner] = float(reply.content[wire.METRICS]["epsilon"])
             accepted.append(reply)
+        replied = {r.metadata.src_node_id for r in replies}
+        record.dropped = [n for n in self._sampled if n not in replied]
+        if record.dropped:
+            self.audit.append(
+                "clients-dropped", **{"server-round": server_round, "node-ids": record.dropped}
+            )
         if not accepted:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
+            self.audit.append("round-not-aggregated", **{"server-round": server_round})
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
         record.aggregated = arrays is not None
+        if arrays is not None:
+            self.audit.append(
+                "aggregated",
+                **{
+                    "server-round": server_round,
+                    "participants": record.participants,
+                    "global-sha256": wire.arrays_digest(arrays)[0],
+                },
+            )
         return arrays, metrics
 
     @staticmethod
-    def _owner_id(reply: Message) -> str | None:
+    def _owner_field(reply: Message, key: str) -> str | None:
         owner = reply.content.config_records.get(wire.OWNER)
-        value = owner.get(wire.OWNER_ID) if owner is not None else None
+        value = owner.get(key) if owner is not None else None
         return str(value) if value else None

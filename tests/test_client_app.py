@@ -15,6 +15,7 @@ import pytest
 from fedshield.client import app as client_module
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common import wire
+from fedshield.common.audit_verify import verify_log
 from fedshield.common.config import RunConfig
 from fedshield.common.data import load_dataset
 from fedshield.common.model import build_model
@@ -50,6 +51,7 @@ def owner_context(data_path, ledger_dir, budget: float = 5.0) -> Context:
         "epsilon-budget": budget,
         "delta": 1e-5,
         "ledger-dir": str(ledger_dir),
+        "audit-dir": str(ledger_dir.parent / "audit"),
         "owner-id": "hospital-a",
     }
     return Context(run_id=42, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
@@ -63,6 +65,13 @@ def test_a_round_trains_charges_the_ledger_and_replies_with_the_update(owner_csv
     context = owner_context(owner_csv, tmp_path / "ledgers")
     reply = run_train(context)
     assert not reply.has_error(), reply.error
+    audit = verify_log(tmp_path / "audit" / "audit.jsonl")
+    assert audit.ok, audit.problem
+    types = [e["type"] for e in audit.entries]
+    assert types == ["log-start", "round-start", "dp-charged", "update-released", "checkpoint"]
+    released = audit.entries[3]
+    assert released["hash"] == reply.content[wire.OWNER][wire.AUDIT_HEAD]
+    assert released["data"]["update-sha256"] == wire.arrays_digest(reply.content[wire.ARRAYS])[0]
     metrics = reply.content[wire.METRICS]
     ledger = PrivacyLedger(tmp_path / "ledgers", load_dataset(owner_csv).fingerprint, 600)
     assert len(ledger.entries()) == 1
@@ -82,6 +91,8 @@ def test_target_epsilon_is_met_over_the_planned_rounds_and_then_refused(owner_cs
     assert eps[1] == pytest.approx(2.0, abs=0.02)
     refusal = run_train(context, train_message(server_round=3))
     assert refusal.has_error()
+    entries = verify_log(tmp_path / "audit" / "audit.jsonl").entries
+    assert [e["type"] for e in entries][-2:] == ["round-refused", "checkpoint"]
     assert refusal.error.code == wire.ERROR_BUDGET_EXCEEDED
     assert (
         "hospital-a" in refusal.error.reason and "over the owner's budget 2" in refusal.error.reason
@@ -131,6 +142,8 @@ def test_nothing_derived_from_the_text_is_in_the_reply(tmp_path, imdb_frame):
     assert {k: tuple(v.shape) for k, v in arrays.items()} == {"weight": (2, 256), "bias": (2,)}
     wire_bytes = pickle.dumps(reply.content)
     assert marker.encode() not in wire_bytes
+    audit_bytes = (tmp_path / "audit" / "audit.jsonl").read_bytes()
+    assert b"update-released" in audit_bytes and marker.encode() not in audit_bytes
     assert str(path).encode() not in wire_bytes
     assert load_dataset(path).fingerprint.encode() not in wire_bytes
 
