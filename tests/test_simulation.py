@@ -18,7 +18,8 @@ from .test_privacy import independent_epsilon
 pytestmark = pytest.mark.slow
 
 FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
-SMALL = ["--clients", "3", "--rounds", "3", "--max-records", "4000", "--partition", "iid"]
+SMALL = ["--clients", "3", "--rounds", "3", "--partition", "iid"]
+MARKER = "qzvmarker4471"
 DELTA = 1e-5
 
 
@@ -39,15 +40,39 @@ def ray_processes() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def planted_csv(tmp_path_factory) -> Path:
+    """4,000 real IMDB reviews; 200 of them carry a marker that must never leave."""
+    import pandas as pd
+    from fedshield.common.data import builtin_csv_path
+
+    frame = pd.read_csv(builtin_csv_path())
+    frame = frame[frame["source"] == "imdb"].sample(n=4000, random_state=1).reset_index(drop=True)
+    frame.loc[:199, "text"] = frame.loc[:199, "text"] + f" {MARKER}"
+    path = tmp_path_factory.mktemp("data") / "owner-reviews.csv"
+    frame[["text", "label"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, planted_csv):
     out = tmp_path_factory.mktemp("run1")
-    proc = simulate(*SMALL, "--epsilon", "2", "--epsilon-budget", "4", "--out", str(out))
+    proc = simulate(
+        *SMALL,
+        "--data",
+        str(planted_csv),
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        "4",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return out, proc, planted_csv
 
 
 def test_accuracy_rises_above_the_untrained_model(first_run):
-    out, proc = first_run
+    out, proc, _ = first_run
     metrics = json.loads((out / "metrics.json").read_text())
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
@@ -59,7 +84,7 @@ def test_accuracy_rises_above_the_untrained_model(first_run):
 
 
 def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):
-    out, _ = first_run
+    out, _, _ = first_run
     rounds = json.loads((out / "metrics.json").read_text())["rounds"][1:]
     owners = sorted(rounds[0]["epsilon"])
     assert owners == ["client-0", "client-1", "client-2"]
@@ -84,11 +109,13 @@ def test_no_process_is_left_running(first_run):
 
 
 def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
-    out, _ = first_run
+    out, _, _ = first_run
     ledger_dir = out / "ledgers"
     before = {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)}
     second = simulate(
         *SMALL,
+        "--data",
+        str(first_run[2]),
         "--epsilon",
         "2",
         "--epsilon-budget",
@@ -115,6 +142,8 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
     budget = f"{max(after.values()) + 1e-3:.6f}"
     third = simulate(
         *SMALL,
+        "--data",
+        str(first_run[2]),
         "--epsilon",
         "2",
         "--epsilon-budget",
@@ -130,3 +159,63 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         assert entry["participants"] == [] and len(entry["refusals"]) == 3
         assert all("over the owner's budget" in reason for reason in entry["refusals"])
     assert {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)} == after
+
+
+def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(first_run, tmp_path):
+    out, _, _ = first_run
+    verify = subprocess.run(
+        [*FEDSHIELD, "audit", "verify", str(out / "audit")], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stdout.count(": OK,") == 4  # server + 3 owners
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "report", str(out / "audit"), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["owners"]) == 3
+    for owner in report["owners"]:
+        assert owner["ok"], owner["problems"]
+        assert owner["final_claimed"] == pytest.approx(owner["final_recomputed"], rel=0.01)
+        assert owner["final_claimed"] <= owner["budget"]
+    rows = {r["name"]: r for r in report["requirements"]}
+    assert len(rows) == 6 and all(r["evidence"] for r in rows.values())
+    assert rows["Confidentiality in transit"]["status"] == "n/a"  # in-process simulation
+    assert all(
+        rows[name]["status"] == "pass"
+        for name in (
+            "Data minimisation / desensitisation",
+            "Privacy of individual records (DP)",
+            "Integrity of records and logs",
+            "Availability / resilience",
+        )
+    )
+    assert report["anchors"]["matched"] == 9 and report["anchors"]["missing"] == []
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Privacy budget audit" in page
+
+
+def test_a_tampered_run_log_fails_verification_with_the_line(first_run, tmp_path):
+    out, _, _ = first_run
+    log = (out / "audit" / "client-1" / "audit.jsonl").read_text().splitlines()
+    log[2] = log[2].replace('"epsilon-after":', '"epsilon-after":0.0001,"was":')
+    tampered = tmp_path / "audit.jsonl"
+    tampered.write_text("\n".join(log) + "\n")
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "verify", str(tampered)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "line 3:" in proc.stderr and "FAILED" in proc.stderr
+
+
+def test_the_planted_marker_appears_in_no_output_log_or_ledger(first_run):
+    out, proc, _ = first_run
+    assert MARKER not in proc.stdout + proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "audit.jsonl" for p in files) and any(
+        p.name == "metrics.json" for p in files
+    )
+    for path in files:
+        assert MARKER.encode() not in path.read_bytes(), path
