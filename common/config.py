@@ -118,6 +118,9 @@ class RunConfig(_KebabConfig):
     momentum: float = 0.0
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.2
+    max_update_norm: float = 0.0
     fraction_train: float = 1.0
     min_train_nodes: int = 2
     fraction_evaluate: float = 0.0

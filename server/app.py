@@ -20,7 +20,7 @@ from fedshield.common.featurize import featurize, projection_digest
 from fedshield.common.federation import featurizer_spec, heldout_test_split
 from fedshield.common.model import build_model, evaluate_model
 from fedshield.server.outputs import RunOutputs
-from fedshield.server.strategy import ValidatingFedAvgM
+from fedshield.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -67,8 +67,11 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
             "transport": config.transport or "unspecified (flwr run)",
         },
     )
-    strategy = ValidatingFedAvgM(
+    strategy = build_strategy(
+        config.aggregation,
         audit=audit,
+        max_update_norm=config.max_update_norm,
+        trim_fraction=config.trim_fraction,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_train_nodes,

@@ -1,10 +1,12 @@
-"""The server's aggregation strategy: Flower's FedAvgM, plus validation and bookkeeping.
+"""The server's aggregation strategies: Flower's own, plus validation and bookkeeping.
 
-FedAvgM with server learning rate 1 and momentum 0 is plain FedAvg weighted by example
-counts. The subclass adds two things Flower's strategy does not do: it validates every
-update before aggregation (server/validate.py), and it records, per round, who took part,
-each owner's reported epsilon, and every refusal, failure and rejection, for
-metrics.json and the audit trail.
+``fedavg`` is Flower's FedAvgM (with server learning rate 1 and momentum 0 it is plain
+FedAvg weighted by example counts); ``median`` and ``trimmed-mean`` are Flower's robust
+FedMedian and FedTrimmedAvg. The mixin adds what Flower's strategies do not do: it
+validates every update before aggregation (server/validate.py), and it records, per
+round, who took part, each owner's reported epsilon, and every refusal, dropout and
+rejection, for metrics.json and the audit log. Aggregation is post-processing of DP
+updates, so every choice keeps the owners' guarantees.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fedshield.common.audit_log import AuditLog
 from fedshield.server.validate import UpdateRejected, validate_update
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvgM
+from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg
 
 log = logging.getLogger("fedshield.server")
 
@@ -35,8 +37,8 @@ class RoundRecord:
     aggregated: bool = False
 
 
-class ValidatingFedAvgM(FedAvgM):
-    """FedAvgM that validates each update and records each round (see module doc)."""
+class ValidatingStrategy:
+    """Mixin over a Flower Message-API strategy: validate, then aggregate; record rounds."""
 
     def __init__(self, *, audit: AuditLog, max_update_norm: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -147,3 +149,41 @@ class ValidatingFedAvgM(FedAvgM):
         owner = reply.content.config_records.get(wire.OWNER)
         value = owner.get(key) if owner is not None else None
         return str(value) if value else None
+
+
+class ValidatingFedAvgM(ValidatingStrategy, FedAvgM):
+    """FedAvg / FedAvgM with validation and round records."""
+
+
+class ValidatingFedMedian(ValidatingStrategy, FedMedian):
+    """Coordinate-wise median with validation and round records."""
+
+
+class ValidatingFedTrimmedAvg(ValidatingStrategy, FedTrimmedAvg):
+    """Trimmed mean (``beta`` cut from each end) with validation and round records."""
+
+
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
+
+
+def build_strategy(
+    aggregation: str,
+    *,
+    audit: AuditLog,
+    max_update_norm: float,
+    server_learning_rate: float,
+    server_momentum: float,
+    trim_fraction: float,
+    **sampling,
+) -> ValidatingStrategy:
+    """The strategy named by ``aggregation`` (one of AGGREGATIONS)."""
+    common = {"audit": audit, "max_update_norm": max_update_norm, **sampling}
+    if aggregation == "fedavg":
+        return ValidatingFedAvgM(
+            server_learning_rate=server_learning_rate, server_momentum=server_momentum, **common
+        )
+    if aggregation == "median":
+        return ValidatingFedMedian(**common)
+    if aggregation == "trimmed-mean":
+        return ValidatingFedTrimmedAvg(beta=trim_fraction, **common)
+    raise ValueError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
