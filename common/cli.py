@@ -99,6 +99,18 @@ def simulate(
     server_momentum: Annotated[
         float, typer.Option(help="Server momentum (FedAvgM); 0 = FedAvg.")
     ] = 0.0,
+    aggregation: Annotated[
+        str, typer.Option(help="fedavg, median or trimmed-mean (robust to outliers).")
+    ] = "fedavg",
+    max_update_norm: Annotated[
+        float,
+        typer.Option(
+            help="Reject updates farther than this (L2) from the global model (0 = no bound)."
+        ),
+    ] = 0.0,
+    fraction_train: Annotated[
+        float, typer.Option(help="Share of clients sampled each round.")
+    ] = 1.0,
     no_dp: Annotated[
         bool,
         typer.Option("--no-dp", help="NON-PRIVATE baseline: no clipping, no noise, no epsilon."),
