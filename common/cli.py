@@ -32,6 +32,12 @@ audit_app = typer.Typer(
 )
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(audit_app, name="audit")
+pki_app = typer.Typer(help="Certificates and keys for a deployed federation.", no_args_is_help=True)
+server_app = typer.Typer(help="The operator's side of a deployed federation.", no_args_is_help=True)
+client_app = typer.Typer(help="A data owner's side of a deployed federation.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+app.add_typer(server_app, name="server")
+app.add_typer(client_app, name="client")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -367,6 +373,263 @@ def audit_report(
     console.print(f"Report: {html_path} (and {json_path.name})")
     if not report["ok"]:
         raise typer.Exit(code=1)
+
+
+PkiDir = Annotated[
+    Path, typer.Option("--dir", help="PKI folder (keep ca.key offline after issuing).")
+]
+
+
+@pki_app.command("init")
+def pki_init(
+    directory: PkiDir = Path("pki"), days: Annotated[int, typer.Option(help="CA validity.")] = 730
+) -> None:
+    """Create the federation's certificate authority (ca.crt, ca.key)."""
+    from fedshield.common.pki import certificate_sha256, init_ca
+
+    cert = init_ca(directory, days=days)
+    console.print(
+        f"CA created: {cert} (sha256 {certificate_sha256(cert)}); private key {directory / 'ca.key'} (0600)"
+    )
+    console.print("Give ca.crt to every data owner; keep ca.key offline.")
+
+
+@pki_app.command("server")
+def pki_server(
+    host: Annotated[
+        list[str], typer.Option(help="DNS name or IP the owners dial (repeat for several).")
+    ],
+    directory: PkiDir = Path("pki"),
+    days: Annotated[int, typer.Option(help="Certificate validity.")] = 397,
+) -> None:
+    """Issue the SuperLink's TLS certificate (server.pem, server.key) from the CA."""
+    from fedshield.common.pki import certificate_sha256, issue_server_certificate
+
+    cert = issue_server_certificate(directory, host, days=days)
+    console.print(
+        f"SuperLink certificate for {', '.join(host)}: {cert} (sha256 {certificate_sha256(cert)})"
+    )
+
+
+@pki_app.command("node")
+def pki_node(
+    name: Annotated[str, typer.Argument(help="The data owner's node name, e.g. hospital-a.")],
+    directory: PkiDir = Path("pki"),
+) -> None:
+    """Create a SuperNode's authentication key pair (NAME.key stays with the owner)."""
+    from fedshield.common.pki import create_node_key
+
+    pub, fingerprint = create_node_key(directory, name)
+    console.print(
+        f"Node key pair: {directory / (name + '.key')} (private, 0600, never share) and {pub}"
+    )
+    console.print(f"Fingerprint {fingerprint}. Send {pub} to the operator, who registers it with:")
+    console.print(f"  fedshield server start ... --node-key {pub.name}")
+
+
+@server_app.command("start")
+def server_start(
+    pki: Annotated[Path, typer.Option(help="Folder with ca.crt, server.pem, server.key.")] = Path(
+        "pki"
+    ),
+    state: Annotated[
+        Path, typer.Option(help="Folder for the SuperLink database, logs and runs.")
+    ] = Path("fedshield-server"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port for the SuperLink (Fleet, Control and Runtime APIs).")
+    ] = 9092,
+    node_key: Annotated[
+        list[Path] | None, typer.Option(help="A data owner's .pub key to register (repeat).")
+    ] = None,
+    wait_nodes: Annotated[
+        int | None, typer.Option(help="Nodes to wait for before the run (default: keys given).")
+    ] = None,
+    node_timeout_s: Annotated[float, typer.Option(help="How long to wait for the nodes.")] = 300.0,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option(help="key=value for the run (repeat), e.g. num-rounds=5 data=eval.csv."),
+    ] = None,
+    run_timeout_s: Annotated[
+        float, typer.Option(help="Give up on the run after this long.")
+    ] = 7200.0,
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep the SuperLink up after the run (Ctrl-C stops it).")
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="PLAINTEXT, no node authentication. For debugging only."),
+    ] = False,
+) -> None:
+    """Start a TLS SuperLink with node authentication, register owners' keys, run the federation."""
+    import time
+
+    from fedshield.common.processes import ManagedProcess, flower_env
+    from fedshield.server import deployment as dep
+
+    settings = dep.SuperLinkSettings(
+        pki_dir=pki, state_dir=state, host=host, port=port, insecure=insecure
+    )
+    values = _parse_key_values(run_config or [])
+    from fedshield.common.config import RunConfig
+
+    RunConfig.from_dict(values)  # refuse bad keys before anything starts
+    keys = list(node_key or [])
+    if insecure:
+        err_console.print(
+            "[bold red]WARNING: --insecure: plaintext traffic, no node authentication. Never use this with real data.[/]"
+        )
+        if keys:
+            raise FedshieldError(
+                "--insecure cannot authenticate nodes; drop --node-key or drop --insecure"
+            )
+    state.mkdir(parents=True, exist_ok=True)
+    command = dep.superlink_command(settings)
+    dep.write_connection_config(settings)
+    superlink = ManagedProcess(
+        "superlink", command, state / "logs" / "superlink.log", flower_env(settings.flwr_home)
+    )
+    try:
+        dep.wait_until_serving(settings, superlink)
+        console.print(
+            f"SuperLink serving on {settings.address} ({'PLAINTEXT' if insecure else 'TLS, node authentication on'})"
+        )
+        registered = dep.register_node_keys(settings, keys) if keys else []
+        for node in registered:
+            console.print(
+                f"registered {node['key']} ({node['fingerprint']}): node {node['node-id']}"
+            )
+        expected = wait_nodes if wait_nodes is not None else len(keys)
+        if expected:
+            console.print(f"waiting for {expected} SuperNodes ...")
+            dep.wait_for_nodes(settings, expected, node_timeout_s)
+        out = Path(values.get("out-dir") or state / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+        values = {
+            "min-train-nodes": max(expected, 1),
+            **values,
+            "out-dir": str(out.resolve()),
+            "transport": dep.transport_evidence(settings, registered),
+        }
+        status = dep.launch_run(settings, values, state / "logs" / "run.log", run_timeout_s)
+        if status != 0:
+            raise dep.DeploymentError(f"flwr run exited with {status}; see {state / 'logs'}")
+        _print_final(out)
+        if keep_running:
+            console.print("SuperLink keeps running; Ctrl-C stops it.")
+            while superlink.running:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        superlink.stop()
+
+
+@client_app.command("start")
+def client_start(
+    superlink: Annotated[str, typer.Option(help="HOST:PORT of the federation's SuperLink.")],
+    data: Annotated[
+        Path, typer.Option(help="Your data file (CSV, JSON Lines or Parquet). It never leaves.")
+    ],
+    epsilon_budget: Annotated[
+        float, typer.Option(help="Your total privacy budget for this data, across runs.")
+    ],
+    ca: Annotated[
+        Path | None, typer.Option(help="The federation's CA certificate (ca.crt).")
+    ] = None,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="This node's private key (NAME.key, mode 0600).")
+    ] = None,
+    delta: Annotated[float, typer.Option(help="delta; must be < 1/N.")] = 1e-5,
+    text_column: Annotated[str, typer.Option()] = "text",
+    label_column: Annotated[str, typer.Option()] = "label",
+    ledger_dir: Annotated[Path, typer.Option(help="Where your privacy ledger lives.")] = Path(
+        "~/.fedshield/ledgers"
+    ),
+    audit_dir: Annotated[Path, typer.Option(help="Where your audit log lives.")] = Path(
+        "~/.fedshield/audit"
+    ),
+    owner_id: Annotated[str, typer.Option(help="A public label for this owner in reports.")] = "",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    port: Annotated[
+        int, typer.Option(help="Local port of this SuperNode's app API (loopback only).")
+    ] = 9094,
+    max_retries: Annotated[
+        int, typer.Option(help="Give up connecting after this many tries (0 = never).")
+    ] = 0,
+    check_only: Annotated[
+        bool, typer.Option(help="Run the checks and print the summary, then stop.")
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="PLAINTEXT, no node authentication. For debugging only."),
+    ] = False,
+) -> None:
+    """Check your data and budget, then join the federation as an authenticated TLS SuperNode."""
+    from fedshield.client import deployment as dep
+    from fedshield.common.config import OwnerConfig
+
+    owner = OwnerConfig.from_dict(
+        {
+            "data-path": str(data),
+            "text-column": text_column,
+            "label-column": label_column,
+            "epsilon-budget": epsilon_budget,
+            "delta": delta,
+            "ledger-dir": str(ledger_dir),
+            "audit-dir": str(audit_dir),
+            "owner-id": owner_id,
+            "device": device,
+        }
+    )
+    if insecure:
+        err_console.print(
+            "[bold red]WARNING: --insecure: plaintext traffic, no node authentication. Never use this with real data.[/]"
+        )
+    settings = dep.SuperNodeSettings(
+        superlink=superlink,
+        ca=ca,
+        auth_key=auth_key,
+        owner=owner,
+        port=port,
+        insecure=insecure,
+        max_retries=max_retries,
+    )
+    ready = dep.check_before_connecting(settings)
+    classes = ", ".join(f"{k}: {v}" for k, v in ready.dataset.class_counts().items())
+    console.print(
+        f"data {data}: {len(ready.dataset)} records, classes {{{classes}}}, fingerprint {ready.dataset.fingerprint}"
+    )
+    console.print(
+        f"privacy budget: epsilon {epsilon_budget:g} at delta {delta:g}; spent {ready.epsilon_spent:.3f}; "
+        f"left {epsilon_budget - ready.epsilon_spent:.3f} (ledger {Path(ledger_dir).expanduser()})"
+    )
+    console.print(
+        f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}"
+    )
+    if check_only:
+        return
+    config = dep.node_config(settings, ready)
+    dep.record_node_start(settings, ready, config)
+    status = dep.run_supernode(
+        settings, config, on_line=lambda line: console.print(line, highlight=False, markup=False)
+    )
+    if status != 0:
+        raise typer.Exit(code=status)
+
+
+def _parse_key_values(items: list[str]) -> dict:
+    import tomllib
+
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise FedshieldError(f"--run-config {item!r}: expected key=value")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    return values
 
 
 def main() -> None:

@@ -1,0 +1,289 @@
+"""The operator's side of a real federation: Flower's SuperLink, secure by default.
+
+``fedshield server start`` = start ``flower-superlink`` with TLS, SuperNode
+authentication, a persistent state database and no runtime dependency installation ->
+wait until it answers over TLS -> register the data owners' node keys -> wait for the
+nodes -> ``flwr run`` the fedshield apps with the run configuration -> stop.
+
+The FAB that ``flwr run`` ships holds only a generated ``pyproject.toml``: the code
+that runs is the fedshield package installed on each side (Flower imports the app
+components from it), so operator and owners must run the same fedshield version; the
+version is part of the training plan and the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from fedshield.common.config import RunConfig
+from fedshield.common.errors import ConfigError, FedshieldError
+from fedshield.common.pki import (
+    CA_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    certificate_sha256,
+    check_private_key_file,
+    probe_tls_endpoint,
+    ssh_public_key_fingerprint,
+)
+from fedshield.common.processes import ManagedProcess, flower_env
+
+CONNECTION = "fedshield"
+
+
+class DeploymentError(FedshieldError):
+    """A Flower process did not start, connect or finish as expected."""
+
+
+@dataclass(frozen=True)
+class SuperLinkSettings:
+    pki_dir: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    insecure: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state_dir / "flwr-home"
+
+
+def _flower_binary(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        raise DeploymentError(
+            f"'{name}' not found; install fedshield (it brings flwr) in this environment"
+        )
+    return found
+
+
+def superlink_command(settings: SuperLinkSettings) -> list[str]:
+    args = [
+        _flower_binary("flower-superlink"),
+        "--database",
+        str(settings.state_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+        "--isolation",
+        "subprocess",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
+    if settings.insecure:
+        return [*args, "--insecure"]
+    pki = settings.pki_dir
+    for name in (CA_CERT, SERVER_CERT):
+        if not (pki / name).is_file():
+            raise ConfigError(
+                f"{pki / name} not found; create it with `fedshield pki init/server --dir {pki}`"
+            )
+    check_private_key_file(pki / SERVER_KEY)
+    return [
+        *args,
+        "--ssl-ca-certfile",
+        str(pki / CA_CERT),
+        "--ssl-certfile",
+        str(pki / SERVER_CERT),
+        "--ssl-keyfile",
+        str(pki / SERVER_KEY),
+        "--enable-supernode-auth",
+    ]
+
+
+def write_connection_config(settings: SuperLinkSettings) -> None:
+    """The ``flwr`` CLI's connection to this SuperLink ($FLWR_HOME/config.toml)."""
+    settings.flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f'address = "{settings.address}"',
+    ]
+    if settings.insecure:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{(settings.pki_dir / CA_CERT).resolve()}"')
+    (settings.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def wait_until_serving(
+    settings: SuperLinkSettings, process: ManagedProcess, timeout_s: float = 60
+) -> None:
+    scheme = "http" if settings.insecure else "https"
+    context = (
+        None
+        if settings.insecure
+        else ssl.create_default_context(cafile=str(settings.pki_dir / CA_CERT))
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.running:
+            raise DeploymentError(f"flower-superlink exited: {process.log_text()[-1500:]}")
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://{settings.address}/health", context=context, timeout=2
+            ):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise DeploymentError(
+        f"SuperLink on {settings.address} not serving after {timeout_s:.0f} s; see {process.log_path}"
+    )
+
+
+def _flwr(
+    settings: SuperLinkSettings, *args: str, timeout_s: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_flower_binary("flwr"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=flower_env(settings.flwr_home),
+    )
+
+
+def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> list[dict]:
+    """Register each owner's public key; a key already registered is kept as it is."""
+    registered = []
+    for key in public_keys:
+        if not key.is_file():
+            raise ConfigError(
+                f"{key}: node public key not found (the owner makes it with `fedshield pki node NAME`)"
+            )
+        fingerprint = ssh_public_key_fingerprint(key)
+        proc = _flwr(settings, "supernode", "register", str(key), CONNECTION, "--format", "json")
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0:
+            node_id = json.loads(proc.stdout).get("node-id")
+            registered.append({"key": str(key), "fingerprint": fingerprint, "node-id": node_id})
+        elif "already in use" in output:
+            registered.append(
+                {"key": str(key), "fingerprint": fingerprint, "node-id": "already registered"}
+            )
+        else:
+            raise DeploymentError(f"registering {key} failed: {output.strip()[-800:]}")
+    return registered
+
+
+def online_nodes(settings: SuperLinkSettings) -> int:
+    proc = _flwr(settings, "supernode", "ls", CONNECTION, "--format", "json")
+    if proc.returncode != 0:
+        return 0
+    try:
+        nodes = json.loads(proc.stdout).get("nodes", [])
+    except ValueError:
+        return 0
+    return sum(1 for node in nodes if node.get("status") == "online")
+
+
+def wait_for_nodes(settings: SuperLinkSettings, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if online_nodes(settings) >= count:
+            return
+        time.sleep(1.0)
+    raise DeploymentError(
+        f"only {online_nodes(settings)} of {count} SuperNodes came online in {timeout_s:.0f} s; "
+        "check that each owner ran `fedshield client start` with a registered key and the right CA"
+    )
+
+
+def write_app_dir(directory: Path) -> Path:
+    """A Flower app directory whose FAB names the installed fedshield components."""
+    directory.mkdir(parents=True, exist_ok=True)
+    defaults = RunConfig().as_dict()
+    config_lines = [f"{key} = {json.dumps(value)}" for key, value in defaults.items()]
+    (directory / "pyproject.toml").write_text(
+        "\n".join(
+            [
+                "[build-system]",
+                'requires = ["hatchling"]',
+                'build-backend = "hatchling.build"',
+                "",
+                "[project]",
+                'name = "fedshield-federation"',
+                f'version = "{version("fedshield")}"',
+                'description = "fedshield run (code: the installed fedshield package)"',
+                'license = "Apache-2.0"',
+                "dependencies = []",
+                "",
+                "[tool.flwr.app]",
+                'publisher = "fedshield"',
+                "",
+                "[tool.flwr.app.components]",
+                'serverapp = "fedshield.server.app:app"',
+                'clientapp = "fedshield.client.app:app"',
+                "",
+                "[tool.flwr.app.config]",
+                *config_lines,
+                "",
+            ]
+        )
+    )
+    return directory
+
+
+def transport_evidence(settings: SuperLinkSettings, node_keys: list[dict]) -> str:
+    """What the audit log records about transport and authentication."""
+    if settings.insecure:
+        return "INSECURE: plaintext, no TLS, no SuperNode authentication (--insecure)"
+    probe = probe_tls_endpoint(settings.address, settings.pki_dir / CA_CERT)
+    fingerprints = ",".join(k["fingerprint"] for k in node_keys)
+    return (
+        f"tls {probe['tls-version']} {probe['cipher']}; server-cert-sha256={probe['peer-certificate-sha256']}; "
+        f"ca-sha256={certificate_sha256(settings.pki_dir / CA_CERT)}; supernode-auth on; "
+        f"registered-node-keys={fingerprints}"
+    )
+
+
+def run_config_argument(values: dict) -> str:
+    """``flwr run --run-config`` syntax: space-separated TOML key=value pairs."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+def launch_run(settings: SuperLinkSettings, values: dict, log_path: Path, timeout_s: float) -> int:
+    """``flwr run`` the apps with ``values`` over the defaults; streams and returns its status."""
+    app_dir = write_app_dir(settings.state_dir / "app")
+    args = [
+        _flower_binary("flwr"),
+        "run",
+        str(app_dir),
+        CONNECTION,
+        "--stream",
+        "--run-config",
+        run_config_argument(values),
+    ]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=flower_env(settings.flwr_home),
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        for line in proc.stdout:
+            log.write(line)
+            sys.stdout.write(line.decode(errors="replace"))
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise DeploymentError(
+                    f"the run did not finish within {timeout_s:.0f} s; see {log_path}"
+                )
+        return proc.wait()
