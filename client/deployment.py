@@ -10,7 +10,11 @@ node config built here, never from the server.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,20 +214,39 @@ def explain_failure(output: str, settings: SuperNodeSettings) -> str | None:
 
 
 def run_supernode(settings: SuperNodeSettings, config: dict, on_line=print) -> int:
-    """Run flower-supernode in the foreground, echoing its output; returns its status."""
+    """Run flower-supernode in the foreground, echoing its output; returns its status.
+
+    The SuperNode runs in its own process group: when it exits (or we are stopped), the
+    whole group goes, including the flower-superexec it started, which would otherwise
+    keep the output pipe open.
+    """
     args = supernode_command(settings, config)
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=flower_env(), text=True
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=flower_env(),
+        text=True,
+        start_new_session=True,
     )
-    assert proc.stdout is not None
     tail: list[str] = []
-    try:
+
+    def pump() -> None:
+        assert proc.stdout is not None
         for line in proc.stdout:
             on_line(line.rstrip("\n"))
-            tail = (tail + [line])[-40:]
-    except KeyboardInterrupt:
-        proc.terminate()
-    status = proc.wait()
+            tail.append(line)
+            del tail[:-40]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        status = proc.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        reader.join(timeout=10)
     if status != 0:
         advice = explain_failure("".join(tail), settings)
         if advice:

@@ -26,7 +26,7 @@ class TrainSettings:
     """How one round of local training runs (sent by the server each round)."""
 
     local_epochs: int = 1
-    batch_size: int = 64
+    batch_size: int = 0  # 0: the whole local data set in every step (sample rate 1)
     learning_rate: float = 1.0
     momentum: float = 0.0
     max_grad_norm: float = 1.0
@@ -41,6 +41,10 @@ class TrainOutcome:
     dp_event: DpEvent | None
 
 
+def effective_batch_size(num_examples: int, settings: TrainSettings) -> int:
+    return settings.batch_size if settings.batch_size > 0 else num_examples
+
+
 def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
     """The DP event one round will cause, computed before training (pre-flight).
 
@@ -48,7 +52,7 @@ def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
     ``len(loader)`` steps per epoch, where the loader is a plain ``DataLoader`` of
     ``batch_size``.
     """
-    steps_per_epoch = math.ceil(num_examples / settings.batch_size)
+    steps_per_epoch = math.ceil(num_examples / effective_batch_size(num_examples, settings))
     return DpEvent(
         noise_multiplier=settings.noise_multiplier,
         sample_rate=1.0 / steps_per_epoch,
@@ -86,7 +90,8 @@ def train_locally(
     dataset = TensorDataset(
         torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(labels).long()
     )
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    batch_size = effective_batch_size(len(labels), settings)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     model.to(device)
     model.train()
     optimizer = torch.optim.SGD(

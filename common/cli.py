@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
 @app.command()
 def simulate(
     clients: Annotated[int, typer.Option(help="Number of simulated data owners.")] = 10,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 40,
     data: Annotated[
         str,
         typer.Option(
@@ -99,12 +99,17 @@ def simulate(
         ),
     ] = 0.0,
     max_grad_norm: Annotated[float, typer.Option(help="Per-sample clipping norm.")] = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Expected (Poisson) batch size.")] = 128,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Expected (Poisson) batch size; 0 = each owner's whole data set per step."
+        ),
+    ] = 0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    learning_rate: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 2.0,
+    learning_rate: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 5.0,
     server_momentum: Annotated[
         float, typer.Option(help="Server momentum (FedAvgM); 0 = FedAvg.")
-    ] = 0.0,
+    ] = 0.9,
     aggregation: Annotated[
         str, typer.Option(help="fedavg, median or trimmed-mean (robust to outliers).")
     ] = "fedavg",
@@ -632,7 +637,15 @@ def _parse_key_values(items: list[str]) -> dict:
     return values
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that `finally` blocks stop the Flower processes."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main() -> None:
+    _exit_on_sigterm()
     try:
         app()
     except FedshieldError as exc:

@@ -94,9 +94,15 @@ def _require(condition: bool, key: str, value: Any, rule: str) -> None:
 
 @dataclass(frozen=True)
 class RunConfig(_KebabConfig):
-    """The federation's plan; defaults are the measured defaults (docs/BENCHMARKS.md)."""
+    """The federation's plan; defaults are the measured defaults (docs/BENCHMARKS.md).
 
-    num_rounds: int = 10
+    ``batch-size = 0`` means one full-batch step per local epoch (Poisson sample rate 1,
+    i.e. DP-GD): with label-skewed owners of very different sizes, mini-batch local
+    steps let large owners dominate and the model collapsed to one class; full-batch
+    steps make each round's average the global clipped gradient whatever the partition.
+    """
+
+    num_rounds: int = 40
     data: str = "imdb"
     text_column: str = "text"
     label_column: str = "label"
@@ -112,12 +118,12 @@ class RunConfig(_KebabConfig):
     noise_multiplier: float = 0.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    batch_size: int = 128
+    batch_size: int = 0
     local_epochs: int = 1
-    learning_rate: float = 2.0
+    learning_rate: float = 5.0
     momentum: float = 0.0
     server_learning_rate: float = 1.0
-    server_momentum: float = 0.0
+    server_momentum: float = 0.9
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
     max_update_norm: float = 0.0
@@ -164,7 +170,12 @@ class RunConfig(_KebabConfig):
                 "must be >= 0",
             )
             _require(self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm, "must be > 0")
-        _require(self.batch_size >= 1, "batch-size", self.batch_size, "must be >= 1")
+        _require(
+            self.batch_size >= 0,
+            "batch-size",
+            self.batch_size,
+            "must be >= 1, or 0 for full local batches",
+        )
         _require(self.local_epochs >= 1, "local-epochs", self.local_epochs, "must be >= 1")
         _require(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
@@ -214,6 +225,7 @@ class OwnerConfig(_KebabConfig):
     audit_dir: str = "~/.fedshield/audit"
     owner_id: str = ""
     device: str = "auto"
+    transport: str = ""
 
     def validate(self) -> None:
         _require(bool(self.data_path), "data-path", self.data_path, "set the owner's data file")

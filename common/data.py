@@ -216,6 +216,7 @@ def load_builtin(name: str) -> TextDataset:
 
 
 def check_batch_fits(dataset: TextDataset, batch_size: int) -> None:
+    """Refuse a data set smaller than the batch (0 = full batch always fits)."""
     if len(dataset) < batch_size:
         raise DataError(
             f"{dataset.source}: {len(dataset)} records is fewer than the batch size "

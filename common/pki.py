@@ -218,3 +218,18 @@ def probe_tls_endpoint(address: str, ca_path: str | Path, timeout_s: float = 5.0
             "cipher": tls.cipher()[0],
             "peer-certificate-sha256": hashlib.sha256(der).hexdigest(),
         }
+
+
+def check_certificate_current(path: str | Path) -> None:
+    """Refuse to serve a certificate that is expired or not yet valid."""
+    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    now = _now()
+    if cert.not_valid_after_utc <= now:
+        raise ConfigError(
+            f"{path}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; issue a new one "
+            "with `fedshield pki server` (see deploy/README.md, rotation)"
+        )
+    if cert.not_valid_before_utc > now:
+        raise ConfigError(
+            f"{path}: certificate not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )

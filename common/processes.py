@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,9 @@ FLOWER_ENV = {
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env = {**os.environ, **FLOWER_ENV}
+    # Flower starts helpers (flower-superexec, flwr-clientapp) by name: make sure the ones
+    # next to this interpreter are found even when the venv is not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env

@@ -31,6 +31,7 @@ from fedshield.common.pki import (
     SERVER_CERT,
     SERVER_KEY,
     certificate_sha256,
+    check_certificate_current,
     check_private_key_file,
     probe_tls_endpoint,
     ssh_public_key_fingerprint,
@@ -71,6 +72,7 @@ def _flower_binary(name: str) -> str:
 
 
 def superlink_command(settings: SuperLinkSettings) -> list[str]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     args = [
         _flower_binary("flower-superlink"),
         "--database",
@@ -92,6 +94,7 @@ def superlink_command(settings: SuperLinkSettings) -> list[str]:
                 f"{pki / name} not found; create it with `fedshield pki init/server --dir {pki}`"
             )
     check_private_key_file(pki / SERVER_KEY)
+    check_certificate_current(pki / SERVER_CERT)
     return [
         *args,
         "--ssl-ca-certfile",
@@ -170,7 +173,8 @@ def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> 
         proc = _flwr(settings, "supernode", "register", str(key), CONNECTION, "--format", "json")
         output = proc.stdout + proc.stderr
         if proc.returncode == 0:
-            node_id = json.loads(proc.stdout).get("node-id")
+            answer = json.loads(proc.stdout)
+            node_id = answer.get("node-id", answer.get("node_id", answer.get("id")))
             registered.append({"key": str(key), "fingerprint": fingerprint, "node-id": node_id})
         elif "already in use" in output:
             registered.append(
