@@ -91,6 +91,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
             epsilon_so_far.update(record.epsilon)
         entry = {
             "round": server_round,
+            "time": time.time(),
             "accuracy": accuracy,
             "loss": loss,
             "epsilon": dict(sorted(epsilon_so_far.items())),

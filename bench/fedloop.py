@@ -1,0 +1,71 @@
+"""The in-process federated loop shared by the bench scripts (no Flower).
+
+Runs the product's local training (``fedshield.client.train.train_locally``) at every
+simulated owner and aggregates like the server's ``fedavg`` (Flower's FedAvgM: weighted
+mean of the updates, then server momentum and server learning rate). Noise per owner is
+derived as the ClientApp does (``client/app.py`` ``training_settings``): the smallest
+noise for which ``rounds`` rounds of that owner's training compose to the target epsilon.
+"""
+
+from __future__ import annotations
+
+import torch
+from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
+from fedshield.common.model import build_model
+from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def run_federation(
+    parts,
+    val,
+    settings,
+    rounds,
+    server_lr,
+    server_momentum,
+    epsilon,
+    delta,
+    seed,
+    num_classes: int = 2,
+):
+    """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
+
+    ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round.
+    """
+    model = build_model(parts[0][0].shape[1], num_classes)
+    velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    noise = {}
+    for i, (x, _) in enumerate(parts):
+        if settings.dp:
+            probe = planned_dp_event(len(x), settings)
+            noise[i] = noise_for_target_epsilon(
+                epsilon, delta, probe.sample_rate, probe.steps * rounds
+            )
+    curve = []
+    eps = []
+    for rnd in range(rounds):
+        global_state = {k: v.clone() for k, v in model.state_dict().items()}
+        total = sum(len(x) for x, _ in parts)
+        delta_sum = {k: torch.zeros_like(v) for k, v in global_state.items()}
+        eps = []
+        for i, (x, y) in enumerate(parts):
+            local = build_model(x.shape[1], num_classes)
+            local.load_state_dict(global_state)
+            s = TrainSettings(**{**settings.__dict__, "noise_multiplier": noise.get(i, 0.0)})
+            out = train_locally(local, x, y, s, torch.device("cpu"), seed * 1000 + rnd * 100 + i)
+            if out.dp_event:
+                eps.append(epsilon_spent([out.dp_event] * (rnd + 1), delta))
+            inner = getattr(local, "_module", local)
+            for k, v in inner.state_dict().items():
+                delta_sum[k] += (v.detach() - global_state[k]) * (len(x) / total)
+        new_state = {}
+        for k in global_state:
+            velocity[k] = server_momentum * velocity[k] + delta_sum[k]
+            new_state[k] = global_state[k] + server_lr * velocity[k]
+        model.load_state_dict(new_state)
+        curve.append(accuracy(model, *val))
+    return curve, (max(eps) if eps else 0.0)
