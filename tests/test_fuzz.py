@@ -87,7 +87,7 @@ def test_arbitrary_owner_config_parses_or_fails_cleanly(values):
         ({"num-rounds": -1}, "'num-rounds' = -1: must be >= 1"),
         ({"num-rounds": "ten"}, "expected int, got 'ten'"),
         ({"delta": 0}, "'delta' = 0.0"),
-        ({"batch-size": 0}, "'batch-size' = 0"),
+        ({"batch-size": -1}, "'batch-size' = -1"),
         ({"epsilon": 3}, "unknown configuration key 'epsilon'"),
         ({"dp": "maybe"}, "expected bool"),
     ],
