@@ -11,9 +11,14 @@ node config built here, never from the server.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +150,8 @@ def _node_config_argument(values: dict) -> str:
     return " ".join(parts)
 
 
-def supernode_command(settings: SuperNodeSettings, config: dict) -> list[str]:
+def supernode_command(settings: SuperNodeSettings, config: dict, secret_file: Path) -> list[str]:
+    """flower-supernode with process isolation: fedshield's warm executor runs the apps."""
     from fedshield.server.deployment import _flower_binary
 
     args = [
@@ -158,6 +164,10 @@ def supernode_command(settings: SuperNodeSettings, config: dict) -> list[str]:
         str(settings.port),
         "--node-config",
         _node_config_argument(config),
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(secret_file),
     ]
     if settings.max_retries:
         args += ["--max-retries", str(settings.max_retries)]
@@ -216,37 +226,67 @@ def explain_failure(output: str, settings: SuperNodeSettings) -> str | None:
 def run_supernode(settings: SuperNodeSettings, config: dict, on_line=print) -> int:
     """Run flower-supernode in the foreground, echoing its output; returns its status.
 
-    The SuperNode runs in its own process group: when it exits (or we are stopped), the
-    whole group goes, including the flower-superexec it started, which would otherwise
-    keep the output pipe open.
+    The SuperNode runs with process isolation next to fedshield's warm executor
+    (client/executor.py), which it authenticates with a fresh random secret. Each runs in
+    its own process group: when the SuperNode exits (or we are stopped), both groups go,
+    including any task still running.
     """
-    args = supernode_command(settings, config)
+    secret_dir = Path(tempfile.mkdtemp(prefix="fedshield-superexec-"))
+    secret_file = secret_dir / "secret"
+    secret_file.write_bytes(secrets.token_bytes(32))
+    secret_file.chmod(0o600)
     proc = subprocess.Popen(
-        args,
+        supernode_command(settings, config, secret_file),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=flower_env(),
         text=True,
         start_new_session=True,
     )
+    executor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedshield.client.executor",
+            "--runtime-api-address",
+            f"127.0.0.1:{settings.port}",
+            "--superexec-auth-secret-file",
+            str(secret_file),
+            "--owner-settings",
+            json.dumps(config),
+            "--parent-pid",
+            str(os.getpid()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Look for new tasks every 50 ms instead of Flower's default 1 s.
+        env={**flower_env(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"},
+        text=True,
+        start_new_session=True,
+    )
     tail: list[str] = []
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def pump(stream) -> None:
+        for line in stream:
             on_line(line.rstrip("\n"))
             tail.append(line)
             del tail[:-40]
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    readers = [
+        threading.Thread(target=pump, args=(p.stdout,), daemon=True) for p in (proc, executor)
+    ]
+    for reader in readers:
+        reader.start()
     try:
         status = proc.wait()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        reader.join(timeout=10)
+        for child in (proc, executor):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+            child.wait()
+        for reader in readers:
+            reader.join(timeout=10)
+        shutil.rmtree(secret_dir, ignore_errors=True)
     if status != 0:
         advice = explain_failure("".join(tail), settings)
         if advice:

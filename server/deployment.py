@@ -55,7 +55,9 @@ class SuperLinkSettings:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Where the operator's own tools dial the SuperLink (loopback for a wildcard bind)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
 
     @property
     def flwr_home(self) -> Path:
