@@ -35,7 +35,7 @@ from fedshield.common.pki import (
     probe_tls_endpoint,
 )
 from fedshield.common.privacy import check_delta
-from fedshield.common.processes import flower_env
+from fedshield.common.processes import die_with_parent, flower_env
 
 # flower-supernode's failure lines, and what the data owner can do about each.
 KNOWN_FAILURES = (
@@ -242,6 +242,7 @@ def run_supernode(settings: SuperNodeSettings, config: dict, on_line=print) -> i
         env=flower_env(),
         text=True,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     executor = subprocess.Popen(
         [
@@ -263,6 +264,7 @@ def run_supernode(settings: SuperNodeSettings, config: dict, on_line=print) -> i
         env={**flower_env(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"},
         text=True,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     tail: list[str] = []
 

@@ -336,3 +336,62 @@ def test_a_key_file_with_loose_permissions_is_rejected(pki, data, tmp_path):
         proc.stderr.split()
     )
     assert "chmod 600" in proc.stderr
+
+
+def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_path, processes):
+    port = free_port()
+    server = processes.start(
+        "server",
+        "server",
+        "start",
+        "--pki",
+        str(pki),
+        "--state",
+        str(tmp_path / "server"),
+        "--port",
+        str(port),
+        *[a for i in range(3) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
+        "--node-timeout-s",
+        "180",
+        "--run-config",
+        "num-rounds=3",
+        "--run-config",
+        "min-train-nodes=2",
+        "--run-config",
+        "round-timeout-s=20",
+        "--run-config",
+        f"data='{data / 'eval.csv'}'",
+        "--run-config",
+        "test-fraction=0.5",
+        "--run-config",
+        f"out-dir='{tmp_path / 'run'}'",
+    )
+    deadline = time.monotonic() + 60
+    while "waiting for 3 SuperNodes" not in server.log_text():
+        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.5)
+    owners = [
+        processes.start(
+            f"owner-{i}",
+            *client_args(pki, port, f"owner-{i}", data / f"owner-{i}.csv", tmp_path / f"o{i}"),
+        )
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 300
+    while "[ROUND 2/3]" not in server.log_text():
+        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.2)
+    owners[2].stop(grace_s=0)  # the data owner's machine goes away in the middle of round 2
+    assert server.wait(timeout_s=600) == 0, server.log_text()[-4000:]
+
+    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert sorted(rounds[1]["participants"]) == ["owner-0", "owner-1", "owner-2"]
+    for entry in rounds[2:]:
+        assert sorted(entry["participants"])[:2] == ["owner-0", "owner-1"]
+    assert "owner-2" not in rounds[3]["participants"]
+    log = verify_log(next((tmp_path / "run" / "audit").rglob("audit.jsonl")))
+    assert log.ok, log.problem
+    dropped = [e["data"] for e in log.entries if e["type"] == "clients-dropped"]
+    assert dropped, "the server records who dropped"
+    assert any(e["type"] == "run-end" for e in log.entries)
