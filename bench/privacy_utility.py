@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
-import subprocess
 import sys
 import time
 import zlib
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_machine import machine
 from fedloop import accuracy, run_federation
 from fedshield.client.train import TrainSettings
 from fedshield.common.config import RunConfig
@@ -42,21 +41,6 @@ from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPSILONS = (8.0, 3.0, 1.0)
-
-
-def machine() -> dict:
-    import flwr
-    import opacus
-
-    return {
-        "uname": subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip(),
-        "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "opacus": opacus.__version__,
-        "flwr": flwr.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 # ---------------------------------------------------------------- data
