@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import torch
 from fedshield.client.owner import Owner, owner_features, resolve_owner
+from fedshield.client.releases import ReleasedUpdates
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
@@ -106,6 +107,20 @@ def train_round(
             "transport": dict(context.node_config).get("transport", "flower-managed"),
         },
     )
+    releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint)
+    global_sha256 = wire.arrays_digest(msg.content[wire.ARRAYS])[0]
+    already = releases.find(plan.run_key, server_round, global_sha256)
+    if already is not None:
+        arrays, metrics = already
+        audit.append(
+            "update-re-released",
+            **{
+                "server-round": server_round,
+                "update-sha256": wire.arrays_digest(arrays)[0],
+                "reason": "the server re-sent a round already answered; same update, no new charge",
+            },
+        )
+        return _reply(msg, owner, arrays, metrics, audit, server_round)
     check_batch_fits(owner.dataset, plan.batch_size)
     features = owner_features(owner, featurizer_spec(plan))
     settings = training_settings(plan, owner)
@@ -163,6 +178,19 @@ def train_round(
             "max-grad-norm": settings.max_grad_norm if plan.dp else 0.0,
         }
     )
+    releases.remember(plan.run_key, server_round, global_sha256, arrays, metrics)
+    return _reply(msg, owner, arrays, metrics, audit, server_round)
+
+
+def _reply(
+    msg: Message,
+    owner: Owner,
+    arrays: ArrayRecord,
+    metrics: MetricRecord,
+    audit: AuditLog,
+    server_round: int,
+) -> Message:
+    """Log the release, then build the reply (arrays, aggregate metrics, owner record)."""
     digest, size = wire.arrays_digest(arrays)
     released = audit.append(
         "update-released",

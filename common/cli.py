@@ -137,10 +137,29 @@ def simulate(
         Path | None,
         typer.Option(help="Existing ledger folder to keep charging (default: <out>/ledgers)."),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the crashed run in --out from its last checkpoint."
+        ),
+    ] = False,
 ) -> None:
     """Run the server plus simulated clients on this machine and report accuracy and epsilon."""
     from fedshield.common.config import RunConfig
     from fedshield.server.app import default_out_dir
+
+    if resume:
+        from fedshield.server.checkpoint import ServerCheckpoint
+
+        if out is None:
+            raise FedshieldError("--resume needs --out: the folder of the run to continue")
+        checkpoint = ServerCheckpoint.load(out)
+        config = RunConfig.from_dict({**checkpoint.config, "resume": True})
+        console.print(
+            f"Resuming {out} after round {checkpoint.server_round} of {config.num_rounds}"
+        )
+        _run_simulation_with_progress(config, config.num_clients)
+        return
 
     out_dir = out or default_out_dir()
     config = RunConfig.from_dict(
@@ -172,6 +191,7 @@ def simulate(
             "ledger-dir": str(ledger_dir or out_dir / "ledgers"),
             "device": device,
             "transport": "simulation: in-process messages, no network",
+            "num-clients": clients,
         }
     )
     _run_simulation_with_progress(config, clients)
@@ -238,7 +258,7 @@ def _run_simulation_with_progress(config, clients: int) -> None:
                 )
             )
             if entry["round"] > 0:
-                progress.advance(task)
+                progress.update(task, completed=entry["round"])
 
         _quiet_libraries()
         from fedshield.server.simulation import run_simulation

@@ -135,6 +135,9 @@ class RunConfig(_KebabConfig):
     ledger_dir: str = ""
     audit_dir: str = ""
     transport: str = ""
+    run_key: str = ""
+    resume: bool = False
+    num_clients: int = 0
     device: str = "auto"
     feat_n_buckets: int = 2**18
     feat_ngram_max: int = 2

@@ -27,6 +27,7 @@ AUDIT_HEAD = "audit-head"
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",
+    "run-key",
     "dp",
     "target-epsilon",
     "noise-multiplier",

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
+from fedshield.common.errors import FedshieldError
 from fedshield.common.featurize import featurize, projection_digest
 from fedshield.common.federation import featurizer_spec, heldout_test_split
 from fedshield.common.model import build_model, evaluate_model
+from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.outputs import RunOutputs
 from fedshield.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -82,9 +86,34 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     )
     epsilon_so_far: dict[str, float] = {}
     history: list[dict] = []
+    initial_arrays = ArrayRecord(model.state_dict())
+    run_key = config.run_key or uuid.uuid4().hex
+    if config.resume:
+        checkpoint = ServerCheckpoint.load(outputs.out_dir)
+        strategy.round_offset = checkpoint.server_round
+        initial_arrays = checkpoint.arrays
+        if checkpoint.momentum is not None and hasattr(strategy, "momentum_vector"):
+            strategy.momentum_vector = checkpoint.momentum
+            strategy.current_arrays = checkpoint.arrays
+        epsilon_so_far.update(checkpoint.epsilon_so_far)
+        history.extend(checkpoint.history)
+        outputs.metrics["rounds"] = list(checkpoint.history)
+        run_key = checkpoint.run_key
+        checkpoint.restore_random_state()
+        audit.append(
+            "run-resumed",
+            **{
+                "from-round": checkpoint.server_round,
+                "model-sha256": wire.arrays_digest(initial_arrays)[0],
+            },
+        )
+    config = config.replace(run_key=run_key)
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_global(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = flower_round + strategy.round_offset
         model.load_state_dict(arrays.to_torch_state_dict())
+        if history and history[-1]["round"] >= server_round:
+            return MetricRecord({"accuracy": history[-1]["accuracy"], "loss": history[-1]["loss"]})
         loss, accuracy = evaluate_model(model, test_features, test.labels)
         record = strategy.rounds.get(server_round)
         if record is not None:
@@ -111,22 +140,37 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
                 "dropped-node-ids": record.dropped if record else [],
             },
         )
+        ServerCheckpoint(
+            server_round=server_round,
+            arrays=arrays,
+            momentum=getattr(strategy, "momentum_vector", None),
+            epsilon_so_far=dict(epsilon_so_far),
+            history=list(history),
+            run_key=run_key,
+            config=config.as_dict(),
+            random_state=random.getstate(),
+        ).save(outputs.out_dir)
         audit.checkpoint(f"round-{server_round}-end")
         if on_round is not None:
             on_round(entry)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     plan = wire.encode_train_plan(config, classes)
+    remaining = config.num_rounds - strategy.round_offset
+    if remaining < 1:
+        raise FedshieldError(
+            f"{outputs.out_dir}: all {config.num_rounds} rounds are done; nothing to resume"
+        )
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_rounds,
+        initial_arrays=initial_arrays,
+        num_rounds=remaining,
         timeout=config.round_timeout_s,
         train_config=plan,
         evaluate_config=ConfigRecord(dict(plan)),
         evaluate_fn=evaluate_global,
     )
-    final_arrays = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
+    final_arrays = result.arrays if len(result.arrays) else initial_arrays
     outputs.save_model(final_arrays, classes, spec)
     final = {
         "accuracy": history[-1]["accuracy"],

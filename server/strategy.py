@@ -47,10 +47,14 @@ class ValidatingStrategy:
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
         self._sampled: list[int] = []
+        # Rounds already done before a resume: Flower's loop counts from 1 again, the
+        # owners and the logs must see the true round number.
+        self.round_offset = 0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self._global_arrays = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
@@ -67,6 +71,7 @@ class ValidatingStrategy:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         record = RoundRecord(server_round)
         self.rounds[server_round] = record
         replies = list(replies)

@@ -1,0 +1,64 @@
+"""Updates already released, kept so that a re-sent round costs no new privacy.
+
+When a server crashes and resumes, it re-sends the round that was in flight. Training
+again would draw fresh noise and release a second, differently noised update: a new
+privacy cost. Instead the owner answers with the very update it already released for
+that (run key, round, global model): re-sending an output is post-processing and costs
+nothing, so the ledger is not charged twice. Stored next to the ledger, atomically,
+before the update leaves; only the two latest rounds of each run are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+
+
+class ReleasedUpdates:
+    def __init__(self, ledger_dir: Path, fingerprint: str) -> None:
+        self.directory = Path(ledger_dir).expanduser() / f"{fingerprint}.releases"
+
+    def _path(self, run_key: str, server_round: int) -> Path:
+        return self.directory / f"{run_key}-{server_round:06d}.pt"
+
+    def find(
+        self, run_key: str, server_round: int, global_sha256: str
+    ) -> tuple[ArrayRecord, MetricRecord] | None:
+        path = self._path(run_key, server_round)
+        if not run_key or not path.is_file():
+            return None
+        saved = torch.load(path, weights_only=True)
+        if saved["global-sha256"] != global_sha256:
+            return None  # a different global model: a new computation, charged as such
+        return ArrayRecord(saved["arrays"]), MetricRecord(saved["metrics"])
+
+    def remember(
+        self,
+        run_key: str,
+        server_round: int,
+        global_sha256: str,
+        arrays: ArrayRecord,
+        metrics: MetricRecord,
+    ) -> None:
+        if not run_key:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(run_key, server_round)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            torch.save(
+                {
+                    "global-sha256": global_sha256,
+                    "arrays": arrays.to_torch_state_dict(),
+                    "metrics": dict(metrics),
+                },
+                handle,
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        for old in sorted(self.directory.glob(f"{run_key}-*.pt"))[:-2]:
+            old.unlink(missing_ok=True)
