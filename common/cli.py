@@ -400,6 +400,17 @@ def audit_report(
         raise typer.Exit(code=1)
 
 
+InsecureFlag = Annotated[
+    bool, typer.Option("--insecure", help="PLAINTEXT, no node authentication. For debugging only.")
+]
+
+
+def _warn_insecure() -> None:
+    err_console.print(
+        "[bold red]WARNING: --insecure: plaintext traffic, no node authentication. Never use this with real data.[/]"
+    )
+
+
 PkiDir = Annotated[
     Path, typer.Option("--dir", help="PKI folder (keep ca.key offline after issuing).")
 ]
@@ -481,10 +492,7 @@ def server_start(
     keep_running: Annotated[
         bool, typer.Option(help="Keep the SuperLink up after the run (Ctrl-C stops it).")
     ] = False,
-    insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="PLAINTEXT, no node authentication. For debugging only."),
-    ] = False,
+    insecure: InsecureFlag = False,
 ) -> None:
     """Start a TLS SuperLink with node authentication, register owners' keys, run the federation."""
     import time
@@ -501,9 +509,7 @@ def server_start(
     RunConfig.from_dict(values)  # refuse bad keys before anything starts
     keys = list(node_key or [])
     if insecure:
-        err_console.print(
-            "[bold red]WARNING: --insecure: plaintext traffic, no node authentication. Never use this with real data.[/]"
-        )
+        _warn_insecure()
         if keys:
             raise FedshieldError(
                 "--insecure cannot authenticate nodes; drop --node-key or drop --insecure"
@@ -584,10 +590,7 @@ def client_start(
     check_only: Annotated[
         bool, typer.Option(help="Run the checks and print the summary, then stop.")
     ] = False,
-    insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="PLAINTEXT, no node authentication. For debugging only."),
-    ] = False,
+    insecure: InsecureFlag = False,
 ) -> None:
     """Check your data and budget, then join the federation as an authenticated TLS SuperNode."""
     from fedshield.client import deployment as dep
@@ -607,9 +610,7 @@ def client_start(
         }
     )
     if insecure:
-        err_console.print(
-            "[bold red]WARNING: --insecure: plaintext traffic, no node authentication. Never use this with real data.[/]"
-        )
+        _warn_insecure()
     settings = dep.SuperNodeSettings(
         superlink=superlink,
         ca=ca,

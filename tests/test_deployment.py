@@ -100,6 +100,29 @@ def processes(tmp_path):
     assert not leftovers.strip(), f"processes survived the test: {leftovers}"
 
 
+def start_server(
+    processes: Processes, pki: Path, state: Path, port: int, nodes: int, *extra: str
+) -> ManagedProcess:
+    """`fedshield server start`, returned once it waits for its SuperNodes."""
+    server = processes.start(
+        "server",
+        "server",
+        "start",
+        "--pki",
+        str(pki),
+        "--state",
+        str(state),
+        "--port",
+        str(port),
+        *extra,
+    )
+    deadline = time.monotonic() + 60
+    while f"waiting for {nodes} SuperNodes" not in server.log_text():
+        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.5)
+    return server
+
+
 def client_args(
     pki: Path, port: int, key: str, data_file: Path, home: Path, *extra: str
 ) -> list[str]:
@@ -133,16 +156,12 @@ def client_args(
 def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processes):
     port = free_port()
     state = tmp_path / "server"
-    server = processes.start(
-        "server",
-        "server",
-        "start",
-        "--pki",
-        str(pki),
-        "--state",
-        str(state),
-        "--port",
-        str(port),
+    server = start_server(
+        processes,
+        pki,
+        state,
+        port,
+        3,
         *[a for i in range(3) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
         "--node-timeout-s",
         "180",
@@ -155,10 +174,6 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
         "--run-config",
         f"out-dir='{tmp_path / 'run'}'",
     )
-    deadline = time.monotonic() + 60
-    while "waiting for 3 SuperNodes" not in server.log_text():
-        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
-        time.sleep(0.5)
     owners = [tmp_path / f"owner-{i}" for i in range(3)]
     for i, home in enumerate(owners):
         processes.start(
@@ -209,25 +224,17 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
 def superlink(pki, tmp_path, processes):
     """A TLS SuperLink with node authentication that knows only owner-0's key."""
     port = free_port()
-    server = processes.start(
-        "server",
-        "server",
-        "start",
-        "--pki",
-        str(pki),
-        "--state",
-        str(tmp_path / "server"),
-        "--port",
-        str(port),
+    start_server(
+        processes,
+        pki,
+        tmp_path / "server",
+        port,
+        1,
         "--node-key",
         str(pki / "owner-0.pub"),
         "--node-timeout-s",
         "600",
     )
-    deadline = time.monotonic() + 60
-    while "waiting for 1 SuperNodes" not in server.log_text():
-        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
-        time.sleep(0.5)
     return port
 
 
@@ -340,16 +347,12 @@ def test_a_key_file_with_loose_permissions_is_rejected(pki, data, tmp_path):
 
 def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_path, processes):
     port = free_port()
-    server = processes.start(
-        "server",
-        "server",
-        "start",
-        "--pki",
-        str(pki),
-        "--state",
-        str(tmp_path / "server"),
-        "--port",
-        str(port),
+    server = start_server(
+        processes,
+        pki,
+        tmp_path / "server",
+        port,
+        3,
         *[a for i in range(3) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
         "--node-timeout-s",
         "180",
@@ -366,10 +369,6 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
         "--run-config",
         f"out-dir='{tmp_path / 'run'}'",
     )
-    deadline = time.monotonic() + 60
-    while "waiting for 3 SuperNodes" not in server.log_text():
-        assert server.running and time.monotonic() < deadline, server.log_text()[-3000:]
-        time.sleep(0.5)
     owners = [
         processes.start(
             f"owner-{i}",
