@@ -79,10 +79,29 @@ def fingerprint_records(texts: list[str], labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _shown(names: list[str], limit: int = 10) -> str:
+    """Column names for a message: each cut to 40 characters, at most ``limit`` of them."""
+    cut = [n if len(n) <= 40 else n[:37] + "..." for n in names[:limit]]
+    return ", ".join(cut) + (f", ... ({len(names)} columns)" if len(names) > limit else "")
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    csv.field_size_limit(1 << 30)
+    with path.open(encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            header = _csv_header(path)
+            if len(set(header)) != len(header):
+                duplicated = sorted({c for c in header if header.count(c) > 1})
+                # pandas would silently rename the second one to "name.1"
+                raise DataError(f"{path}: duplicate column names {_shown(duplicated)}; rename them")
             return pd.read_csv(path, encoding="utf-8", dtype=object, keep_default_na=False)
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
@@ -126,14 +145,14 @@ def validate_frame(
     columns = [str(c) for c in frame.columns]
     if len(set(columns)) != len(columns):
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
-        raise DataError(f"{origin}: duplicate column names {duplicated}; rename them")
+        raise DataError(f"{origin}: duplicate column names {_shown(duplicated)}; rename them")
     for role, name, flag in (
         ("text", text_column, "--text-column"),
         ("label", label_column, "--label-column"),
     ):
         if name not in columns:
             raise DataError(
-                f"{origin}: {role} column '{name}' not found (columns: {', '.join(columns)}); "
+                f"{origin}: {role} column '{name}' not found (columns: {_shown(columns)}); "
                 f"pass {flag}"
             )
     if len(frame) == 0:

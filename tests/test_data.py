@@ -150,3 +150,19 @@ def test_dirichlet_skews_labels_more_than_iid():
     assert spread(partition(train, 8, "dirichlet", 0.3, 0)) > 3 * spread(
         partition(train, 8, "iid", 0.3, 0)
     )
+
+
+def test_duplicate_header_names_are_refused_not_renamed(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,text\nhello,1,x\nbye,0,y\n")
+    with pytest.raises(DataError, match=r"duplicate column names text; rename them"):
+        load_dataset(path)
+
+
+def test_a_50_mb_single_line_fails_with_a_short_message(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a" * 50_000_000)
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    assert "text column 'text' not found" in str(info.value)
+    assert len(str(info.value)) < 500
