@@ -219,3 +219,23 @@ def test_the_planted_marker_appears_in_no_output_log_or_ledger(first_run):
     )
     for path in files:
         assert MARKER.encode() not in path.read_bytes(), path
+
+
+def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
+    proc = simulate(
+        "--clients",
+        "100",
+        "--fraction-train",
+        "0.1",
+        "--rounds",
+        "2",
+        "--max-records",
+        "6000",
+        "--out",
+        str(tmp_path / "load"),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rounds = json.loads((tmp_path / "load" / "metrics.json").read_text())["rounds"]
+    assert [len(r["participants"]) for r in rounds[1:]] == [10, 10]
+    assert len(list((tmp_path / "load" / "ledgers").glob("*.json"))) <= 20
+    assert ray_processes() == []
