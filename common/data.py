@@ -287,9 +287,16 @@ def partition(
         raise DataError(f"unknown partition scheme '{scheme}'; use 'iid' or 'dirichlet'")
     partitioner.dataset = table
     parts = []
-    for i in range(num_partitions):
-        rows = np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
-        parts.append(dataset.subset(np.sort(rows), f"{dataset.source}[client {i}]"))
+    try:
+        for i in range(num_partitions):
+            rows = np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+            parts.append(dataset.subset(np.sort(rows), f"{dataset.source}[client {i}]"))
+    except ValueError as exc:
+        raise DataError(
+            f"{dataset.source}: cannot split {len(dataset)} records into {num_partitions} "
+            f"{scheme} partitions ({exc}); use fewer clients, more records, a larger --alpha "
+            "or --partition iid"
+        ) from exc
     return parts
 
 

@@ -231,6 +231,8 @@ def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
         "2",
         "--max-records",
         "6000",
+        "--partition",
+        "iid",
         "--out",
         str(tmp_path / "load"),
     )
