@@ -39,8 +39,9 @@ def test_bad_simulate_options_fail_fast_with_the_value_and_the_fix(args, message
 def test_bad_data_columns_name_the_flag(tmp_path):
     path = tmp_path / "d.csv"
     pd.DataFrame({"body": ["a", "b"] * 100, "label": [0, 1] * 100}).to_csv(path, index=False)
-    proc = fedshield("simulate", "--data", str(path))
+    proc = fedshield("simulate", "--data", str(path), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
+    assert not (tmp_path / "out").exists(), "nothing is written before the input is valid"
     assert "text column 'text' not found (columns: body, label); pass --text-column" in " ".join(
         proc.stderr.split()
     )
