@@ -222,8 +222,9 @@ def _requirements(
             "Integrity of records and logs",
             "GDPR Art. 5(1)(f); HIPAA 164.312(b), (c)(1); ISO A.8.15",
             "pass" if not broken and not unanchored else "fail",
-            f"{len(logs)} logs verified (hash chain, Ed25519 checkpoints); {anchors['matched']} owner audit heads "
-            f"recorded by the server found in owner logs, {len(unanchored)} missing"
+            f"{len(logs)} logs verified (hash chain, Ed25519 checkpoints); {anchors['matched']} log heads "
+            f"recorded by the other side found (owner heads in the server log, server heads in owner logs), "
+            f"{len(unanchored)} missing"
             + (f"; failures: {broken[:3]}" if broken else "")
             + (f"; missing: {unanchored[:3]}" if unanchored else ""),
         )
@@ -253,8 +254,14 @@ def _requirements(
 
 
 def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
-    """Owner audit heads the server recorded, looked up in the owners' own logs."""
-    hashes = {e["hash"]: e for log in clients for e in log.entries}
+    """Each side's log heads as recorded by the other, looked up in the recording's source.
+
+    The server records each owner's ``update-released`` hash; each owner records the
+    hash of the server's ``round-configured`` entry with the plan. A hash that cannot be
+    found means the log it points into was cut back or rewritten.
+    """
+    client_hashes = {e["hash"]: e for log in clients for e in log.entries}
+    server_hashes = {e["hash"] for log in servers for e in log.entries}
     actors = {e["actor"] for log in clients for e in log.entries}
     matched, missing = 0, []
     for server in servers:
@@ -262,7 +269,7 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
             if entry["type"] != "update-received" or entry["data"]["owner"] not in actors:
                 continue
             head = entry["data"].get("owner-audit-head")
-            found = hashes.get(head)
+            found = client_hashes.get(head)
             if found is None:
                 missing.append(f"{entry['data']['owner']} round {entry['data']['server-round']}")
             elif found["data"].get("update-sha256") != entry["data"]["update-sha256"]:
@@ -271,6 +278,22 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
                 )
             else:
                 matched += 1
+    if servers:
+        for log in clients:
+            for entry in log.entries:
+                head = (
+                    entry["data"].get("plan", {}).get(wire.SERVER_AUDIT_HEAD)
+                    if entry["type"] == "round-start"
+                    else None
+                )
+                if head is None:
+                    continue
+                if head in server_hashes:
+                    matched += 1
+                else:
+                    missing.append(
+                        f"server entry {head[:12]} recorded by {entry['actor']} is not in the server log"
+                    )
     return {"matched": matched, "missing": missing}
 
 

@@ -1,7 +1,8 @@
 """What crosses the network in a round, and nothing else: keys and codecs in one place.
 
 server -> client (train): the global model ("arrays") and the training plan ("config":
-the keys in TRAIN_PLAN_KEYS, the class names, the server round).
+the keys in TRAIN_PLAN_KEYS, the class names, the server round, and the hash of the
+server's audit entry for the round, which the owner logs).
 client -> server (reply): the updated model ("arrays"), aggregate metrics ("metrics":
 REPLY_METRIC_KEYS) and the owner's public label and the hash of its latest signed audit
 checkpoint ("owner"), which the server logs so that truncating the owner's log later shows. No text, no vocabulary, no
@@ -24,6 +25,7 @@ SERVER_ROUND = "server-round"
 CLASSES = "classes"
 OWNER_ID = "owner-id"
 AUDIT_HEAD = "audit-head"
+SERVER_AUDIT_HEAD = "server-audit-head"
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",

@@ -56,15 +56,17 @@ class ValidatingStrategy:
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self._global_arrays = arrays
+        # The owners log this hash with the plan: cutting or rewriting the server's log
+        # later then shows against the owners' logs, as theirs do against this one.
+        configured = self.audit.append(
+            "round-configured",
+            **{"server-round": server_round, "global-sha256": wire.arrays_digest(arrays)[0]},
+        )
+        config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.audit.append(
-            "round-sampled",
-            **{
-                "server-round": server_round,
-                "node-ids": self._sampled,
-                "global-sha256": wire.arrays_digest(arrays)[0],
-            },
+            "round-sampled", **{"server-round": server_round, "node-ids": self._sampled}
         )
         return messages
 

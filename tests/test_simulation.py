@@ -192,7 +192,8 @@ def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(fi
             "Availability / resilience",
         )
     )
-    assert report["anchors"]["matched"] == 9 and report["anchors"]["missing"] == []
+    # 9 owner heads in the server log + 9 server heads in the owners' logs (3 owners x 3 rounds)
+    assert report["anchors"]["matched"] == 18 and report["anchors"]["missing"] == []
     page = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "Privacy budget audit" in page
 
@@ -241,3 +242,35 @@ def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
     assert [len(r["participants"]) for r in rounds[1:]] == [10, 10]
     assert len(list((tmp_path / "load" / "ledgers").glob("*.json"))) <= 20
     assert ray_processes() == []
+
+
+def test_a_server_log_cut_back_to_an_earlier_checkpoint_is_caught_by_the_owners_logs(
+    first_run, tmp_path
+):
+    out, _, _ = first_run
+    lines = (out / "audit" / "server" / "audit.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"reason":"round-1-end"' in line)
+    audit = tmp_path / "audit"
+    (audit / "server").mkdir(parents=True)
+    (audit / "server" / "audit.jsonl").write_text("".join(lines[: cut + 1]))
+    assert (
+        subprocess.run(
+            [*FEDSHIELD, "audit", "verify", str(audit / "server")], capture_output=True
+        ).returncode
+        == 0
+    )
+    for owner in ("client-0", "client-1", "client-2"):
+        (audit / owner).mkdir()
+        (audit / owner / "audit.jsonl").write_bytes(
+            (out / "audit" / owner / "audit.jsonl").read_bytes()
+        )
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "report", str(audit), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {r["name"]: r["status"] for r in report["requirements"]}
+    assert rows["Integrity of records and logs"] == "fail"
+    assert any("is not in the server log" in m for m in report["anchors"]["missing"])
