@@ -382,9 +382,7 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         f"<td>{o['delta']:g}</td><td>{len(o['refusals'])}</td><td>{'ok' if o['ok'] else esc('; '.join(o['problems']))}</td></tr>"
         for o in report["owners"]
     )
-    logs = "".join(
-        f"<li>{'OK' if lg['ok'] else 'FAILED'}: {esc(lg['summary'])}</li>" for lg in report["logs"]
-    )
+    logs = "".join(f"<li>{esc(lg['summary'])}</li>" for lg in report["logs"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fedshield privacy budget audit</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;width:100%}}
 td,th{{border:1px solid #ccc;padding:4px 6px;font-size:13px;vertical-align:top}}tr.pass td:nth-child(3){{color:#070}}
