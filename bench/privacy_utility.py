@@ -21,6 +21,7 @@ Tiny smoke run: ``--rounds 2 --seeds 0 --max-records 2000 --tag tiny``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -110,14 +111,7 @@ def run_central(data: Data, seed: int) -> dict:
 
 def run_fed(data: Data, scheme: str, seed: int, epsilon: float | None) -> dict:
     cfg = RunConfig()
-    settings = TrainSettings(
-        local_epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        momentum=cfg.momentum,
-        max_grad_norm=cfg.max_grad_norm,
-        dp=epsilon is not None,
-    )
+    settings = dataclasses.replace(TrainSettings.from_plan(cfg), dp=epsilon is not None)
     parts = data.parts(scheme, seed)
     x = data.features("train")
     # features are a pure function of the text: any row holding the same text will do

@@ -25,7 +25,7 @@ from fedshield.common.errors import (
 )
 from fedshield.common.federation import featurizer_spec
 from fedshield.common.model import build_model, evaluate_model, unwrapped_state_dict
-from fedshield.common.privacy import noise_for_target_epsilon
+from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -43,15 +43,7 @@ def training_settings(plan: RunConfig, owner: Owner) -> TrainSettings:
     A target epsilon is met over the whole run: the noise is chosen so that
     ``num-rounds`` rounds of this owner's training compose to at most the target.
     """
-    settings = TrainSettings(
-        local_epochs=plan.local_epochs,
-        batch_size=plan.batch_size,
-        learning_rate=plan.learning_rate,
-        momentum=plan.momentum,
-        max_grad_norm=plan.max_grad_norm,
-        noise_multiplier=plan.noise_multiplier,
-        dp=plan.dp,
-    )
+    settings = TrainSettings.from_plan(plan)
     if plan.dp and plan.noise_multiplier <= 0:
         one_round = planned_dp_event(len(owner.dataset), settings)
         sigma = _derived_noise(
@@ -134,11 +126,11 @@ def train_round(
     if plan.dp:
         if outcome.dp_event != planned:
             raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
-        epsilon_before = owner.ledger.epsilon(owner.delta)
         # Charge before release: a crash after this line over-counts, never under-counts.
         epsilon = owner.ledger.charge_ledger_before_release(
             outcome.dp_event, owner.epsilon_budget, owner.delta, context.run_id, server_round
         )
+        history = [e.event for e in owner.ledger.entries()]  # one read: this charge is last
         audit.append(
             "dp-charged",
             **{
@@ -149,14 +141,11 @@ def train_round(
                 "sample-rate": planned.sample_rate,
                 "steps": planned.steps,
                 "delta": owner.delta,
-                "epsilon-before": epsilon_before,
+                "epsilon-before": epsilon_spent(history[:-1], owner.delta),
                 "epsilon-after": epsilon,
                 "epsilon-budget": owner.epsilon_budget,
                 "budget-remaining": owner.epsilon_budget - epsilon,
-                "ledger-events": [
-                    [e.event.noise_multiplier, e.event.sample_rate, e.event.steps]
-                    for e in owner.ledger.entries()
-                ],
+                "ledger-events": [[e.noise_multiplier, e.sample_rate, e.steps] for e in history],
             },
         )
     else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fedshield.common.config import RunConfig
 from fedshield.common.privacy import DpEvent
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,6 +33,19 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     noise_multiplier: float = 1.0
     dp: bool = True
+
+    @classmethod
+    def from_plan(cls, plan: RunConfig) -> TrainSettings:
+        """The plan's training keys (noise as given; see client.app.training_settings)."""
+        return cls(
+            local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size,
+            learning_rate=plan.learning_rate,
+            momentum=plan.momentum,
+            max_grad_norm=plan.max_grad_norm,
+            noise_multiplier=plan.noise_multiplier,
+            dp=plan.dp,
+        )
 
 
 @dataclass(frozen=True)

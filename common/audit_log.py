@@ -59,10 +59,6 @@ def public_key_hex(key: Ed25519PublicKey) -> str:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """The party's audit signing key; created with 0600 permissions if absent."""
     if path.exists():

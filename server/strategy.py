@@ -30,11 +30,9 @@ class RoundRecord:
     server_round: int
     participants: list[str] = field(default_factory=list)
     epsilon: dict[str, float] = field(default_factory=dict)
-    update_norms: dict[str, float] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
-    aggregated: bool = False
 
 
 class ValidatingStrategy:
@@ -125,7 +123,6 @@ class ValidatingStrategy:
                 },
             )
             record.participants.append(owner)
-            record.update_norms[owner] = norm
             record.epsilon[owner] = float(reply.content[wire.METRICS]["epsilon"])
             accepted.append(reply)
         replied = {r.metadata.src_node_id for r in replies}
@@ -139,7 +136,6 @@ class ValidatingStrategy:
             self.audit.append("round-not-aggregated", **{"server-round": server_round})
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
-        record.aggregated = arrays is not None
         if arrays is not None:
             self.audit.append(
                 "aggregated",
