@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import pandas as pd
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
-from fedshield.common.processes import ManagedProcess, flower_env
+from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
 FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
 OWNERS, PER_OWNER, TEST = 3, 600, 600
@@ -62,12 +61,6 @@ def simulate(work: Path, rounds: int) -> list[float]:
     )
     run_simulation(config, OWNERS)
     return round_seconds(work / "sim" / "metrics.json")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deploy(work: Path, rounds: int) -> list[float]:

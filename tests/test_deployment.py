@@ -20,17 +20,11 @@ from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.audit_verify import verify_log
 from fedshield.common.data import builtin_csv_path, load_dataset
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
-from fedshield.common.processes import ManagedProcess, flower_env
+from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
 pytestmark = pytest.mark.slow
 
 FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
