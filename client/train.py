@@ -1,10 +1,14 @@
-"""Local training on one data owner's features: DP-SGD with Opacus, or plain SGD.
+"""Local training on one data owner's encoded records: DP-SGD with Opacus, or plain SGD.
 
 Guarantee: with DP on, batches are drawn by Poisson sampling at rate
 ``batch_size / n`` (Opacus's ``DPDataLoader``), every per-sample gradient is clipped to
 ``max_grad_norm`` and Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added
 to each step's sum. The returned :class:`DpEvent` is read from Opacus's own accountant
 after training, so the ledger charges exactly what training did.
+
+A logical batch larger than ``physical_batch_size`` is processed in passes of at most
+that many records (Opacus's ``BatchMemoryManager`` with DP, gradient accumulation
+without); one optimizer step, and one accountant step, per logical batch either way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from fedshield.common.config import RunConfig
+from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
 from fedshield.common.privacy import DpEvent
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -33,6 +38,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     noise_multiplier: float = 1.0
     dp: bool = True
+    physical_batch_size: int = 0  # 0: the whole logical batch in one pass
 
     @classmethod
     def from_plan(cls, plan: RunConfig) -> TrainSettings:
@@ -45,6 +51,8 @@ class TrainSettings:
             max_grad_norm=plan.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
             dp=plan.dp,
+            physical_batch_size=plan.physical_batch_size
+            or ModelSpec.from_config(plan).default_physical_batch_size(),
         )
 
 
@@ -85,13 +93,13 @@ def _quiet_opacus_import():
 
 def train_locally(
     model: nn.Module,
-    features: np.ndarray,
+    inputs: ModelInputs,
     labels: np.ndarray,
     settings: TrainSettings,
     device: torch.device,
     seed: int | None = None,
 ) -> TrainOutcome:
-    """Train ``model`` in place on (features, labels); returns loss and the DP event.
+    """Train ``model`` in place on (inputs, labels); returns loss and the DP event.
 
     ``seed`` is for tests only. In the product it stays None: batch sampling and noise
     are then seeded from the OS's entropy, because a server that could predict a
@@ -101,9 +109,7 @@ def train_locally(
     seed = secrets.randbits(62) if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    dataset = TensorDataset(
-        torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(labels).long()
-    )
+    dataset = TensorDataset(*as_tensors(inputs), torch.from_numpy(labels).long())
     batch_size = effective_batch_size(len(labels), settings)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     model.to(device)
@@ -112,6 +118,7 @@ def train_locally(
         model.parameters(), lr=settings.learning_rate, momentum=settings.momentum
     )
     criterion = nn.CrossEntropyLoss()
+    physical = settings.physical_batch_size
     engine = None
     if settings.dp:
         opacus = _quiet_opacus_import()
@@ -126,18 +133,39 @@ def train_locally(
             noise_generator=noise_generator,
         )
     total_loss, seen = 0.0, 0
+
+    def forward_backward(xs: list[torch.Tensor], y: torch.Tensor, weight: float) -> None:
+        nonlocal total_loss, seen
+        loss = criterion(model(*[x.to(device) for x in xs]), y.to(device))
+        (loss * weight if weight != 1.0 else loss).backward()
+        if len(y):
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+
     for _ in range(settings.local_epochs):
-        for x, y in loader:
-            # Poisson sampling can draw an empty batch: it is still a step the accountant
-            # counts and Opacus handles it (noise on a zero sum), so it is not skipped.
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(x), y)
-            loss.backward()
+        # Poisson sampling can draw an empty batch: it is still a step the accountant
+        # counts and Opacus handles it (noise on a zero sum), so it is not skipped.
+        if engine is not None and physical:
+            from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+            # The DP optimizer skips its step until a logical batch's last pass.
+            with BatchMemoryManager(
+                data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer
+            ) as passes:
+                for *xs, y in passes:
+                    forward_backward(xs, y, 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad()
+            continue
+        for *xs, y in loader:
+            size = physical or max(len(y), 1)
+            starts = range(0, max(len(y), 1), size)
+            for start in starts:
+                part = slice(start, start + size)
+                weight = 1.0 if len(starts) == 1 else len(y[part]) / len(y)
+                forward_backward([x[part] for x in xs], y[part], weight)
             optimizer.step()
-            if len(y):
-                total_loss += loss.item() * len(y)
-                seen += len(y)
+            optimizer.zero_grad()
     event = None
     if engine is not None:
         history = engine.accountant.history

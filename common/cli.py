@@ -127,6 +127,28 @@ def simulate(
         typer.Option("--no-dp", help="NON-PRIVATE baseline: no clipping, no noise, no epsilon."),
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hashed (linear head on hashed n-grams, any CPU) or minilm (pretrained "
+            "all-MiniLM-L6-v2; needs the finetune extra, best on a GPU)."
+        ),
+    ] = "hashed",
+    finetune_layers: Annotated[
+        int,
+        typer.Option(
+            help="minilm: top encoder layers to DP fine-tune with the head (0 = frozen encoder)."
+        ),
+    ] = 1,
+    max_tokens: Annotated[
+        int, typer.Option(help="minilm: tokens per text (longer texts are truncated).")
+    ] = 128,
+    physical_batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Records per forward/backward pass (memory bound; 0 = the model's default)."
+        ),
+    ] = 0,
     seed: Annotated[
         int, typer.Option(help="Seed for the split and partitions (not for DP noise).")
     ] = 0,
@@ -190,6 +212,10 @@ def simulate(
             "out-dir": str(out_dir),
             "ledger-dir": str(ledger_dir or out_dir / "ledgers"),
             "device": device,
+            "model": model,
+            "finetune-layers": finetune_layers,
+            "max-tokens": max_tokens,
+            "physical-batch-size": physical_batch_size,
             "transport": "simulation: in-process messages, no network",
             "num-clients": clients,
         }

@@ -139,6 +139,10 @@ class RunConfig(_KebabConfig):
     resume: bool = False
     num_clients: int = 0
     device: str = "auto"
+    model: str = "hashed"
+    finetune_layers: int = 1
+    max_tokens: int = 128
+    physical_batch_size: int = 0
     feat_n_buckets: int = 2**18
     feat_ngram_max: int = 2
     feat_out_dim: int = 4096
@@ -209,6 +213,30 @@ class RunConfig(_KebabConfig):
         _require(self.feat_n_buckets >= 1, "feat-n-buckets", self.feat_n_buckets, "must be >= 1")
         _require(self.feat_ngram_max >= 1, "feat-ngram-max", self.feat_ngram_max, "must be >= 1")
         validate_device(self.device, "device")
+        _require(
+            self.model in ("hashed", "minilm"),
+            "model",
+            self.model,
+            "use 'hashed' (linear head on hashed n-grams) or 'minilm' (pretrained encoder)",
+        )
+        _require(
+            0 <= self.finetune_layers <= 6,
+            "finetune-layers",
+            self.finetune_layers,
+            "MiniLM has 6 layers: 0 (frozen encoder, train the head) to 6",
+        )
+        _require(
+            8 <= self.max_tokens <= 512,
+            "max-tokens",
+            self.max_tokens,
+            "must be in [8, 512] (MiniLM's position limit; 128-256 is typical)",
+        )
+        _require(
+            self.physical_batch_size >= 0,
+            "physical-batch-size",
+            self.physical_batch_size,
+            "must be >= 1, or 0 to let the model choose",
+        )
 
     def class_names(self) -> tuple[str, ...] | None:
         names = tuple(c.strip() for c in self.classes.split(",") if c.strip())

@@ -11,11 +11,11 @@ from functools import lru_cache
 
 from fedshield.common.config import RunConfig
 from fedshield.common.data import TextDataset, load_dataset, partition, split_holdout, take
-from fedshield.common.featurize import FeaturizerSpec
+from fedshield.common.model import ModelSpec
 
 
-def featurizer_spec(config: RunConfig) -> FeaturizerSpec:
-    return FeaturizerSpec.from_config(config.as_dict())
+def model_spec(config: RunConfig) -> ModelSpec:
+    return ModelSpec.from_config(config)
 
 
 @lru_cache(maxsize=2)

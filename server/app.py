@@ -19,9 +19,8 @@ from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import FedshieldError
-from fedshield.common.featurize import featurize, projection_digest
-from fedshield.common.federation import featurizer_spec, heldout_test_split
-from fedshield.common.model import build_model, evaluate_model
+from fedshield.common.federation import heldout_test_split, model_spec
+from fedshield.common.model import evaluate_model, resolve_device
 from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.outputs import RunOutputs
 from fedshield.server.strategy import build_strategy
@@ -56,17 +55,18 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     outputs = RunOutputs(Path(config.out_dir) if config.out_dir else default_out_dir())
     audit_dir = Path(config.audit_dir) if config.audit_dir else outputs.out_dir / "audit"
     audit = AuditLog(audit_dir / "server" / "audit.jsonl", actor="server", checkpoint_every=100)
-    spec = featurizer_spec(config)
+    spec = model_spec(config)
     test = heldout_test_split(config)
     classes = test.classes
-    test_features = featurize(test.texts, spec)
-    model = build_model(spec.out_dim, len(classes))
+    device = resolve_device(config.device)
+    test_inputs = spec.encode(test.texts, device)
+    model = spec.build(len(classes))
     audit.append(
         "run-start",
         **{
             "config": config.as_dict(),
             "classes": list(classes),
-            "featurizer-projection-sha256": projection_digest(spec),
+            "model": spec.describe(),
             "test-records": len(test),
             "transport": config.transport or "unspecified (flwr run)",
         },
@@ -114,7 +114,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         model.load_state_dict(arrays.to_torch_state_dict())
         if history and history[-1]["round"] >= server_round:
             return MetricRecord({"accuracy": history[-1]["accuracy"], "loss": history[-1]["loss"]})
-        loss, accuracy = evaluate_model(model, test_features, test.labels)
+        loss, accuracy = evaluate_model(model, test_inputs, test.labels, device)
         record = strategy.rounds.get(server_round)
         if record is not None:
             epsilon_so_far.update(record.epsilon)

