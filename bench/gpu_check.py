@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedshield.client.train import TrainSettings, train_locally
+from fedshield.client.train import TrainSettings, clipping_for, train_locally
 from fedshield.common.data import load_dataset, take
 from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
 from opacus import PrivacyEngine
@@ -52,8 +52,8 @@ def clipped_sum_opacus(spec, num_classes, inputs, labels, device) -> dict[str, t
         optimizer=optimizer,
         data_loader=loader,
         noise_multiplier=0.0,
-        max_grad_norm=CLIP,
         poisson_sampling=False,
+        **clipping_for(model, CLIP),
     )
     *xs, y = next(iter(loader))
     loss = nn.functional.cross_entropy(model(*[x.to(device) for x in xs]), y.to(device))
@@ -67,12 +67,22 @@ def clipped_sum_opacus(spec, num_classes, inputs, labels, device) -> dict[str, t
 
 
 def clipped_sum_reference(spec, num_classes, inputs, labels) -> dict[str, torch.Tensor]:
-    """The same sum without Opacus: per-record autograd on CPU, clip, add up."""
+    """The same sum without Opacus: per-record autograd on CPU, clip, add up.
+
+    Flat clipping scales a record's whole gradient to at most the norm; per-layer
+    clipping scales each tensor to at most its own norm (``clipping_for``).
+    """
     torch.manual_seed(0)
     model = spec.build(num_classes)
     _randomise_head(model)
     tensors = as_tensors(inputs)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    clipping = clipping_for(model, CLIP)
+    per_tensor = (
+        dict(zip(params, clipping["max_grad_norm"], strict=True))
+        if clipping["clipping"] == "per_layer"
+        else None
+    )
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(len(labels)):
         model.zero_grad()
@@ -80,9 +90,12 @@ def clipped_sum_reference(spec, num_classes, inputs, labels) -> dict[str, torch.
         target = torch.tensor([int(labels[i])])
         # Opacus's "mean" reduction: per-sample gradient of the batch-mean loss times n.
         nn.functional.cross_entropy(logits, target).backward()
-        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values()))
-        factor = min(1.0, CLIP / (float(norm) + 1e-6))
+        norm = float(torch.sqrt(sum(p.grad.pow(2).sum() for p in params.values())))
         for n, p in params.items():
+            if per_tensor is None:
+                factor = min(1.0, CLIP / (norm + 1e-6))
+            else:
+                factor = min(1.0, per_tensor[n] / (float(p.grad.norm()) + 1e-6))
             total[n] += p.grad * factor
     return total
 

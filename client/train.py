@@ -39,6 +39,7 @@ class TrainSettings:
     noise_multiplier: float = 1.0
     dp: bool = True
     physical_batch_size: int = 0  # 0: the whole logical batch in one pass
+    encoder_learning_rate: float = 0.0  # pretrained layers (minilm fine-tuning) only
 
     @classmethod
     def from_plan(cls, plan: RunConfig) -> TrainSettings:
@@ -53,6 +54,7 @@ class TrainSettings:
             dp=plan.dp,
             physical_batch_size=plan.physical_batch_size
             or ModelSpec.from_config(plan).default_physical_batch_size(),
+            encoder_learning_rate=plan.encoder_learning_rate,
         )
 
 
@@ -80,6 +82,18 @@ def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
         sample_rate=1.0 / steps_per_epoch,
         steps=steps_per_epoch * settings.local_epochs,
     )
+
+
+def clipping_for(model: nn.Module, max_grad_norm: float) -> dict:
+    """Opacus's clipping arguments for ``model``: one flat norm, or per tensor.
+
+    A pretrained encoder top clips its head and its layers apart
+    (``MiniLMTop.max_grad_norms``); the norms' L2 total is ``max_grad_norm`` either way,
+    so the noise (``noise_multiplier`` times that total) and the epsilon are unchanged.
+    """
+    if hasattr(model, "max_grad_norms"):
+        return {"max_grad_norm": model.max_grad_norms(max_grad_norm), "clipping": "per_layer"}
+    return {"max_grad_norm": max_grad_norm, "clipping": "flat"}
 
 
 def _quiet_opacus_import():
@@ -114,9 +128,12 @@ def train_locally(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     model.to(device)
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum
+    groups = (
+        model.param_groups(settings.learning_rate, settings.encoder_learning_rate)
+        if hasattr(model, "param_groups")  # a pretrained encoder top (common/minilm.py)
+        else model.parameters()
     )
+    optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
     criterion = nn.CrossEntropyLoss()
     physical = settings.physical_batch_size
     engine = None
@@ -128,7 +145,7 @@ def train_locally(
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
+            **clipping_for(model, settings.max_grad_norm),
             poisson_sampling=True,
             noise_generator=noise_generator,
         )

@@ -143,6 +143,20 @@ def simulate(
     max_tokens: Annotated[
         int, typer.Option(help="minilm: tokens per text (longer texts are truncated).")
     ] = 128,
+    encoder_learning_rate: Annotated[
+        float,
+        typer.Option(
+            help="minilm: SGD learning rate of the fine-tuned encoder layers (the head uses "
+            "--learning-rate)."
+        ),
+    ] = 0.05,
+    round_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the server waits for replies each round; later replies are dropped. "
+            "Raise it for minilm on CPU, whose first round encodes every owner's texts."
+        ),
+    ] = 600.0,
     physical_batch_size: Annotated[
         int,
         typer.Option(
@@ -216,6 +230,8 @@ def simulate(
             "finetune-layers": finetune_layers,
             "max-tokens": max_tokens,
             "physical-batch-size": physical_batch_size,
+            "round-timeout-s": round_timeout_s,
+            "encoder-learning-rate": encoder_learning_rate,
             "transport": "simulation: in-process messages, no network",
             "num-clients": clients,
         }
@@ -254,6 +270,22 @@ def _run_simulation_with_progress(config, clients: int) -> None:
         f"({config.partition}{f', alpha {config.alpha:g}' if config.partition == 'dirichlet' else ''}; "
         f"sizes {min(sizes)}-{max(sizes)}), {len(test)} held out for evaluation. Output: {config.out_dir}"
     )
+    if config.model == "minilm":
+        from fedshield.common.model import resolve_device
+
+        mode = (
+            "frozen encoder, linear head"
+            if config.finetune_layers == 0
+            else f"top {config.finetune_layers} layer(s) + head DP fine-tuned"
+        )
+        where = resolve_device(config.device)
+        console.print(f"Model all-MiniLM-L6-v2 ({mode}), {config.max_tokens} tokens, on {where}.")
+        if where.type == "cpu":
+            console.print(
+                "[yellow]On CPU the first round encodes every owner's texts (about 50 "
+                "reviews/s per core at 128 tokens) and fine-tuning is slow; use "
+                "--max-records and --round-timeout-s, or a GPU.[/]"
+            )
     table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
     with Progress(
         TextColumn("[progress.description]{task.description}"),

