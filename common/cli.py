@@ -149,7 +149,7 @@ def simulate(
             help="minilm: SGD learning rate of the fine-tuned encoder layers (the head uses "
             "--learning-rate)."
         ),
-    ] = 0.05,
+    ] = 0.5,
     round_timeout_s: Annotated[
         float,
         typer.Option(

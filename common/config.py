@@ -143,7 +143,7 @@ class RunConfig(_KebabConfig):
     finetune_layers: int = 1
     max_tokens: int = 128
     physical_batch_size: int = 0
-    encoder_learning_rate: float = 0.05
+    encoder_learning_rate: float = 0.5
     feat_n_buckets: int = 2**18
     feat_ngram_max: int = 2
     feat_out_dim: int = 4096

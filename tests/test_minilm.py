@@ -118,3 +118,28 @@ def test_per_layer_clipping_keeps_the_total_norm_so_the_noise_and_epsilon_are_un
     assert len(norms) == sum(1 for p in model.parameters() if p.requires_grad)
     assert float(torch.linalg.norm(norms)) == pytest.approx(1.5)
     assert clipping_for(ModelSpec().build(2), 1.5) == {"max_grad_norm": 1.5, "clipping": "flat"}
+
+
+def test_simulated_clients_get_a_gpu_share_only_when_a_gpu_exists(monkeypatch):
+    from fedshield.server.simulation import backend_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_config(10, "auto")["client_resources"]["num_gpus"] == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backend_config(10, "auto")["client_resources"]["num_gpus"] == 0.25
+    assert backend_config(2, "cuda")["client_resources"]["num_gpus"] == 0.5
+    assert backend_config(10, "cpu")["client_resources"]["num_gpus"] == 0.0
+
+
+def test_device_choice_fails_clearly_where_the_device_is_missing(monkeypatch):
+    from fedshield.common.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="CUDA is not available; use --device cpu or auto"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
