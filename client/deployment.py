@@ -136,6 +136,7 @@ def node_config(settings: SuperNodeSettings, readiness: Readiness) -> dict:
         "delta": owner.delta,
         "ledger-dir": str(Path(owner.ledger_dir).expanduser().resolve()),
         "audit-dir": str(Path(owner.audit_dir).expanduser().resolve()),
+        "cache-dir": str(Path(owner.cache_dir).expanduser().resolve()) if owner.cache_dir else "",
         "owner-id": owner.owner_id or f"owner-{readiness.dataset.fingerprint[:8]}",
         "device": owner.device,
         "transport": transport,

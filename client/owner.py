@@ -9,9 +9,13 @@ operator plays every owner.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig
@@ -34,6 +38,7 @@ class Owner:
     delta: float
     device: torch.device
     audit_dir: Path
+    cache_dir: Path | None = None
 
 
 def resolve_owner(
@@ -62,6 +67,7 @@ def resolve_owner(
             delta=run_config.delta,
             device=resolve_device(run_config.device),
             audit_dir=audit_root / f"client-{pid}",
+            cache_dir=base / "cache",
         )
     else:
         config = OwnerConfig.from_dict(dict(node_config))
@@ -74,6 +80,7 @@ def resolve_owner(
             delta=config.delta,
             device=resolve_device(config.device),
             audit_dir=Path(config.audit_dir).expanduser(),
+            cache_dir=Path(config.cache_dir).expanduser() if config.cache_dir else None,
         )
     check_delta(owner.delta, len(owner.dataset))
     return owner
@@ -83,14 +90,41 @@ _INPUT_CACHE: dict[tuple[str, ModelSpec], ModelInputs] = {}
 
 
 def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
-    """The owner's records through the model's frozen encoding, cached per process.
+    """The owner's records through the model's frozen encoding, cached.
 
-    A simulation actor and a warm executor live on across rounds, so the encoding (for
-    MiniLM, the costly part) runs once per owner and model, on the owner's device.
+    In memory per process (a simulation actor lives on across rounds), and for the
+    pretrained encoder also on the owner's disk: simulated owners move between actors
+    and a deployed owner's tasks are fresh processes, and encoding is the costly part.
     """
     key = (owner.dataset.fingerprint, spec)
     if key not in _INPUT_CACHE:
         if len(_INPUT_CACHE) >= 16:
             _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
-        _INPUT_CACHE[key] = spec.encode(owner.dataset.texts, owner.device)
+        use_disk = owner.cache_dir is not None and spec.name != "hashed"  # hashed: seconds
+        _INPUT_CACHE[key] = (
+            _encoded_on_disk(owner, spec)
+            if use_disk
+            else spec.encode(owner.dataset.texts, owner.device)
+        )
     return _INPUT_CACHE[key]
+
+
+def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
+    # Encodings are derived from private text: they stay with the owner, readable by it
+    # alone, keyed by the data's fingerprint and the model's public description.
+    description = json.dumps(spec.describe(), sort_keys=True)
+    name = hashlib.sha256(f"{owner.dataset.fingerprint}\n{description}".encode()).hexdigest()
+    path = owner.cache_dir / f"encoded-{name[:32]}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))
+        if all(len(part) == len(owner.dataset) for part in parts):
+            return parts
+    parts = spec.encode(owner.dataset.texts, owner.device)
+    owner.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(handle, **{f"part{i}": part for i, part in enumerate(parts)})
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new
+    return parts

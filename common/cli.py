@@ -639,6 +639,13 @@ def client_start(
     ),
     owner_id: Annotated[str, typer.Option(help="A public label for this owner in reports.")] = "",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    cache_dir: Annotated[
+        str,
+        typer.Option(
+            help="Where your records' MiniLM encodings are kept between rounds (derived from "
+            "your text: they stay here, mode 0600). '' = re-encode every round."
+        ),
+    ] = "~/.fedshield/cache",
     port: Annotated[
         int, typer.Option(help="Local port of this SuperNode's app API (loopback only).")
     ] = 9094,
@@ -665,6 +672,7 @@ def client_start(
             "audit-dir": str(audit_dir),
             "owner-id": owner_id,
             "device": device,
+            "cache-dir": cache_dir,
         }
     )
     if insecure:

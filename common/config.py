@@ -261,6 +261,7 @@ class OwnerConfig(_KebabConfig):
     delta: float = 1e-5
     ledger_dir: str = "~/.fedshield/ledgers"
     audit_dir: str = "~/.fedshield/audit"
+    cache_dir: str = "~/.fedshield/cache"  # encoded records (minilm); "" = keep none on disk
     owner_id: str = ""
     device: str = "auto"
     transport: str = ""

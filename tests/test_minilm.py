@@ -143,3 +143,35 @@ def test_device_choice_fails_clearly_where_the_device_is_missing(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ConfigError, match="has 2 CUDA device"):
         resolve_device("cuda:2")
+
+
+def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, monkeypatch):
+    from fedshield.client import owner as owner_module
+    from fedshield.common.data import load_dataset, take
+
+    dataset = take(load_dataset("rotten-tomatoes"), 20, seed=0)
+    owner = owner_module.Owner(
+        owner_id="o",
+        dataset=dataset,
+        ledger=None,
+        epsilon_budget=1.0,
+        delta=1e-5,
+        device=torch.device("cpu"),
+        audit_dir=tmp_path / "audit",
+        cache_dir=tmp_path / "cache",
+    )
+    spec = ModelSpec(name="minilm", finetune_layers=1, max_tokens=16)
+    first = owner_module.owner_inputs(owner, spec)
+    (stored,) = (tmp_path / "cache").glob("encoded-*.npz")
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+
+    owner_module._INPUT_CACHE.clear()  # a new process: only the disk remains
+
+    def must_not_encode(*_):
+        raise AssertionError("encoded again although the owner's cache holds it")
+
+    monkeypatch.setattr(ModelSpec, "encode", must_not_encode)
+    again = owner_module.owner_inputs(owner, spec)
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+    owner_module._INPUT_CACHE.clear()
