@@ -166,6 +166,7 @@ def main() -> int:
     args = parser.parse_args()
     # Opacus's hooks on a module whose inputs need no gradient: expected, not a problem.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")  # as in the product
     device = resolve_device(args.device)
     # Full float32 matmuls on the GPU, so GPU and CPU sums can agree to float32 rounding.
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -46,12 +46,23 @@ def test_frozen_encoder_run_learns_within_budget(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_out(tmp_path):
+    # 8 rounds: the head starts at zero with half the clipping norm, and the first
+    # rounds can still predict the majority class.
     proc = simulate(
-        *SLICE, *SMALL, "--model", "minilm", "--finetune-layers", "1", "--out", str(tmp_path)
+        *SLICE,
+        *SMALL,
+        "--rounds",
+        "8",
+        "--model",
+        "minilm",
+        "--finetune-layers",
+        "1",
+        "--out",
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = _metrics(tmp_path)
-    assert metrics["final"]["accuracy"] > metrics["rounds"][0]["accuracy"]
+    assert metrics["final"]["accuracy"] > metrics["rounds"][0]["accuracy"] + 0.05
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     public = ModelSpec(name="minilm", finetune_layers=1).build(2).state_dict()
     assert state.keys() == public.keys()
@@ -66,7 +77,7 @@ def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_o
             for line in log.read_text().splitlines()
             if json.loads(line)["type"] == "dp-charged"
         ]
-        assert len(charges) == 5, log
+        assert len(charges) == 8, log
         last = charges[-1]
         events = [DpEvent(sigma, q, steps) for sigma, q, steps in last["ledger-events"]]
         assert last["epsilon-after"] == pytest.approx(
