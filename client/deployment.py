@@ -262,7 +262,13 @@ def run_supernode(settings: SuperNodeSettings, config: dict, on_line=print) -> i
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         # Look for new tasks every 50 ms instead of Flower's default 1 s.
-        env={**flower_env(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"},
+        env={
+            **flower_env(),
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+            # The executor forks every task: ask NVML, not the CUDA driver, whether a GPU
+            # exists, since a driver initialised before fork is unusable in the children.
+            "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+        },
         text=True,
         start_new_session=True,
         preexec_fn=die_with_parent,

