@@ -85,3 +85,31 @@ def test_non_private_training_learns():
         seed=0,
     )
     assert out.dp_event is None and out.train_loss < 0.5
+
+
+def test_physical_passes_train_exactly_like_one_pass():
+    """BatchMemoryManager (DP) and gradient accumulation (no DP) change memory, not maths."""
+    from fedshield.common.model import ModelSpec
+
+    spec = ModelSpec(name="minilm", finetune_layers=1)
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(10, 6, 384)).astype(np.float16)
+    mask = np.ones((10, 6), dtype=np.int8)
+    mask[::2, 4:] = 0
+    y = rng.integers(0, 2, size=10)
+    for dp in (True, False):
+        states = []
+        for physical in (0, 3):
+            model = spec.build(2)
+            settings = TrainSettings(
+                dp=dp,
+                noise_multiplier=0.0,
+                learning_rate=1.0,
+                physical_batch_size=physical,
+                encoder_learning_rate=0.5,
+            )
+            train_locally(model, (hidden, mask), y, settings, CPU, seed=0)
+            states.append(getattr(model, "_module", model).state_dict())
+        for key in states[0]:
+            torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-4, atol=1e-6)
+        assert not torch.equal(states[0]["head.weight"], spec.build(2).state_dict()["head.weight"])
