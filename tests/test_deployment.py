@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.audit_verify import verify_log
 from fedshield.common.data import builtin_csv_path, load_dataset
@@ -117,6 +118,23 @@ def start_server(
     return server
 
 
+def start_server_for_owners(
+    processes: Processes, pki: Path, state: Path, port: int, owners: int, *run_config: str
+) -> ManagedProcess:
+    """`fedshield server start` for owner-0 .. owner-(owners-1), with run-config items."""
+    return start_server(
+        processes,
+        pki,
+        state,
+        port,
+        owners,
+        *[a for i in range(owners) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
+        "--node-timeout-s",
+        "180",
+        *[a for item in run_config for a in ("--run-config", item)],
+    )
+
+
 def client_args(
     pki: Path, port: int, key: str, data_file: Path, home: Path, *extra: str
 ) -> list[str]:
@@ -150,22 +168,15 @@ def client_args(
 def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processes):
     port = free_port()
     state = tmp_path / "server"
-    server = start_server(
+    server = start_server_for_owners(
         processes,
         pki,
         state,
         port,
         3,
-        *[a for i in range(3) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
-        "--node-timeout-s",
-        "180",
-        "--run-config",
         "num-rounds=2",
-        "--run-config",
         f"data='{data / 'eval.csv'}'",
-        "--run-config",
         "test-fraction=0.5",
-        "--run-config",
         f"out-dir='{tmp_path / 'run'}'",
     )
     owners = [tmp_path / f"owner-{i}" for i in range(3)]
@@ -341,26 +352,17 @@ def test_a_key_file_with_loose_permissions_is_rejected(pki, data, tmp_path):
 
 def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_path, processes):
     port = free_port()
-    server = start_server(
+    server = start_server_for_owners(
         processes,
         pki,
         tmp_path / "server",
         port,
         3,
-        *[a for i in range(3) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
-        "--node-timeout-s",
-        "180",
-        "--run-config",
         "num-rounds=3",
-        "--run-config",
         "min-train-nodes=2",
-        "--run-config",
         "round-timeout-s=20",
-        "--run-config",
         f"data='{data / 'eval.csv'}'",
-        "--run-config",
         "test-fraction=0.5",
-        "--run-config",
         f"out-dir='{tmp_path / 'run'}'",
     )
     owners = [
@@ -388,3 +390,60 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
     dropped = [e["data"] for e in log.entries if e["type"] == "clients-dropped"]
     assert dropped, "the server records who dropped"
     assert any(e["type"] == "run-end" for e in log.entries)
+
+
+def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
+    pki, data, tmp_path, processes
+):
+    """The deployed path with the pretrained encoder: the plan names the model, each
+    owner picks its device and keeps its encodings in its own cache, mode 0600."""
+    port = free_port()
+    server = start_server_for_owners(
+        processes,
+        pki,
+        tmp_path / "server",
+        port,
+        2,
+        "num-rounds=2",
+        f"data='{data / 'eval.csv'}'",
+        "test-fraction=0.5",
+        f"out-dir='{tmp_path / 'run'}'",
+        "model='minilm'",
+        "finetune-layers=1",
+        "max-tokens=32",
+    )
+    owners = [tmp_path / f"owner-{i}" for i in range(2)]
+    for i, (home, device) in enumerate(zip(owners, ("cpu", "auto"), strict=True)):
+        processes.start(
+            f"owner-{i}",
+            *client_args(
+                pki,
+                port,
+                f"owner-{i}",
+                data / f"owner-{i}.csv",
+                home,
+                "--device",
+                device,
+                "--cache-dir",
+                str(home / "cache"),
+            ),
+        )
+    assert server.wait(timeout_s=600) == 0, server.log_text()[-4000:]
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert sorted(metrics["rounds"][-1]["epsilon"]) == ["owner-0", "owner-1"]
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert (meta["model"], meta["finetune-layers"], meta["max-tokens"]) == ("minilm", 1, 32)
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert "layers.0.attention.self.query.weight" in state
+    for i, home in enumerate(owners):
+        dataset = load_dataset(data / f"owner-{i}.csv")
+        ledger = PrivacyLedger(home / "ledgers", dataset.fingerprint, len(dataset))
+        assert [e.server_round for e in ledger.entries()] == [1, 2]
+        (cached,) = (home / "cache").glob("encoded-*.npz")
+        assert cached.stat().st_mode & 0o777 == 0o600
+        log = verify_log(home / "audit" / "audit.jsonl")
+        assert log.ok, log.problem
+        devices = {e["data"]["device"] for e in log.entries if e["type"] == "round-start"}
+        assert devices == {"cpu"}  # this machine has no GPU; "auto" resolved to CPU
