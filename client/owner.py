@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +110,33 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     return _INPUT_CACHE[key]
 
 
-def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
+def _cache_path(owner: Owner, spec: ModelSpec) -> Path:
     # Encodings are derived from private text: they stay with the owner, readable by it
     # alone, keyed by the data's fingerprint and the model's public description.
     description = json.dumps(spec.describe(), sort_keys=True)
     name = hashlib.sha256(f"{owner.dataset.fingerprint}\n{description}".encode()).hexdigest()
-    path = owner.cache_dir / f"encoded-{name[:32]}.npz"
+    return owner.cache_dir / f"encoded-{name[:32]}.npz"
+
+
+def encode_simulated_owners(
+    config: RunConfig, num_clients: int, on_owner: Callable[[int], None] | None = None
+) -> None:
+    """Fill a simulation's encoding cache before round 1 (pretrained encoder only).
+
+    Encoding on CPU can outlast a round's timeout, and a late first-round reply is
+    dropped after its owner was charged; done up front, round 1 only reads the cache.
+    """
+    spec = ModelSpec.from_config(config)
+    for pid in range(num_clients):
+        owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)
+        if spec.name != "hashed" and not _cache_path(owner, spec).exists():
+            _encoded_on_disk(owner, spec)  # to disk only: the driver keeps nothing
+        if on_owner is not None:
+            on_owner(pid)
+
+
+def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
+    path = _cache_path(owner, spec)
     if path.exists():
         with np.load(path) as stored:
             parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))

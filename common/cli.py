@@ -239,6 +239,22 @@ def simulate(
     _run_simulation_with_progress(config, clients)
 
 
+def _encode_owners_first(config, clients: int) -> None:
+    """Encode every simulated owner's texts before round 1, with a progress bar."""
+    from fedshield.client.owner import encode_simulated_owners
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} owners"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("encoding (MiniLM, once per owner)", total=clients)
+        encode_simulated_owners(config, clients, lambda _: progress.advance(task))
+
+
 def _run_simulation_with_progress(config, clients: int) -> None:
     from fedshield.common.federation import heldout_test_split, simulated_owner_data
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -282,10 +298,10 @@ def _run_simulation_with_progress(config, clients: int) -> None:
         console.print(f"Model all-MiniLM-L6-v2 ({mode}), {config.max_tokens} tokens, on {where}.")
         if where.type == "cpu":
             console.print(
-                "[yellow]On CPU the first round encodes every owner's texts (about 50 "
-                "reviews/s per core at 128 tokens) and fine-tuning is slow; use "
-                "--max-records and --round-timeout-s, or a GPU.[/]"
+                "[yellow]On CPU, encoding takes a while (about 50 reviews/s per core at "
+                "128 tokens) and fine-tuning is slow; --max-records takes a slice.[/]"
             )
+        _encode_owners_first(config, clients)
     table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
     with Progress(
         TextColumn("[progress.description]{task.description}"),
