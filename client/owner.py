@@ -101,7 +101,7 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     if key not in _INPUT_CACHE:
         if len(_INPUT_CACHE) >= 16:
             _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
-        use_disk = owner.cache_dir is not None and spec.name != "hashed"  # hashed: seconds
+        use_disk = owner.cache_dir is not None and spec.encoding_is_costly
         _INPUT_CACHE[key] = (
             _encoded_on_disk(owner, spec)
             if use_disk
@@ -129,7 +129,7 @@ def encode_simulated_owners(
     spec = ModelSpec.from_config(config)
     for pid in range(num_clients):
         owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)
-        if spec.name != "hashed" and not _cache_path(owner, spec).exists():
+        if spec.encoding_is_costly and not _cache_path(owner, spec).exists():
             _encoded_on_disk(owner, spec)  # to disk only: the driver keeps nothing
         if on_owner is not None:
             on_owner(pid)

@@ -28,8 +28,6 @@ from fedshield.common.errors import ConfigError
 from fedshield.common.featurize import FeaturizerSpec, featurize, projection_digest
 from torch import nn
 
-MODELS = ("hashed", "minilm")
-
 # Per-record inputs of the trainable module, first axis = records: (features,) for a
 # linear head, (hidden states, attention mask) for the fine-tuned encoder top.
 ModelInputs = tuple[np.ndarray, ...]
@@ -58,9 +56,8 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, config) -> ModelSpec:
-        """From a RunConfig: ``model``, ``finetune-layers``, ``max-tokens``, ``feat-*``."""
-        if config.model not in MODELS:
-            raise ConfigError(f"model {config.model!r} is not one of {', '.join(MODELS)}")
+        """From a (validated) RunConfig: ``model``, ``finetune-layers``, ``max-tokens``,
+        ``feat-*``."""
         if config.model == "hashed":
             return cls(featurizer=FeaturizerSpec.from_config(config.as_dict()))
         return cls(
@@ -69,6 +66,11 @@ class ModelSpec:
             finetune_layers=config.finetune_layers,
             max_tokens=config.max_tokens,
         )
+
+    @property
+    def encoding_is_costly(self) -> bool:
+        """Worth keeping on the owner's disk: a transformer pass, not seconds of hashing."""
+        return self.name != "hashed"
 
     @property
     def fine_tunes_encoder(self) -> bool:
