@@ -1,18 +1,36 @@
-"""The ClientApp: one data owner's side of a round.
+"""The ClientApp: one data owner's side of a round, under the owner's own policy.
 
-train: load data -> encode (frozen, public part of the model) -> pre-flight budget check -> DP-SGD -> charge ledger ->
-reply. A refusal (budget, ledger, data, config) is an error reply with a clear reason;
-the server reports it and carries on with the other owners.
+train: load data -> encode (frozen, public part of the model) -> policy and pre-flight
+budget check -> DP-SGD -> charge ledger -> reply.
+evaluate: only with the owner's consent (``allow-evaluate``), answered with noise and
+charged to the ledger like a training round.
+
+Guarantee: whatever the server sends (plan, model, class list), nothing leaves this
+owner but the fields declared in ``wire.REPLY_SCHEMA``: the DP update or DP answer,
+charged to the ledger before it leaves, and values public by the privacy definition.
+A refusal carries a code and a fixed reason; the details (values, paths) go to the
+owner's console and audit log only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import torch
-from fedshield.client.owner import Owner, owner_inputs, resolve_owner
+from fedshield.client.ledger import KIND_EVALUATE, KIND_TRAIN
+from fedshield.client.owner import (
+    Owner,
+    owner_audit_dir,
+    owner_inputs,
+    owner_label,
+    resolve_owner,
+)
 from fedshield.client.releases import ReleasedUpdates
+from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
@@ -21,15 +39,20 @@ from fedshield.common.data import check_batch_fits
 from fedshield.common.errors import (
     FedshieldError,
     LedgerCorrupted,
+    PolicyRefusal,
     PrivacyBudgetExceeded,
 )
 from fedshield.common.federation import model_spec
 from fedshield.common.model import ModelSpec, evaluate_model, unwrapped_state_dict
-from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
+from fedshield.common.privacy import DpEvent, epsilon_spent, noise_for_target_epsilon
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 log = logging.getLogger("fedshield.client")
+
+# A DP evaluate answer bounds each record's loss to this, so one record moves the loss
+# sum by at most EVALUATE_LOSS_CLIP and the correct count by at most 1.
+EVALUATE_LOSS_CLIP = 10.0
 
 
 @lru_cache(maxsize=64)
@@ -66,13 +89,80 @@ def _load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch
     return model
 
 
-def _refusal(msg: Message, owner_id: str, exc: FedshieldError) -> Message:
-    code = {
+def refusal_code(exc: Exception) -> int:
+    return {
         PrivacyBudgetExceeded: wire.ERROR_BUDGET_EXCEEDED,
         LedgerCorrupted: wire.ERROR_LEDGER_CORRUPTED,
-    }.get(type(exc), wire.ERROR_BAD_DATA_OR_CONFIG)
-    log.warning("%s refused the round: %s", owner_id, exc)
-    return Message(Error(code=code, reason=f"{owner_id}: {exc}"), reply_to=msg)
+        PolicyRefusal: wire.ERROR_POLICY,
+    }.get(type(exc), wire.ERROR_BAD_DATA_OR_CONFIG if isinstance(exc, FedshieldError) else wire.ERROR_INTERNAL)
+
+
+def _refusal(msg: Message, owner_id: str, exc: Exception) -> Message:
+    """An error reply with a code and a fixed reason: the details stay with the owner."""
+    code = refusal_code(exc)
+    log.warning("%s refused the %s request: %s", owner_id, msg.metadata.message_type, exc)
+    return Message(Error(code=code, reason=f"{owner_id}: {wire.REFUSAL_REASONS[code]}"), reply_to=msg)
+
+
+def record_budget_change(owner: Owner, audit: AuditLog) -> None:
+    """Budget changes are the owner's decisions: ledger and audit log keep each one."""
+    change = owner.ledger.record_budget(owner.epsilon_budget)
+    if change is not None:
+        audit.append(
+            "budget-changed",
+            **{
+                "old-budget": change.old,
+                "new-budget": change.new,
+                "changed-at": change.recorded_at,
+                "ledger-id": owner.ledger.state().ledger_id,
+            },
+        )
+
+
+def charge_and_audit(
+    owner: Owner,
+    audit: AuditLog,
+    event: DpEvent,
+    context: Context,
+    server_round: int,
+    kind: str,
+    max_grad_norm: float,
+) -> float:
+    """Charge the ledger durably, then record the charge with the whole history."""
+    # Charge before release: a crash after this line over-counts, never under-counts.
+    epsilon = owner.ledger.charge_ledger_before_release(
+        event,
+        owner.epsilon_budget,
+        owner.delta,
+        context.run_id,
+        server_round,
+        kind=kind,
+        data_fingerprint=owner.dataset.fingerprint,
+        records=len(owner.dataset),
+        run_epsilon_cap=owner.run_epsilon_cap,
+    )
+    state = owner.ledger.state()  # one read: this charge is last
+    history = [e.event for e in state.entries]
+    audit.append(
+        "dp-charged",
+        **{
+            "server-round": server_round,
+            "kind": kind,
+            "ledger-id": state.ledger_id,
+            "data-fingerprint": owner.dataset.fingerprint,
+            "noise-multiplier": event.noise_multiplier,
+            "max-grad-norm": max_grad_norm,
+            "sample-rate": event.sample_rate,
+            "steps": event.steps,
+            "delta": owner.delta,
+            "epsilon-before": epsilon_spent(history[:-1], owner.delta),
+            "epsilon-after": epsilon,
+            "epsilon-budget": owner.epsilon_budget,
+            "budget-remaining": owner.epsilon_budget - epsilon,
+            "ledger-events": [[e.noise_multiplier, e.sample_rate, e.steps] for e in history],
+        },
+    )
+    return epsilon
 
 
 def train_round(
@@ -113,52 +203,45 @@ def train_round(
             },
         )
         return _reply(msg, owner, arrays, metrics, audit, server_round)
+    if not plan.dp and not owner.allow_no_dp:
+        # The owner decides: a plan cannot switch DP off for an owner that did not opt in.
+        raise PolicyRefusal(
+            "the plan asks for a non-private round (dp=false); this owner did not opt in "
+            "(allow-no-dp)"
+        )
     check_batch_fits(owner.dataset, plan.batch_size)
     spec = model_spec(plan)
     inputs = owner_inputs(owner, spec)
     settings = training_settings(plan, owner)
     planned = planned_dp_event(len(owner.dataset), settings)
+    record_budget_change(owner, audit)
     if plan.dp:
         # Refuse before training: nothing is computed on the data past the budget.
-        owner.ledger.check_budget(planned, owner.epsilon_budget, owner.delta)
+        owner.ledger.check_budget(
+            planned, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
+        )
     model = _load_global_model(msg, spec, len(classes))
     outcome = train_locally(model, inputs, owner.dataset.labels, settings, owner.device)
     epsilon = 0.0
     if plan.dp:
         if outcome.dp_event != planned:
             raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
-        # Charge before release: a crash after this line over-counts, never under-counts.
-        epsilon = owner.ledger.charge_ledger_before_release(
-            outcome.dp_event, owner.epsilon_budget, owner.delta, context.run_id, server_round
-        )
-        history = [e.event for e in owner.ledger.entries()]  # one read: this charge is last
-        audit.append(
-            "dp-charged",
-            **{
-                "server-round": server_round,
-                "data-fingerprint": owner.dataset.fingerprint,
-                "noise-multiplier": settings.noise_multiplier,
-                "max-grad-norm": settings.max_grad_norm,
-                "sample-rate": planned.sample_rate,
-                "steps": planned.steps,
-                "delta": owner.delta,
-                "epsilon-before": epsilon_spent(history[:-1], owner.delta),
-                "epsilon-after": epsilon,
-                "epsilon-budget": owner.epsilon_budget,
-                "budget-remaining": owner.epsilon_budget - epsilon,
-                "ledger-events": [[e.noise_multiplier, e.sample_rate, e.steps] for e in history],
-            },
+        epsilon = charge_and_audit(
+            owner, audit, planned, context, server_round, KIND_TRAIN, settings.max_grad_norm
         )
     else:
         audit.append(
             "non-private-round",
-            **{"server-round": server_round, "warning": "dp disabled by the plan"},
+            **{
+                "server-round": server_round,
+                "warning": "NON-PRIVATE: the plan asked for dp=false and the owner opted in "
+                "(allow-no-dp); this update is not differentially private",
+            },
         )
     arrays = ArrayRecord(unwrapped_state_dict(model))
     metrics = MetricRecord(
         {
             "num-examples": outcome.num_examples,
-            "train-loss": outcome.train_loss,
             "epsilon": epsilon,
             "epsilon-budget": owner.epsilon_budget if plan.dp else 0.0,
             "noise-multiplier": settings.noise_multiplier if plan.dp else 0.0,
@@ -194,7 +277,104 @@ def _reply(
     )
     owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
     content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.OWNER: owner_record})
+    wire.check_reply_fields("train", content)
     return Message(content=content, reply_to=msg)
+
+
+def evaluate_round(
+    msg: Message, context: Context, plan: RunConfig, classes: tuple[str, ...], owner: Owner, audit: AuditLog
+) -> Message:
+    """A DP answer to "how does this model do on your data?", only with consent.
+
+    Released: (correct count, clipped loss sum / EVALUATE_LOSS_CLIP), each moved by at most
+    1 by adding or removing a record (L2 sensitivity sqrt(2)), plus Gaussian noise of std
+    ``evaluate-noise-multiplier * sqrt(2)`` from the CSPRNG: one Gaussian mechanism,
+    charged as a DP event (q = 1, one step) before the answer leaves.
+    """
+    server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
+    if not owner.allow_evaluate:
+        raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
+    spec = model_spec(plan)
+    inputs = owner_inputs(owner, spec)
+    event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
+    record_budget_change(owner, audit)
+    owner.ledger.check_budget(
+        event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
+    )
+    model = _load_global_model(msg, spec, len(classes))
+    mean_loss, accuracy = evaluate_model(
+        model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
+    )
+    count = len(owner.dataset)
+    exact = np.array([accuracy * count, mean_loss * count / EVALUATE_LOSS_CLIP])
+    epsilon = charge_and_audit(owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2))
+    noisy = exact + SecureRandom().standard_normal(2) * event.noise_multiplier * math.sqrt(2)
+    metrics = MetricRecord(
+        {
+            "num-examples": count,
+            "accuracy": float(np.clip(noisy[0] / count, 0.0, 1.0)),
+            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / count),
+            "epsilon": epsilon,
+            "noise-multiplier": event.noise_multiplier,
+        }
+    )
+    released = audit.append(
+        "evaluate-released",
+        **{"server-round": server_round, "metrics": dict(metrics)},
+    )
+    owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
+    content = RecordDict({wire.METRICS: metrics, wire.OWNER: owner_record})
+    wire.check_reply_fields("evaluate", content)
+    return Message(content=content, reply_to=msg)
+
+
+def _refusal_audit(node_config: dict, run_config: RunConfig | None) -> AuditLog | None:
+    """The owner's audit log when its data or settings could not be loaded."""
+    try:
+        directory = owner_audit_dir(node_config, run_config or RunConfig())
+    except (FedshieldError, ValueError, TypeError):
+        return None
+    if directory is None:
+        return None
+    return AuditLog(Path(directory) / "audit.jsonl", actor=owner_label(node_config))
+
+
+def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler) -> Message:
+    """Decode, resolve the owner, run ``handler``; every failure becomes a coded refusal."""
+    node_config = dict(context.node_config)
+    label = owner_label(node_config)
+    server_round = 0
+    local = None
+    try:
+        server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
+        local = _local_run_config(context, overrides)
+        plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
+        owner = resolve_owner(node_config, local, classes)
+    except Exception as exc:
+        audit = _refusal_audit(node_config, local)
+        if audit is not None:
+            audit.append(
+                f"{kind}-refused" if kind == "evaluate" else "round-refused",
+                **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)},
+            )
+            audit.checkpoint("message-end")
+        return _refusal(msg, label, exc)
+    audit = AuditLog(owner.audit_dir / "audit.jsonl", actor=owner.owner_id)
+    try:
+        return handler(msg, context, plan, classes, server_round, owner, audit)
+    except FedshieldError as exc:
+        refused = "evaluate-refused" if kind == "evaluate" else "round-refused"
+        audit.append(refused, **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)})
+        return _refusal(msg, owner.owner_id, exc)
+    except Exception as exc:
+        # Fail closed and say nothing: an exception's text may hold values from the data.
+        log.exception("%s: %s request failed", owner.owner_id, kind)
+        audit.append(
+            "round-error", **{"server-round": server_round, "error": f"{type(exc).__name__}: {exc}"}
+        )
+        return _refusal(msg, owner.owner_id, exc)
+    finally:
+        audit.checkpoint("message-end")
 
 
 def make_client_app(run_overrides: dict | None = None) -> ClientApp:
@@ -204,48 +384,14 @@ def make_client_app(run_overrides: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        try:
-            plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
-            owner = resolve_owner(
-                context.node_config, _local_run_config(context, overrides), classes
-            )
-        except FedshieldError as exc:
-            return _refusal(msg, "client", exc)
-        audit = AuditLog(owner.audit_dir / "audit.jsonl", actor=owner.owner_id)
-        try:
-            return train_round(msg, context, plan, classes, server_round, owner, audit)
-        except FedshieldError as exc:
-            audit.append("round-refused", **{"server-round": server_round, "reason": str(exc)})
-            return _refusal(msg, owner.owner_id, exc)
-        except Exception as exc:
-            audit.append(
-                "round-error", **{"server-round": server_round, "error": type(exc).__name__}
-            )
-            raise
-        finally:
-            audit.checkpoint("message-end")
+        return _handle("train", msg, context, overrides, train_round)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        # Off by default (fraction-evaluate 0): accuracy on an owner's records is not
-        # covered by the DP guarantee, only the training updates are.
-        owner_id = "client"
-        try:
-            plan, classes, _ = wire.decode_train_plan(msg.content[wire.CONFIG])
-            owner = resolve_owner(
-                context.node_config, _local_run_config(context, overrides), classes
-            )
-            owner_id = owner.owner_id
-            spec = model_spec(plan)
-            inputs = owner_inputs(owner, spec)
-        except FedshieldError as exc:
-            return _refusal(msg, owner_id, exc)
-        model = _load_global_model(msg, spec, len(classes))
-        loss, accuracy = evaluate_model(model, inputs, owner.dataset.labels, owner.device)
-        metrics = MetricRecord(
-            {"num-examples": len(owner.dataset), "loss": loss, "accuracy": accuracy}
-        )
-        return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=msg)
+        def answer(msg, context, plan, classes, server_round, owner, audit):
+            return evaluate_round(msg, context, plan, classes, owner, audit)
+
+        return _handle("evaluate", msg, context, overrides, answer)
 
     return app
 

@@ -1,15 +1,26 @@
-"""The privacy ledger: every DP event a data set has been through, on its owner's disk.
+"""The privacy ledger: every DP release a data owner has made, on the owner's own disk.
 
 Guarantees:
-- one file per data set, named by the data fingerprint, so every run on the same data
-  charges the same budget;
+- **one ledger per owner** (one file, ``ledger.json``, in the owner's ledger folder), so the
+  budget follows the records, not a file's bytes: the same records re-exported,
+  reordered, re-encoded, or as a subset or superset of earlier data, draw on the same
+  budget. Why not per-record fingerprints: a record whose text changed by one character
+  (a fixed typo, other whitespace) is still the same person, and a hash would not see it.
+  The cost is conservative accounting: two disjoint data sets of one owner share a budget
+  (an owner who must keep them apart uses two ledger folders, a decision it takes itself);
 - epsilon is recomputed from the whole event list (common/privacy.py), never summed;
+- the owner's budget is recorded with every change (time, old and new value), so raising
+  a budget after a refusal shows in the ledger and in the audit log;
+- an owner may cap what one run can spend (``run-epsilon-cap``), so one run cannot take a
+  multi-run budget;
 - a write is atomic and durable (temp file, fsync, rename, fsync of the directory), and
-  happens before the update it pays for leaves the machine: a crash can over-count,
+  happens before the release it pays for leaves the machine: a crash can over-count,
   never under-count;
 - concurrent writers are serialised with an exclusive lock;
 - a file whose checksum does not match its contents is refused (LedgerCorrupted), and
-  nothing trains on that data until an operator resolves it.
+  nothing trains until an operator resolves it;
+- ledgers of the earlier format (one file per data file, named by its SHA-256) are read
+  and folded into the owner's ledger once, conservatively (all of their events count).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +39,25 @@ from pathlib import Path
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
 from fedshield.common.privacy import DpEvent, epsilon_spent
 
-LEDGER_FORMAT = 1
+LEDGER_FORMAT = 2
+LEGACY_FORMAT = 1
+LEDGER_FILE = "ledger.json"
+KIND_TRAIN = "train"
+KIND_EVALUATE = "evaluate"
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One charged DP release: the event, what it was on, and when."""
+
     event: DpEvent
     delta: float
     run_id: int
     server_round: int
     recorded_at: float
+    kind: str = KIND_TRAIN
+    data_fingerprint: str = ""
+    records: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +66,9 @@ class LedgerEntry:
             "run-id": self.run_id,
             "server-round": self.server_round,
             "recorded-at": self.recorded_at,
+            "kind": self.kind,
+            "data-fingerprint": self.data_fingerprint,
+            "records": self.records,
         }
 
     @classmethod
@@ -59,7 +83,35 @@ class LedgerEntry:
             run_id=int(data["run-id"]),
             server_round=int(data["server-round"]),
             recorded_at=float(data["recorded-at"]),
+            kind=str(data.get("kind", KIND_TRAIN)),
+            data_fingerprint=str(data.get("data-fingerprint", "")),
+            records=int(data.get("records", 0)),
         )
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """The owner's budget changed from ``old`` to ``new`` at ``recorded_at``."""
+
+    old: float | None
+    new: float
+    recorded_at: float
+
+    def as_dict(self) -> dict:
+        return {"old": self.old, "new": self.new, "recorded-at": self.recorded_at}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BudgetChange:
+        old = data.get("old")
+        return cls(None if old is None else float(old), float(data["new"]), float(data["recorded-at"]))
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    ledger_id: str
+    entries: list[LedgerEntry]
+    budgets: list[BudgetChange]
+    migrated_from: list[str]
 
 
 def _checksum(body: dict) -> str:
@@ -75,58 +127,92 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class PrivacyLedger:
-    """The ledger of one data set (``fingerprint``) held by one owner in ``directory``."""
+def _resolve_advice(path: Path) -> str:
+    return (
+        f"move {path} aside and restore it from a backup, or ask your data protection "
+        "officer; do not delete it (that would reset the owner's privacy budget)"
+    )
 
-    def __init__(self, directory: str | Path, fingerprint: str, num_records: int) -> None:
+
+def _read_checked(path: Path, expected_format: int) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        body, stored = data["body"], data["checksum"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LedgerCorrupted(
+            f"{path}: unreadable privacy ledger ({exc}); {_resolve_advice(path)}"
+        ) from exc
+    if _checksum(body) != stored:
+        raise LedgerCorrupted(
+            f"{path}: checksum mismatch, the ledger was altered or damaged; {_resolve_advice(path)}"
+        )
+    if not isinstance(body, dict) or body.get("format") != expected_format:
+        raise LedgerCorrupted(f"{path}: not a ledger of format {expected_format}; {_resolve_advice(path)}")
+    return body
+
+
+class PrivacyLedger:
+    """The ledger of one data owner, kept in ``directory`` (the owner's ledger folder)."""
+
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).expanduser()
-        self.fingerprint = fingerprint
-        self.num_records = num_records
-        self.path = self.directory / f"{fingerprint}.json"
+        self.path = self.directory / LEDGER_FILE
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.directory / f"{self.fingerprint}.lock", "a") as lock:
+        with open(self.directory / "ledger.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _read(self) -> list[LedgerEntry]:
-        if not self.path.exists():
-            return []
-        resolve = (
-            f"move it aside and restore it from a backup, or ask your data protection "
-            f"officer; do not delete it (that would reset the privacy budget of {self.fingerprint[:12]})"
+    def _legacy_files(self) -> list[Path]:
+        return sorted(
+            p
+            for p in self.directory.glob("*.json")
+            if p.name != LEDGER_FILE and len(p.stem) == 64 and not p.name.startswith(".")
         )
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            body, stored = data["body"], data["checksum"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LedgerCorrupted(
-                f"{self.path}: unreadable privacy ledger ({exc}); {resolve}"
-            ) from exc
-        if _checksum(body) != stored:
-            raise LedgerCorrupted(
-                f"{self.path}: checksum mismatch, the ledger was altered or damaged; {resolve}"
-            )
-        if body.get("fingerprint") != self.fingerprint or body.get("format") != LEDGER_FORMAT:
-            raise LedgerCorrupted(
-                f"{self.path}: ledger belongs to another data set or format; {resolve}"
-            )
-        return [LedgerEntry.from_dict(e) for e in body["events"]]
 
-    def _write(self, entries: list[LedgerEntry]) -> None:
+    def _read(self) -> LedgerState:
+        if self.path.exists():
+            body = _read_checked(self.path, LEDGER_FORMAT)
+            return LedgerState(
+                ledger_id=str(body["ledger-id"]),
+                entries=[LedgerEntry.from_dict(e) for e in body["events"]],
+                budgets=[BudgetChange.from_dict(b) for b in body["budgets"]],
+                migrated_from=list(body.get("migrated-from", [])),
+            )
+        entries: list[LedgerEntry] = []
+        migrated = []
+        for legacy in self._legacy_files() if self.directory.is_dir() else []:
+            body = _read_checked(legacy, LEGACY_FORMAT)
+            for raw in body["events"]:
+                entry = LedgerEntry.from_dict(raw)
+                entries.append(
+                    LedgerEntry(
+                        **{
+                            **entry.__dict__,
+                            "data_fingerprint": str(body["fingerprint"]),
+                            "records": int(body.get("num-records", 0)),
+                        }
+                    )
+                )
+            migrated.append(legacy.name)
+        entries.sort(key=lambda e: e.recorded_at)
+        return LedgerState(uuid.uuid4().hex, entries, [], migrated)
+
+    def _write(self, state: LedgerState) -> None:
         body = {
             "format": LEDGER_FORMAT,
-            "fingerprint": self.fingerprint,
-            "num-records": self.num_records,
-            "events": [e.as_dict() for e in entries],
+            "ledger-id": state.ledger_id,
+            "events": [e.as_dict() for e in state.entries],
+            "budgets": [b.as_dict() for b in state.budgets],
+            "migrated-from": state.migrated_from,
         }
         payload = json.dumps({"body": body, "checksum": _checksum(body)}, indent=1)
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        tmp = self.directory / f".{LEDGER_FILE}.tmp-{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, payload.encode("utf-8"))
@@ -136,27 +222,72 @@ class PrivacyLedger:
         os.replace(tmp, self.path)
         _fsync_dir(self.directory)
 
-    def entries(self) -> list[LedgerEntry]:
+    def state(self) -> LedgerState:
         with self._locked():
             return self._read()
+
+    def entries(self) -> list[LedgerEntry]:
+        return self.state().entries
 
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` composed over every event recorded so far."""
         return epsilon_spent((e.event for e in self.entries()), delta)
 
-    def check_budget(self, planned: DpEvent, epsilon_budget: float, delta: float) -> float:
-        """Pre-flight: epsilon after ``planned``; raises if that passes the budget."""
-        events = [e.event for e in self.entries()]
+    def record_budget(self, epsilon_budget: float) -> BudgetChange | None:
+        """Record the owner's budget if it changed; returns the change (None if unchanged)."""
+        with self._locked():
+            state = self._read()
+            old = state.budgets[-1].new if state.budgets else None
+            if old is not None and old == epsilon_budget:
+                return None
+            change = BudgetChange(old, float(epsilon_budget), time.time())
+            self._write(
+                LedgerState(state.ledger_id, state.entries, [*state.budgets, change], state.migrated_from)
+            )
+            return change
+
+    @staticmethod
+    def _refuse_if_over(
+        entries: list[LedgerEntry],
+        planned: DpEvent,
+        epsilon_budget: float,
+        delta: float,
+        run_id: int,
+        run_epsilon_cap: float,
+        when: str,
+    ) -> float:
+        events = [e.event for e in entries]
         before = epsilon_spent(events, delta)
         after = epsilon_spent([*events, planned], delta)
         if after > epsilon_budget:
             raise PrivacyBudgetExceeded(
-                f"data set {self.fingerprint[:12]}: this round would raise epsilon from "
-                f"{before:.3f} to {after:.3f} (delta {delta:g}), over the owner's budget "
-                f"{epsilon_budget:g}; no training was done. Raise the budget only if your "
-                "privacy policy allows it, or increase the noise multiplier."
+                f"{when}: this release would raise epsilon from {before:.3f} to {after:.3f} "
+                f"(delta {delta:g}), over the owner's budget {epsilon_budget:g}; nothing was "
+                "released. Raise the budget only if your privacy policy allows it, or increase "
+                "the noise multiplier."
             )
+        if run_epsilon_cap > 0:
+            this_run = [e.event for e in entries if e.run_id == run_id]
+            run_after = epsilon_spent([*this_run, planned], delta)
+            if run_after > run_epsilon_cap:
+                raise PrivacyBudgetExceeded(
+                    f"{when}: run {run_id} would spend epsilon {run_after:.3f}, over the owner's "
+                    f"cap per run {run_epsilon_cap:g} (run-epsilon-cap); nothing was released"
+                )
         return after
+
+    def check_budget(
+        self,
+        planned: DpEvent,
+        epsilon_budget: float,
+        delta: float,
+        run_id: int = 0,
+        run_epsilon_cap: float = 0.0,
+    ) -> float:
+        """Pre-flight: epsilon after ``planned``; raises if that passes the budget or cap."""
+        return self._refuse_if_over(
+            self.entries(), planned, epsilon_budget, delta, run_id, run_epsilon_cap, "pre-flight"
+        )
 
     def charge_ledger_before_release(
         self,
@@ -165,22 +296,34 @@ class PrivacyLedger:
         delta: float,
         run_id: int,
         server_round: int,
+        *,
+        kind: str = KIND_TRAIN,
+        data_fingerprint: str = "",
+        records: int = 0,
+        run_epsilon_cap: float = 0.0,
     ) -> float:
         """Durably append ``event``; returns epsilon composed over all events after it.
 
-        The budget is checked again under the lock: another run on the same data may have
-        charged since the pre-flight check, and then this update must not be released.
+        The budget is checked again under the lock: another run of this owner may have
+        charged since the pre-flight check, and then the release must not happen.
         """
         with self._locked():
-            entries = self._read()
-            events = [e.event for e in entries]
-            after = epsilon_spent([*events, event], delta)
-            if after > epsilon_budget:
-                raise PrivacyBudgetExceeded(
-                    f"data set {self.fingerprint[:12]}: another run charged this data since "
-                    f"the pre-flight check; releasing this update would reach epsilon "
-                    f"{after:.3f} > budget {epsilon_budget:g}, so it is withheld"
+            state = self._read()
+            after = self._refuse_if_over(
+                state.entries,
+                event,
+                epsilon_budget,
+                delta,
+                run_id,
+                run_epsilon_cap,
+                "at charge (another run charged since the pre-flight check)",
+            )
+            entry = LedgerEntry(
+                event, delta, run_id, server_round, time.time(), kind, data_fingerprint, records
+            )
+            self._write(
+                LedgerState(
+                    state.ledger_id, [*state.entries, entry], state.budgets, state.migrated_from
                 )
-            entries.append(LedgerEntry(event, delta, run_id, server_round, time.time()))
-            self._write(entries)
+            )
         return after

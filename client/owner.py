@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fedshield.client.ledger import PrivacyLedger
-from fedshield.common.config import OwnerConfig, RunConfig
+from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
-from fedshield.common.errors import ConfigError
+from fedshield.common.errors import ConfigError, PolicyRefusal
 from fedshield.common.federation import simulated_owner_data
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
 from fedshield.common.privacy import check_delta
@@ -32,6 +32,12 @@ NUM_PARTITIONS = "num-partitions"
 
 @dataclass(frozen=True)
 class Owner:
+    """One data owner as its ClientApp sees it: data, ledger and the owner's own policy.
+
+    The policy fields come from the owner (node config, or ``fedshield simulate`` playing
+    its simulated owners); nothing in a server's plan can set them.
+    """
+
     owner_id: str
     dataset: TextDataset
     ledger: PrivacyLedger
@@ -40,6 +46,28 @@ class Owner:
     device: torch.device
     audit_dir: Path
     cache_dir: Path | None = None
+    allow_no_dp: bool = False
+    allow_evaluate: bool = False
+    evaluate_noise_multiplier: float = 10.0
+    run_epsilon_cap: float = 0.0
+
+
+def owner_label(node_config: dict) -> str:
+    """The owner's public label and audit folder, read without touching its data."""
+    if PARTITION_ID in node_config and "data-path" not in node_config:
+        return f"client-{int(node_config[PARTITION_ID])}"
+    return str(node_config.get("owner-id") or "owner")
+
+
+def check_plan_classes(config: OwnerConfig, classes: tuple[str, ...] | None) -> None:
+    """An owner that declared its classes accepts only that class list (decided on config,
+    not on data, so the answer tells the server nothing about the records)."""
+    accepted = split_class_names(config.classes)
+    if accepted is not None and classes is not None and tuple(classes) != accepted:
+        raise PolicyRefusal(
+            f"the plan's classes {list(classes)} differ from the classes this owner accepts "
+            f"{list(accepted)} (--classes)"
+        )
 
 
 def resolve_owner(
@@ -54,37 +82,62 @@ def resolve_owner(
                 "simulated owners need a budget: set epsilon-budget (or target-epsilon) > 0"
             )
         base = Path(run_config.out_dir or "~/.fedshield/simulation").expanduser()
-        ledger_dir = (
+        ledger_root = (
             Path(run_config.ledger_dir).expanduser() if run_config.ledger_dir else base / "ledgers"
         )
         audit_root = (
             Path(run_config.audit_dir).expanduser() if run_config.audit_dir else base / "audit"
         )
+        # In simulation the operator plays every owner: its own settings are the owners'
+        # policy (--no-dp opts them in to non-private rounds; fraction-evaluate > 0 to
+        # evaluation). The run config here is the local process's, not the plan message.
         owner = Owner(
             owner_id=f"client-{pid}",
             dataset=dataset,
-            ledger=PrivacyLedger(ledger_dir, dataset.fingerprint, len(dataset)),
+            ledger=PrivacyLedger(ledger_root / f"client-{pid}"),
             epsilon_budget=budget,
             delta=run_config.delta,
             device=resolve_device(run_config.device),
             audit_dir=audit_root / f"client-{pid}",
             cache_dir=base / "cache",
+            allow_no_dp=not run_config.dp,
+            allow_evaluate=run_config.fraction_evaluate > 0,
         )
     else:
         config = OwnerConfig.from_dict(dict(node_config))
-        dataset = load_dataset(config.data_path, config.text_column, config.label_column, classes)
+        check_plan_classes(config, classes)
+        dataset = load_dataset(
+            config.data_path,
+            config.text_column,
+            config.label_column,
+            classes or split_class_names(config.classes),
+        )
         owner = Owner(
-            owner_id=config.owner_id or f"owner-{dataset.fingerprint[:8]}",
+            owner_id=config.owner_id or "owner",
             dataset=dataset,
-            ledger=PrivacyLedger(config.ledger_dir, dataset.fingerprint, len(dataset)),
+            ledger=PrivacyLedger(config.ledger_dir),
             epsilon_budget=config.epsilon_budget,
             delta=config.delta,
             device=resolve_device(config.device),
             audit_dir=Path(config.audit_dir).expanduser(),
             cache_dir=Path(config.cache_dir).expanduser() if config.cache_dir else None,
+            allow_no_dp=config.allow_no_dp,
+            allow_evaluate=config.allow_evaluate,
+            evaluate_noise_multiplier=config.evaluate_noise_multiplier,
+            run_epsilon_cap=config.run_epsilon_cap,
         )
     check_delta(owner.delta, len(owner.dataset))
     return owner
+
+
+def owner_audit_dir(node_config: dict, run_config: RunConfig) -> Path | None:
+    """Where this owner's audit log lives, known without loading its data (None: unknown)."""
+    if PARTITION_ID in node_config and "data-path" not in node_config:
+        base = Path(run_config.out_dir or "~/.fedshield/simulation").expanduser()
+        root = Path(run_config.audit_dir).expanduser() if run_config.audit_dir else base / "audit"
+        return root / owner_label(node_config)
+    audit_dir = node_config.get("audit-dir")
+    return Path(str(audit_dir)).expanduser() if audit_dir else None
 
 
 _INPUT_CACHE: dict[tuple[str, ModelSpec], ModelInputs] = {}

@@ -58,6 +58,7 @@ class OwnerAudit:
     delta: float = 0.0
     refusals: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    budget_changes: list[str] = field(default_factory=list)
 
     @property
     def final_claimed(self) -> float:
@@ -73,12 +74,20 @@ class OwnerAudit:
 
 
 def _owner_audits(log: Verification) -> list[OwnerAudit]:
-    """One OwnerAudit per data set charged in a client's log."""
+    """One OwnerAudit per ledger charged in a client's log (older logs: per data file)."""
     by_fingerprint: dict[str, OwnerAudit] = {}
     previous_events: dict[str, list] = {}
+    budget_changes: list[str] = []
     for entry in log.entries:
         data = entry["data"]
-        if entry["type"] == "round-refused":
+        if entry["type"] == "budget-changed":
+            budget_changes.append(
+                f"{entry['ts']}: budget {data.get('old-budget')} -> {data.get('new-budget')}"
+            )
+            for audit in by_fingerprint.values():
+                audit.budget_changes = list(budget_changes)
+            continue
+        if entry["type"] in ("round-refused", "evaluate-refused"):
             for audit in by_fingerprint.values():
                 audit.refusals.append(f"round {data.get('server-round')}: {data.get('reason')}")
             if not by_fingerprint:
@@ -90,10 +99,11 @@ def _owner_audits(log: Verification) -> list[OwnerAudit]:
             continue
         if entry["type"] != "dp-charged":
             continue
-        fingerprint = data["data-fingerprint"]
+        fingerprint = data.get("ledger-id") or data["data-fingerprint"]
         audit = by_fingerprint.setdefault(
             fingerprint, OwnerAudit(entry["actor"], fingerprint, str(log.path))
         )
+        audit.budget_changes = list(budget_changes)
         events = data["ledger-events"]
         new_event = [data["noise-multiplier"], data["sample-rate"], data["steps"]]
         expected = previous_events.get(fingerprint)
@@ -378,7 +388,7 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     )
     owners = "".join(
         f"<tr><td>{esc(o['owner'])}</td><td><code>{esc(o['data_fingerprint'][:16])}</code></td><td>{len(o['rounds'])}</td>"
-        f"<td>{o['final_claimed']:.4f}</td><td>{o['final_recomputed']:.4f}</td><td>{o['budget']:g}</td>"
+        f"<td>{o['final_claimed']:.4f}</td><td>{o['final_recomputed']:.4f}</td><td>{o['budget']:g}{'<br><small>' + esc('; '.join(o['budget_changes'])) + '</small>' if o['budget_changes'] else ''}</td>"
         f"<td>{o['delta']:g}</td><td>{len(o['refusals'])}</td><td>{'ok' if o['ok'] else esc('; '.join(o['problems']))}</td></tr>"
         for o in report["owners"]
     )
@@ -392,7 +402,7 @@ tr.fail td:nth-child(3){{color:#b00}}tr.unverified td:nth-child(3){{color:#a60}}
 a claim is flagged if it differs by more than {report["tolerance"]:.0%} or is the lower one.</p>
 <h2>Data-security requirements</h2><table><tr><th>requirement</th><th>reference</th><th>status</th><th>evidence in the logs</th></tr>{rows}</table>
 <h2>Epsilon per data owner</h2><img alt="epsilon per owner" src="data:image/png;base64,{_plot_png(report["owners"])}">
-<table><tr><th>owner</th><th>data fingerprint</th><th>rounds</th><th>epsilon claimed</th><th>recomputed</th><th>budget</th><th>delta</th><th>refusals</th><th>check</th></tr>{owners}</table>
+<table><tr><th>owner</th><th>ledger</th><th>rounds</th><th>epsilon claimed</th><th>recomputed</th><th>budget (and changes)</th><th>delta</th><th>refusals</th><th>check</th></tr>{owners}</table>
 <h2>Logs</h2><ul>{logs}</ul></body></html>"""
     html_path = out_dir / "report.html"
     html_path.write_text(page, encoding="utf-8")

@@ -246,8 +246,12 @@ class RunConfig(_KebabConfig):
         )
 
     def class_names(self) -> tuple[str, ...] | None:
-        names = tuple(c.strip() for c in self.classes.split(",") if c.strip())
-        return names or None
+        return split_class_names(self.classes)
+
+
+def split_class_names(text: str) -> tuple[str, ...] | None:
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    return names or None
 
 
 @dataclass(frozen=True)
@@ -265,9 +269,27 @@ class OwnerConfig(_KebabConfig):
     owner_id: str = ""
     device: str = "auto"
     transport: str = ""
+    # The owner's policy: what a plan may ask of this owner (never taken from the server).
+    allow_no_dp: bool = False  # accept non-private rounds (plan dp=false); off: refused
+    allow_evaluate: bool = False  # answer evaluate requests, with a DP answer charged
+    evaluate_noise_multiplier: float = 10.0  # noise / sensitivity of a DP evaluate answer
+    run_epsilon_cap: float = 0.0  # most epsilon one run may spend; 0: the whole budget
+    classes: str = ""  # the class list this owner accepts (comma-separated); "" = any
 
     def validate(self) -> None:
         _require(bool(self.data_path), "data-path", self.data_path, "set the owner's data file")
+        _require(
+            self.evaluate_noise_multiplier >= 0.5,
+            "evaluate-noise-multiplier",
+            self.evaluate_noise_multiplier,
+            "must be >= 0.5 (a DP evaluate answer needs real noise; 10 is the default)",
+        )
+        _require(
+            self.run_epsilon_cap >= 0,
+            "run-epsilon-cap",
+            self.run_epsilon_cap,
+            "must be >= 0 (0: one run may spend the whole budget)",
+        )
         _require(
             self.epsilon_budget > 0,
             "epsilon-budget",

@@ -27,3 +27,9 @@ class LedgerCorrupted(FedshieldError):
     """The privacy ledger on disk fails its integrity check; training is refused."""
 
     exit_code = 4
+
+
+class PolicyRefusal(FedshieldError):
+    """A plan asks for something the data owner's own policy does not allow."""
+
+    exit_code = 5

@@ -162,8 +162,14 @@ def evaluate_model(
     labels: np.ndarray,
     device: torch.device | None = None,
     batch_size: int = 256,
+    loss_clip: float | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (inputs, labels), in batches."""
+    """Mean cross-entropy and accuracy of ``model`` on (inputs, labels), in batches.
+
+    With ``loss_clip`` each record's loss is first bounded to ``[0, loss_clip]`` (a
+    non-finite loss counts as ``loss_clip``), so one record moves the sum by at most
+    ``loss_clip``: the sensitivity a DP answer needs, whatever model was sent.
+    """
     device = device or torch.device("cpu")
     was_training = model.training
     model.to(device)
@@ -176,7 +182,11 @@ def evaluate_model(
             parts = [t[start : start + batch_size].to(device) for t in tensors]
             y = target[start : start + batch_size].to(device)
             logits = model(*parts)
-            total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+            if loss_clip is not None:
+                losses = torch.nan_to_num(losses, nan=loss_clip, posinf=loss_clip)
+                losses = losses.clamp(0.0, loss_clip)
+            total_loss += float(losses.double().sum().item())
             correct += int((logits.argmax(1) == y).sum().item())
     model.train(was_training)
     count = max(len(target), 1)

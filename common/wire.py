@@ -15,7 +15,7 @@ import hashlib
 
 import numpy as np
 from fedshield.common.config import RunConfig
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -52,7 +52,6 @@ TRAIN_PLAN_KEYS = (
 )
 REPLY_METRIC_KEYS = (
     "num-examples",
-    "train-loss",
     "epsilon",
     "epsilon-budget",
     "noise-multiplier",
@@ -61,11 +60,78 @@ REPLY_METRIC_KEYS = (
     "delta",
     "max-grad-norm",
 )
+EVALUATE_METRIC_KEYS = (
+    "num-examples",
+    "accuracy",
+    "loss",
+    "epsilon",
+    "noise-multiplier",
+)
 
-# Error codes a client puts in an error reply (Flower's own codes are below 100).
+# Why each field of a reply may leave a data owner. The privacy definition (README,
+# "Privacy semantics"): sample-level (epsilon, delta)-DP under add/remove-one-record
+# adjacency, with the owner's record count N public. Everything else is a DP release
+# charged to the owner's ledger, or a function of public values only.
+PUBLIC_PARAMETER = "public: a function of the plan, the owner's policy and N only"
+PUBLIC_RECORD_COUNT = "public by the privacy definition: the owner's record count N"
+PUBLIC_LABEL = "public: the label the owner chose for itself"
+PUBLIC_COMMITMENT = "public: SHA-256 of the owner's audit entry (chained over secret keys and times)"
+DP_RELEASE = "DP release charged to the owner's ledger before it leaves"
+
+_COMMON_OWNER_FIELDS = {f"{OWNER}.{OWNER_ID}": PUBLIC_LABEL, f"{OWNER}.{AUDIT_HEAD}": PUBLIC_COMMITMENT}
+REPLY_SCHEMA: dict[str, dict[str, str]] = {
+    "train": {
+        f"{ARRAYS}.*": DP_RELEASE,
+        **{f"{METRICS}.{key}": PUBLIC_PARAMETER for key in REPLY_METRIC_KEYS},
+        f"{METRICS}.num-examples": PUBLIC_RECORD_COUNT,
+        **_COMMON_OWNER_FIELDS,
+    },
+    "evaluate": {
+        **{f"{METRICS}.{key}": PUBLIC_PARAMETER for key in EVALUATE_METRIC_KEYS},
+        f"{METRICS}.num-examples": PUBLIC_RECORD_COUNT,
+        f"{METRICS}.accuracy": DP_RELEASE,
+        f"{METRICS}.loss": DP_RELEASE,
+        **_COMMON_OWNER_FIELDS,
+    },
+}
+
+# Error codes a client puts in an error reply (Flower's own codes are below 100), each
+# with the only reason text that leaves the owner: what happened, never a value from
+# the data or the owner's disk (those go to the owner's console and audit log).
 ERROR_BUDGET_EXCEEDED = 1001
 ERROR_LEDGER_CORRUPTED = 1002
 ERROR_BAD_DATA_OR_CONFIG = 1003
+ERROR_POLICY = 1004
+ERROR_INTERNAL = 1005
+REFUSAL_REASONS = {
+    ERROR_BUDGET_EXCEEDED: "the round would pass the owner's privacy budget or its cap per "
+    "run; nothing was trained or released",
+    ERROR_LEDGER_CORRUPTED: "the owner's privacy ledger failed its integrity check; the owner "
+    "must restore it before training",
+    ERROR_BAD_DATA_OR_CONFIG: "the owner's data or configuration does not fit this plan; the "
+    "owner has the details in its console and audit log",
+    ERROR_POLICY: "the owner's policy does not allow this request (non-private rounds, "
+    "evaluation or this class list need the owner's consent)",
+    ERROR_INTERNAL: "the owner's client failed; the owner has the details in its audit log",
+}
+
+
+def reply_fields(content: RecordDict) -> set[str]:
+    """Every field of a reply as ``record.key`` (arrays as ``arrays.*``)."""
+    fields = set()
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            fields.add(f"{name}.*")
+        else:
+            fields.update(f"{name}.{key}" for key in record)
+    return fields
+
+
+def check_reply_fields(kind: str, content: RecordDict) -> None:
+    """Fail closed: a reply with any field outside ``REPLY_SCHEMA[kind]`` does not leave."""
+    unexpected = reply_fields(content) - set(REPLY_SCHEMA[kind])
+    if unexpected:
+        raise RuntimeError(f"{kind} reply carries undeclared fields {sorted(unexpected)}")
 
 
 def encode_train_plan(config: RunConfig, classes: tuple[str, ...]) -> ConfigRecord:

@@ -57,24 +57,22 @@ def test_data_check_summarises_without_showing_text(owner_csv):
 
 def test_ledger_show_reports_the_composed_epsilon(owner_csv, tmp_path):
     from fedshield.client.ledger import PrivacyLedger
-    from fedshield.common.data import load_dataset
     from fedshield.common.privacy import DpEvent, epsilon_spent
 
     event = DpEvent(1.2, 0.1, 10)
-    ledger = PrivacyLedger(tmp_path, load_dataset(owner_csv).fingerprint, 600)
+    ledger = PrivacyLedger(tmp_path)
     for r in (1, 2):
         ledger.charge_ledger_before_release(event, 10.0, 1e-5, run_id=5, server_round=r)
-    proc = fedshield("ledger", "show", "--data", str(owner_csv), "--ledger-dir", str(tmp_path))
+    proc = fedshield("ledger", "show", "--ledger-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert f"{epsilon_spent([event, event], 1e-5):.4f} (2 events)" in proc.stdout
+    assert f"{epsilon_spent([event, event], 1e-5):.4f} (2 events" in proc.stdout
 
 
 def test_a_tampered_ledger_is_reported_with_exit_code_4(owner_csv, tmp_path):
     from fedshield.client.ledger import PrivacyLedger
-    from fedshield.common.data import load_dataset
 
-    ledger = PrivacyLedger(tmp_path, load_dataset(owner_csv).fingerprint, 600)
+    ledger = PrivacyLedger(tmp_path)
     ledger.path.parent.mkdir(parents=True, exist_ok=True)
     ledger.path.write_text('{"body": {}, "checksum": "00"}')
-    proc = fedshield("ledger", "show", "--data", str(owner_csv), "--ledger-dir", str(tmp_path))
+    proc = fedshield("ledger", "show", "--ledger-dir", str(tmp_path))
     assert proc.returncode == 4 and "checksum mismatch" in proc.stderr

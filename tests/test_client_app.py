@@ -68,12 +68,19 @@ def test_a_round_trains_charges_the_ledger_and_replies_with_the_update(owner_csv
     audit = verify_log(tmp_path / "audit" / "audit.jsonl")
     assert audit.ok, audit.problem
     types = [e["type"] for e in audit.entries]
-    assert types == ["log-start", "round-start", "dp-charged", "update-released", "checkpoint"]
-    released = audit.entries[3]
+    assert types == [
+        "log-start",
+        "round-start",
+        "budget-changed",
+        "dp-charged",
+        "update-released",
+        "checkpoint",
+    ]
+    released = audit.entries[4]
     assert released["hash"] == reply.content[wire.OWNER][wire.AUDIT_HEAD]
     assert released["data"]["update-sha256"] == wire.arrays_digest(reply.content[wire.ARRAYS])[0]
     metrics = reply.content[wire.METRICS]
-    ledger = PrivacyLedger(tmp_path / "ledgers", load_dataset(owner_csv).fingerprint, 600)
+    ledger = PrivacyLedger(tmp_path / "ledgers")
     assert len(ledger.entries()) == 1
     assert metrics["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
     assert 0 < metrics["epsilon"] < 2.0
@@ -94,9 +101,8 @@ def test_target_epsilon_is_met_over_the_planned_rounds_and_then_refused(owner_cs
     entries = verify_log(tmp_path / "audit" / "audit.jsonl").entries
     assert [e["type"] for e in entries][-2:] == ["round-refused", "checkpoint"]
     assert refusal.error.code == wire.ERROR_BUDGET_EXCEEDED
-    assert (
-        "hospital-a" in refusal.error.reason and "over the owner's budget 2" in refusal.error.reason
-    )
+    assert refusal.error.reason == f"hospital-a: {wire.REFUSAL_REASONS[wire.ERROR_BUDGET_EXCEEDED]}"
+    assert "over the owner's budget 2" in entries[-2]["data"]["reason"]  # details stay local
 
 
 def test_refusal_happens_before_training(owner_csv, tmp_path, monkeypatch):
@@ -106,7 +112,7 @@ def test_refusal_happens_before_training(owner_csv, tmp_path, monkeypatch):
     reply = run_train(context)
     assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
     assert calls == []
-    assert not (tmp_path / "ledgers").exists() or not list((tmp_path / "ledgers").glob("*.json"))
+    assert PrivacyLedger(tmp_path / "ledgers").entries() == []
 
 
 def test_no_update_leaves_when_the_charge_cannot_be_recorded(owner_csv, tmp_path, monkeypatch):
@@ -116,15 +122,18 @@ def test_no_update_leaves_when_the_charge_cannot_be_recorded(owner_csv, tmp_path
         raise OSError("disk full")
 
     monkeypatch.setattr(PrivacyLedger, "charge_ledger_before_release", failing_charge)
-    with pytest.raises(OSError):
-        run_train(context)  # Flower turns this into an error reply: no arrays leave
+    reply = run_train(context)
+    assert reply.has_error() and reply.error.code == wire.ERROR_INTERNAL
+    assert "disk full" not in reply.error.reason  # exception texts stay with the owner
 
 
 def test_delta_at_or_above_one_over_n_is_refused(owner_csv, tmp_path):
     context = owner_context(owner_csv, tmp_path / "ledgers")
     context.node_config["delta"] = 1 / 600
     reply = run_train(context)
-    assert reply.has_error() and "must be > 0 and < 1/N" in reply.error.reason
+    assert reply.has_error() and reply.error.code == wire.ERROR_BAD_DATA_OR_CONFIG
+    refused = verify_log(tmp_path / "audit" / "audit.jsonl").entries[-2]
+    assert refused["type"] == "round-refused" and "must be > 0 and < 1/N" in refused["data"]["reason"]
 
 
 def test_nothing_derived_from_the_text_is_in_the_reply(tmp_path, imdb_frame):
@@ -152,7 +161,9 @@ def test_bad_owner_config_is_a_clear_error_reply(owner_csv, tmp_path):
     context = owner_context(owner_csv, tmp_path / "ledgers")
     context.node_config["epsilon-budget"] = 0
     reply = run_train(context)
-    assert reply.has_error() and "epsilon-budget" in reply.error.reason
+    assert reply.has_error() and reply.error.code == wire.ERROR_BAD_DATA_OR_CONFIG
+    refused = verify_log(tmp_path / "audit" / "audit.jsonl").entries[-2]
+    assert "epsilon-budget" in refused["data"]["reason"]
 
 
 def test_unknown_label_in_owner_data_is_a_clear_error_reply(tmp_path):
@@ -161,7 +172,11 @@ def test_unknown_label_in_owner_data_is_a_clear_error_reply(tmp_path):
         path, index=False
     )
     reply = run_train(owner_context(path, tmp_path / "ledgers"))
-    assert reply.has_error() and "not among the federation's classes" in reply.error.reason
+    assert reply.has_error() and reply.error.code == wire.ERROR_BAD_DATA_OR_CONFIG
+    # The owner's own log has the details, and it is the owner, not "client", who refused.
+    assert reply.error.reason.startswith("hospital-a: ") and "'2'" not in reply.error.reason
+    refused = verify_log(tmp_path / "audit" / "audit.jsonl").entries[-2]
+    assert "not among the federation's classes" in refused["data"]["reason"]
 
 
 def test_a_fixed_noise_multiplier_is_used_as_given(owner_csv, tmp_path):

@@ -24,7 +24,7 @@ def charge(ledger: PrivacyLedger, server_round: int, budget: float = 100.0) -> f
 
 
 def test_epsilon_accumulates_over_rounds_and_is_recomputed_from_all_events(tmp_path):
-    ledger = PrivacyLedger(tmp_path, "f" * 64, 2000)
+    ledger = PrivacyLedger(tmp_path)
     values = [charge(ledger, r) for r in range(1, 5)]
     assert values == sorted(values) and values[0] > 0
     assert values[-1] == pytest.approx(epsilon_spent([EVENT] * 4, DELTA))
@@ -32,20 +32,71 @@ def test_epsilon_accumulates_over_rounds_and_is_recomputed_from_all_events(tmp_p
 
 
 def test_the_ledger_survives_a_restart(tmp_path):
-    charge(PrivacyLedger(tmp_path, "a" * 64, 2000), 1)
-    charge(PrivacyLedger(tmp_path, "a" * 64, 2000), 2)
-    reopened = PrivacyLedger(tmp_path, "a" * 64, 2000)
+    charge(PrivacyLedger(tmp_path), 1)
+    charge(PrivacyLedger(tmp_path), 2)
+    reopened = PrivacyLedger(tmp_path)
     assert len(reopened.entries()) == 2
     assert reopened.epsilon(DELTA) == pytest.approx(epsilon_spent([EVENT] * 2, DELTA))
 
 
-def test_ledgers_are_per_data_set(tmp_path):
-    charge(PrivacyLedger(tmp_path, "a" * 64, 2000), 1)
-    assert PrivacyLedger(tmp_path, "b" * 64, 2000).entries() == []
+def test_ledgers_are_per_owner_folder(tmp_path):
+    charge(PrivacyLedger(tmp_path / "a"), 1)
+    assert PrivacyLedger(tmp_path / "b").entries() == []
+
+
+def test_a_ledger_of_the_earlier_format_is_folded_in_once(tmp_path):
+    """Old ledgers (one file per data file) keep counting: all their events are charged."""
+    import hashlib
+
+    legacy = {
+        "format": 1,
+        "fingerprint": "ab" * 32,
+        "num-records": 2000,
+        "events": [
+            {**EVENT.as_dict(), "delta": DELTA, "run-id": 1, "server-round": r, "recorded-at": r}
+            for r in (1, 2)
+        ],
+    }
+    canonical = json.dumps(legacy, sort_keys=True, separators=(",", ":")).encode()
+    (tmp_path / f"{'ab' * 32}.json").write_text(
+        json.dumps({"body": legacy, "checksum": hashlib.sha256(canonical).hexdigest()})
+    )
+    ledger = PrivacyLedger(tmp_path)
+    assert [e.data_fingerprint for e in ledger.entries()] == ["ab" * 32] * 2
+    charge(ledger, 3)
+    state = ledger.state()
+    assert len(state.entries) == 3 and state.migrated_from == [f"{'ab' * 32}.json"]
+    assert ledger.epsilon(DELTA) == pytest.approx(epsilon_spent([EVENT] * 3, DELTA))
+
+
+def test_budget_changes_are_recorded_with_old_and_new_values(tmp_path):
+    ledger = PrivacyLedger(tmp_path)
+    first = ledger.record_budget(3.0)
+    assert first is not None and (first.old, first.new) == (None, 3.0)
+    assert ledger.record_budget(3.0) is None
+    raised = ledger.record_budget(5.0)
+    assert raised is not None and (raised.old, raised.new) == (3.0, 5.0)
+    assert [(b.old, b.new) for b in PrivacyLedger(tmp_path).state().budgets] == [
+        (None, 3.0),
+        (3.0, 5.0),
+    ]
+
+
+def test_an_owner_cap_per_run_limits_what_one_run_spends(tmp_path):
+    ledger = PrivacyLedger(tmp_path)
+    one_round = epsilon_spent([EVENT], DELTA)
+    cap = (one_round + epsilon_spent([EVENT] * 2, DELTA)) / 2
+    ledger.charge_ledger_before_release(
+        EVENT, 100.0, DELTA, run_id=1, server_round=1, run_epsilon_cap=cap
+    )
+    with pytest.raises(PrivacyBudgetExceeded, match="cap per run"):
+        ledger.check_budget(EVENT, 100.0, DELTA, run_id=1, run_epsilon_cap=cap)
+    # another run starts from its own cap, within the same total budget
+    assert ledger.check_budget(EVENT, 100.0, DELTA, run_id=2, run_epsilon_cap=cap) > one_round
 
 
 def test_preflight_refuses_a_round_that_would_pass_the_budget(tmp_path):
-    ledger = PrivacyLedger(tmp_path, "c" * 64, 2000)
+    ledger = PrivacyLedger(tmp_path)
     one_round = epsilon_spent([EVENT], DELTA)
     two_rounds = epsilon_spent([EVENT] * 2, DELTA)
     budget = (one_round + two_rounds) / 2
@@ -55,13 +106,13 @@ def test_preflight_refuses_a_round_that_would_pass_the_budget(tmp_path):
         PrivacyBudgetExceeded, match=r"would raise epsilon from .* over the owner's budget"
     ):
         ledger.check_budget(EVENT, budget, DELTA)
-    with pytest.raises(PrivacyBudgetExceeded, match="withheld"):
+    with pytest.raises(PrivacyBudgetExceeded, match="another run charged"):
         charge(ledger, 2, budget)
     assert len(ledger.entries()) == 1
 
 
 def test_a_tampered_or_damaged_ledger_is_refused_with_instructions(tmp_path):
-    ledger = PrivacyLedger(tmp_path, "d" * 64, 2000)
+    ledger = PrivacyLedger(tmp_path)
     charge(ledger, 1)
     charge(ledger, 2)
     data = json.loads(ledger.path.read_text())
@@ -75,13 +126,13 @@ def test_a_tampered_or_damaged_ledger_is_refused_with_instructions(tmp_path):
 
 
 def test_the_file_is_private_to_the_owner(tmp_path):
-    ledger = PrivacyLedger(tmp_path / "ledgers", "e" * 64, 2000)
+    ledger = PrivacyLedger(tmp_path / "ledgers")
     charge(ledger, 1)
     assert oct(ledger.path.stat().st_mode & 0o777) == "0o600"
 
 
 def _charge_forever(directory: str, ready) -> None:
-    ledger = PrivacyLedger(directory, "9" * 64, 2000)
+    ledger = PrivacyLedger(directory)
     ready.set()
     server_round = 0
     while True:
@@ -102,7 +153,7 @@ def test_a_writer_killed_mid_write_never_leaves_a_corrupt_or_shorter_ledger(tmp_
         time.sleep(0.05 + 0.037 * attempt)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
-        entries = PrivacyLedger(tmp_path, "9" * 64, 2000).entries()
+        entries = PrivacyLedger(tmp_path).entries()
         assert len(entries) >= seen
         seen = len(entries)
     assert seen > 0

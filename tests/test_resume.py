@@ -65,13 +65,13 @@ def test_a_killed_server_resumes_without_losing_or_double_charging_epsilon(tmp_p
     assert [r["round"] for r in result["rounds"]] == list(range(7))
     assert result["final"]["rounds_completed"] == 6
     assert result["final"]["accuracy"] > result["rounds"][0]["accuracy"]
-    ledgers = sorted((out / "ledgers").glob("*.json"))
+    ledgers = sorted((out / "ledgers").glob("*/ledger.json"))
     assert len(ledgers) == 3
     for path in ledgers:
-        entries = PrivacyLedger(out / "ledgers", path.stem, 0).entries()
+        entries = PrivacyLedger(path.parent).entries()
         # One charge per round, each round once: nothing lost, nothing charged twice.
         assert sorted(e.server_round for e in entries) == [1, 2, 3, 4, 5, 6]
-        assert PrivacyLedger(out / "ledgers", path.stem, 0).epsilon(1e-5) <= 3.0
+        assert PrivacyLedger(path.parent).epsilon(1e-5) <= 3.0
     for log_path in (out / "audit").rglob("audit.jsonl"):
         log = verify_log(log_path)
         assert log.ok, (log_path, log.problem)

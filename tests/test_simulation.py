@@ -30,8 +30,9 @@ def simulate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
-def ledgers(directory: Path) -> list[PrivacyLedger]:
-    return [PrivacyLedger(directory, p.stem, 0) for p in sorted(directory.glob("*.json"))]
+def ledgers(directory: Path) -> dict[str, PrivacyLedger]:
+    """The simulated owners' ledgers under a run's ledger folder, by owner."""
+    return {p.parent.name: PrivacyLedger(p.parent) for p in sorted(directory.glob("*/ledger.json"))}
 
 
 def ray_processes() -> list[str]:
@@ -95,13 +96,15 @@ def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(f
     found = ledgers(out / "ledgers")
     assert len(found) == 3
     claimed = sorted(r for r in rounds[-1]["epsilon"].values())
-    recomputed = sorted(epsilon_spent([e.event for e in led.entries()], DELTA) for led in found)
+    recomputed = sorted(
+        epsilon_spent([e.event for e in led.entries()], DELTA) for led in found.values()
+    )
     independent = sorted(
-        independent_epsilon([e.event for e in led.entries()], DELTA) for led in found
+        independent_epsilon([e.event for e in led.entries()], DELTA) for led in found.values()
     )
     assert claimed == pytest.approx(recomputed, rel=1e-9)
     assert claimed == pytest.approx(independent, rel=0.01)
-    assert all(len(led.entries()) == 3 for led in found)
+    assert all(len(led.entries()) == 3 for led in found.values())
 
 
 def test_no_process_is_left_running(first_run):
@@ -111,7 +114,7 @@ def test_no_process_is_left_running(first_run):
 def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
     out, _, _ = first_run
     ledger_dir = out / "ledgers"
-    before = {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)}
+    before = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
     second = simulate(
         *SMALL,
         "--data",
@@ -126,16 +129,14 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         str(tmp_path / "run2"),
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    after = {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)}
+    after = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
     assert after.keys() == before.keys()
-    for fingerprint, eps in after.items():
-        assert before[fingerprint] < eps <= 4.0
+    for name, eps in after.items():
+        assert before[name] < eps <= 4.0
         assert eps == pytest.approx(
-            epsilon_spent(
-                [e.event for e in PrivacyLedger(ledger_dir, fingerprint, 0).entries()], DELTA
-            )
+            epsilon_spent([e.event for e in PrivacyLedger(ledger_dir / name).entries()], DELTA)
         )
-    assert all(len(led.entries()) == 6 for led in ledgers(ledger_dir))
+    assert all(len(led.entries()) == 6 for led in ledgers(ledger_dir).values())
 
     # A third run under a budget that the first round would pass: every owner refuses
     # before training, the server reports it and finishes, and no ledger moves.
@@ -157,8 +158,8 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
     metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
     for entry in metrics["rounds"][1:]:
         assert entry["participants"] == [] and len(entry["refusals"]) == 3
-        assert all("over the owner's budget" in reason for reason in entry["refusals"])
-    assert {led.fingerprint: led.epsilon(DELTA) for led in ledgers(ledger_dir)} == after
+        assert all("privacy budget" in reason for reason in entry["refusals"])
+    assert {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()} == after
 
 
 def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(first_run, tmp_path):
@@ -240,7 +241,7 @@ def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rounds = json.loads((tmp_path / "load" / "metrics.json").read_text())["rounds"]
     assert [len(r["participants"]) for r in rounds[1:]] == [10, 10]
-    assert len(list((tmp_path / "load" / "ledgers").glob("*.json"))) <= 20
+    assert len(ledgers(tmp_path / "load" / "ledgers")) <= 20
     assert ray_processes() == []
 
 
