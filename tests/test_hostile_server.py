@@ -1,0 +1,259 @@
+"""A hostile server against the real ClientApp: each attack that once worked, refused now.
+
+The server chooses the plan, the model, the class list and what it asks for; the owner's
+own configuration (node config) is the only authority over what leaves its machine.
+Each test plays one attack with real Flower messages and the real ClientApp in process,
+and asserts on what the reply carries, what the ledger charged and what the owner's
+audit log recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common import wire
+from fedshield.common.audit_report import build_report
+from fedshield.common.audit_verify import verify_log
+from fedshield.common.model import build_model
+from fedshield.common.privacy import DpEvent, epsilon_spent
+from flwr.app import ArrayRecord, Message, RecordDict
+
+from tests.test_client_app import (  # noqa: F401  (flower_task_identity is a fixture)
+    CLASSES,
+    PLAN,
+    flower_task_identity,
+    owner_context,
+    run_train,
+    train_message,
+)
+
+
+def audit_entries(tmp_path, kind: str | None = None) -> list[dict]:
+    log = verify_log(tmp_path / "audit" / "audit.jsonl")
+    assert log.ok, log.problem
+    return [e for e in log.entries if kind is None or e["type"] == kind]
+
+
+def evaluate_message(plan=PLAN, weights: torch.nn.Module | None = None) -> Message:
+    config = wire.encode_train_plan(plan, CLASSES)
+    config[wire.SERVER_ROUND] = 1
+    model = weights or build_model(plan.feat_out_dim, len(CLASSES))
+    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: config})
+    return Message(content=content, dst_node_id=1, message_type="evaluate")
+
+
+def assert_allowed_fields(kind: str, reply: Message) -> None:
+    """Every field of a reply is declared in wire.REPLY_SCHEMA with why it may leave."""
+    if reply.has_error():
+        assert reply.error.code in wire.REFUSAL_REASONS
+        owner, _, reason = reply.error.reason.partition(": ")
+        assert reason == wire.REFUSAL_REASONS[reply.error.code]
+        return
+    assert wire.reply_fields(reply.content) <= set(wire.REPLY_SCHEMA[kind])
+
+
+def test_the_reply_schema_lists_every_field_and_why_it_may_leave():
+    assert set(wire.REPLY_SCHEMA["train"]) == {
+        "arrays.*",
+        *(f"metrics.{k}" for k in wire.REPLY_METRIC_KEYS),
+        "owner.owner-id",
+        "owner.audit-head",
+    }
+    assert "metrics.train-loss" not in wire.REPLY_SCHEMA["train"]
+    assert wire.REPLY_SCHEMA["train"]["arrays.*"] == wire.DP_RELEASE
+    assert wire.REPLY_SCHEMA["evaluate"]["metrics.accuracy"] == wire.DP_RELEASE
+    assert wire.REPLY_SCHEMA["evaluate"]["metrics.loss"] == wire.DP_RELEASE
+    for fields in wire.REPLY_SCHEMA.values():
+        assert all(why for why in fields.values())
+
+
+def test_a_plan_cannot_switch_dp_off(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    reply = run_train(context, train_message(PLAN.replace(dp=False)))
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+    assert_allowed_fields("train", reply)
+    assert PrivacyLedger(tmp_path / "ledgers").entries() == []
+    refused = audit_entries(tmp_path, "round-refused")
+    assert refused and "allow-no-dp" in refused[-1]["data"]["reason"]
+
+
+def test_an_owner_that_opted_in_trains_without_dp_and_its_log_says_so(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.node_config["allow-no-dp"] = True
+    reply = run_train(context, train_message(PLAN.replace(dp=False)))
+    assert not reply.has_error(), reply.error
+    assert reply.content[wire.METRICS]["epsilon"] == 0.0
+    assert audit_entries(tmp_path, "non-private-round")
+
+
+def _planted(frame: pd.DataFrame, marker: str, count: int) -> pd.DataFrame:
+    planted = frame.copy()
+    planted.loc[: count - 1, "text"] = planted.loc[: count - 1, "text"] + f" {marker}"
+    return planted
+
+
+@pytest.mark.parametrize("count", [0, 5, 20])
+def test_a_crafted_model_reads_no_exact_statistic_back(count, imdb_frame, tmp_path):
+    """The attack read 0, 1, 5, 20 records containing a word back from train-loss. Now
+    every metric is a function of public values only: identical whatever the data holds."""
+    path = tmp_path / f"owner-{count}.csv"
+    _planted(imdb_frame, "zqxcanary", count).to_csv(path, index=False)
+    reply = run_train(owner_context(path, tmp_path / f"ledgers-{count}"))
+    assert not reply.has_error(), reply.error
+    assert_allowed_fields("train", reply)
+    metrics = dict(reply.content[wire.METRICS])
+    baseline_path = tmp_path / "baseline.csv"
+    imdb_frame.to_csv(baseline_path, index=False)
+    baseline = run_train(owner_context(baseline_path, tmp_path / f"ledgers-base-{count}"))
+    assert dict(baseline.content[wire.METRICS]) == metrics
+
+
+def test_evaluate_without_the_owners_consent_is_refused_and_costs_nothing(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    reply = client_app()(evaluate_message(), context)
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+    assert_allowed_fields("evaluate", reply)
+    assert PrivacyLedger(tmp_path / "ledgers").entries() == []
+    assert audit_entries(tmp_path, "evaluate-refused")
+
+
+def client_app():
+    from fedshield.client import app as client_module
+
+    return client_module.make_client_app()
+
+
+def test_evaluate_with_consent_is_noised_charged_and_audited(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers", budget=50.0)
+    context.node_config["allow-evaluate"] = True
+    context.node_config["evaluate-noise-multiplier"] = 2.0
+    # A crafted model that predicts class 1 for everything: exact accuracy is the share of
+    # label 1, which the answer must not give away exactly.
+    model = build_model(PLAN.feat_out_dim, len(CLASSES))
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([-50.0, 50.0]))
+    exact = float((pd.read_csv(owner_csv)["label"] == 1).mean())
+    answers = []
+    for _ in range(3):
+        reply = client_app()(evaluate_message(weights=model), context)
+        assert not reply.has_error(), reply.error
+        assert_allowed_fields("evaluate", reply)
+        answers.append(reply.content[wire.METRICS]["accuracy"])
+    assert len(set(answers)) == 3 and exact not in answers
+    assert all(abs(a - exact) < 0.1 for a in answers)  # noise std 2*sqrt(2)/600 ~ 0.005
+    entries = PrivacyLedger(tmp_path / "ledgers").entries()
+    assert [e.kind for e in entries] == ["evaluate"] * 3
+    event = DpEvent(noise_multiplier=2.0, sample_rate=1.0, steps=1)
+    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(
+        epsilon_spent([event] * 3, 1e-5)
+    )
+    charged = audit_entries(tmp_path, "dp-charged")
+    assert [c["data"]["kind"] for c in charged] == ["evaluate"] * 3
+    assert len(audit_entries(tmp_path, "evaluate-released")) == 3
+
+
+def test_two_releases_on_the_same_inputs_differ(owner_csv, tmp_path):
+    """Noise comes from a CSPRNG the server cannot seed or predict: the same plan, model
+    and data give two different updates, and the plan's seed changes nothing."""
+    torch.manual_seed(0)
+    first = run_train(owner_context(owner_csv, tmp_path / "a"), train_message(PLAN))
+    torch.manual_seed(0)
+    second = run_train(owner_context(owner_csv, tmp_path / "b"), train_message(PLAN))
+    a = first.content[wire.ARRAYS].to_torch_state_dict()["weight"]
+    b = second.content[wire.ARRAYS].to_torch_state_dict()["weight"]
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() > 0
+
+
+def test_refusals_carry_a_code_and_no_value_from_the_data_or_the_disk(tmp_path):
+    labels = ["diagnosis-rare-x", "diagnosis-y", "diagnosis-z"]
+    path = tmp_path / "secret-hospital-file.csv"
+    pd.DataFrame({"text": [f"note {i}" for i in range(90)], "label": np.arange(90) % 3}).assign(
+        label=lambda f: [labels[i] for i in f["label"]]
+    ).to_csv(path, index=False)
+    context = owner_context(path, tmp_path / "ledgers")
+    replies = [
+        run_train(context, train_message()),  # classes 0/1: none of the owner's labels
+        run_train(context, train_message(PLAN.replace(dp=False))),
+        client_app()(evaluate_message(), context),
+    ]
+    context.node_config["delta"] = 0.5
+    replies.append(run_train(context, train_message()))
+    for reply in replies:
+        assert reply.has_error()
+        assert_allowed_fields("train", reply)
+        text = pickle.dumps(reply.error.reason)
+        for secret in [*labels, str(path), path.name, str(tmp_path)]:
+            assert secret.encode() not in text, (secret, reply.error.reason)
+    reasons = [e["data"]["reason"] for e in audit_entries(tmp_path, "round-refused")]
+    assert any("diagnosis-rare-x" in r for r in reasons)  # the owner keeps the details
+
+
+def test_an_owner_that_declares_its_classes_refuses_other_class_lists_without_reading_data(
+    owner_csv, tmp_path
+):
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.node_config["classes"] = "0,1"
+    assert not run_train(context, train_message()).has_error()
+    context.node_config["data-path"] = str(tmp_path / "no-such-file.csv")
+    plan = wire.encode_train_plan(PLAN, ("0", "1", "2"))
+    plan[wire.SERVER_ROUND] = 2
+    message = train_message()
+    message.content[wire.CONFIG] = plan
+    reply = run_train(context, message)
+    # Policy, not "bad data": the answer depends on the owner's declaration alone.
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+
+
+def test_the_budget_follows_the_records_not_the_files_bytes(owner_csv, tmp_path):
+    ledgers = tmp_path / "ledgers"
+    first = run_train(owner_context(owner_csv, ledgers, budget=2.0), train_message())
+    spent = first.content[wire.METRICS]["epsilon"]
+    # The same records, reordered and re-exported as JSON Lines: the same budget.
+    frame = pd.read_csv(owner_csv).sample(frac=1.0, random_state=7)
+    exported = tmp_path / "re-exported.jsonl"
+    frame.to_json(exported, orient="records", lines=True)
+    second = run_train(owner_context(exported, ledgers, budget=2.0), train_message(server_round=2))
+    assert second.content[wire.METRICS]["epsilon"] > spent
+    # ... and a subset: still the same ledger, now over the budget.
+    subset = tmp_path / "subset.csv"
+    frame.iloc[:400].to_csv(subset, index=False)
+    third = run_train(owner_context(subset, ledgers, budget=2.0), train_message(server_round=3))
+    assert third.has_error() and third.error.code == wire.ERROR_BUDGET_EXCEEDED
+    assert {e.data_fingerprint for e in PrivacyLedger(ledgers).entries()} == {
+        e["data"]["data-fingerprint"] for e in audit_entries(tmp_path, "dp-charged")
+    }
+
+
+def test_a_budget_raised_after_a_refusal_is_an_audit_entry_the_report_shows(owner_csv, tmp_path):
+    ledgers = tmp_path / "ledgers"
+    first = run_train(owner_context(owner_csv, ledgers, budget=1.6), train_message())
+    assert not first.has_error(), first.error
+    refused = run_train(owner_context(owner_csv, ledgers, budget=1.6), train_message(server_round=2))
+    assert refused.has_error() and refused.error.code == wire.ERROR_BUDGET_EXCEEDED
+    raised = run_train(owner_context(owner_csv, ledgers, budget=4.0), train_message(server_round=3))
+    assert not raised.has_error(), raised.error
+    changes = audit_entries(tmp_path, "budget-changed")
+    assert [(c["data"]["old-budget"], c["data"]["new-budget"]) for c in changes] == [
+        (None, 1.6),
+        (1.6, 4.0),
+    ]
+    report = build_report([tmp_path / "audit" / "audit.jsonl"])
+    (owner,) = report["owners"]
+    assert len(owner["budget_changes"]) == 2 and "1.6 -> 4.0" in owner["budget_changes"][-1]
+    assert json.dumps(report)  # serialisable as report.json
+
+
+def test_an_owner_cap_per_run_stops_one_run_from_taking_a_multi_run_budget(owner_csv, tmp_path):
+    context = owner_context(owner_csv, tmp_path / "ledgers", budget=20.0)
+    context.node_config["run-epsilon-cap"] = 1.0
+    greedy = PLAN.replace(num_rounds=1, target_epsilon=15.0)
+    reply = run_train(context, train_message(greedy))
+    assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
+    assert PrivacyLedger(tmp_path / "ledgers").entries() == []
