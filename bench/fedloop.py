@@ -56,7 +56,7 @@ def run_federation(
             local = build_model(x.shape[1], num_classes)
             local.load_state_dict(global_state)
             s = TrainSettings(**{**settings.__dict__, "noise_multiplier": noise.get(i, 0.0)})
-            out = train_locally(local, (x,), y, s, torch.device("cpu"), seed * 1000 + rnd * 100 + i)
+            out = train_locally(local, (x,), y, s, torch.device("cpu"))
             if out.dp_event:
                 eps.append(epsilon_spent([out.dp_event] * (rnd + 1), delta))
             inner = getattr(local, "_module", local)

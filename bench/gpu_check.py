@@ -123,10 +123,10 @@ def throughput(spec, num_classes, inputs, labels, device, dp: bool, batch: int) 
         physical_batch_size=spec.default_physical_batch_size() or batch,
     )
     model = spec.build(num_classes)
-    train_locally(model, inputs, labels, settings, device, seed=0)  # warm-up (kernels, caches)
+    train_locally(model, inputs, labels, settings, device)  # warm-up (kernels, caches)
     _sync(device)
     start = time.perf_counter()
-    train_locally(spec.build(num_classes), inputs, labels, settings, device, seed=1)
+    train_locally(spec.build(num_classes), inputs, labels, settings, device)
     _sync(device)
     return len(labels) / (time.perf_counter() - start)
 
@@ -141,7 +141,7 @@ def mixed_round_ok(spec, num_classes, inputs, labels, device) -> bool:
     updates = []
     for where in (device, torch.device("cpu")):
         model = spec.build(num_classes)
-        train_locally(model, inputs, labels, settings, where, seed=0)
+        train_locally(model, inputs, labels, settings, where)
         updates.append(unwrapped_state_dict(model))
     gpu, cpu = updates
     return gpu.keys() == cpu.keys() and all(

@@ -257,3 +257,19 @@ def test_an_owner_cap_per_run_stops_one_run_from_taking_a_multi_run_budget(owner
     reply = run_train(context, train_message(greedy))
     assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
     assert PrivacyLedger(tmp_path / "ledgers").entries() == []
+
+
+def test_a_record_with_a_non_finite_gradient_cannot_mark_the_update():
+    """A crafted model could make a record's gradient NaN only when it holds a chosen word;
+    a NaN would pass clipping and show in the update. Such a record contributes zero."""
+    from fedshield.client.train import TrainSettings, train_locally
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(200, 16)).astype(np.float32)
+    inputs[:5] = np.nan  # five records whose gradient the server made non-finite
+    labels = rng.integers(0, 2, size=200)
+    model = build_model(16, 2)
+    settings = TrainSettings(noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=1.0)
+    outcome = train_locally(model, (inputs,), labels, settings, torch.device("cpu"))
+    assert outcome.dp_event is not None
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())

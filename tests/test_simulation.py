@@ -202,14 +202,15 @@ def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(fi
 def test_a_tampered_run_log_fails_verification_with_the_line(first_run, tmp_path):
     out, _, _ = first_run
     log = (out / "audit" / "client-1" / "audit.jsonl").read_text().splitlines()
-    log[2] = log[2].replace('"epsilon-after":', '"epsilon-after":0.0001,"was":')
+    line = next(i for i, text in enumerate(log) if '"epsilon-after":' in text)
+    log[line] = log[line].replace('"epsilon-after":', '"epsilon-after":0.0001,"was":')
     tampered = tmp_path / "audit.jsonl"
     tampered.write_text("\n".join(log) + "\n")
     proc = subprocess.run(
         [*FEDSHIELD, "audit", "verify", str(tampered)], capture_output=True, text=True
     )
     assert proc.returncode == 1
-    assert "line 3:" in proc.stderr and "FAILED" in proc.stderr
+    assert f"line {line + 1}:" in proc.stderr and "FAILED" in proc.stderr
 
 
 def test_the_planted_marker_appears_in_no_output_log_or_ledger(first_run):

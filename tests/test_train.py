@@ -26,7 +26,7 @@ def test_the_charged_event_is_what_training_did(n, batch, epochs):
     settings = TrainSettings(
         batch_size=batch, local_epochs=epochs, noise_multiplier=1.3, max_grad_norm=0.5
     )
-    outcome = train_locally(build_model(16, 2), (x,), y, settings, CPU, seed=1)
+    outcome = train_locally(build_model(16, 2), (x,), y, settings, CPU)
     assert outcome.dp_event == planned_dp_event(n, settings)
 
 
@@ -42,7 +42,7 @@ def test_with_noise_off_a_dp_step_is_the_mean_of_clipped_per_sample_gradients():
     settings = TrainSettings(
         batch_size=40, local_epochs=1, learning_rate=lr, noise_multiplier=0.0, max_grad_norm=clip
     )
-    train_locally(start, (x,), y, settings, CPU, seed=0)
+    train_locally(start, (x,), y, settings, CPU)
 
     clipped_sum = [torch.zeros_like(p) for p in reference.parameters()]
     for i in range(len(y)):
@@ -82,7 +82,6 @@ def test_non_private_training_learns():
         y,
         TrainSettings(dp=False, batch_size=32, local_epochs=3, learning_rate=0.5),
         CPU,
-        seed=0,
     )
     assert out.dp_event is None and out.train_loss < 0.5
 
@@ -108,7 +107,7 @@ def test_physical_passes_train_exactly_like_one_pass():
                 physical_batch_size=physical,
                 encoder_learning_rate=0.5,
             )
-            train_locally(model, (hidden, mask), y, settings, CPU, seed=0)
+            train_locally(model, (hidden, mask), y, settings, CPU)
             states.append(getattr(model, "_module", model).state_dict())
         for key in states[0]:
             torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-4, atol=1e-6)
