@@ -94,14 +94,19 @@ def refusal_code(exc: Exception) -> int:
         PrivacyBudgetExceeded: wire.ERROR_BUDGET_EXCEEDED,
         LedgerCorrupted: wire.ERROR_LEDGER_CORRUPTED,
         PolicyRefusal: wire.ERROR_POLICY,
-    }.get(type(exc), wire.ERROR_BAD_DATA_OR_CONFIG if isinstance(exc, FedshieldError) else wire.ERROR_INTERNAL)
+    }.get(
+        type(exc),
+        wire.ERROR_BAD_DATA_OR_CONFIG if isinstance(exc, FedshieldError) else wire.ERROR_INTERNAL,
+    )
 
 
 def _refusal(msg: Message, owner_id: str, exc: Exception) -> Message:
     """An error reply with a code and a fixed reason: the details stay with the owner."""
     code = refusal_code(exc)
     log.warning("%s refused the %s request: %s", owner_id, msg.metadata.message_type, exc)
-    return Message(Error(code=code, reason=f"{owner_id}: {wire.REFUSAL_REASONS[code]}"), reply_to=msg)
+    return Message(
+        Error(code=code, reason=f"{owner_id}: {wire.REFUSAL_REASONS[code]}"), reply_to=msg
+    )
 
 
 def record_budget_change(owner: Owner, audit: AuditLog) -> None:
@@ -282,7 +287,12 @@ def _reply(
 
 
 def evaluate_round(
-    msg: Message, context: Context, plan: RunConfig, classes: tuple[str, ...], owner: Owner, audit: AuditLog
+    msg: Message,
+    context: Context,
+    plan: RunConfig,
+    classes: tuple[str, ...],
+    owner: Owner,
+    audit: AuditLog,
 ) -> Message:
     """A DP answer to "how does this model do on your data?", only with consent.
 
@@ -307,7 +317,9 @@ def evaluate_round(
     )
     count = len(owner.dataset)
     exact = np.array([accuracy * count, mean_loss * count / EVALUATE_LOSS_CLIP])
-    epsilon = charge_and_audit(owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2))
+    epsilon = charge_and_audit(
+        owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2)
+    )
     noisy = exact + SecureRandom().standard_normal(2) * event.noise_multiplier * math.sqrt(2)
     metrics = MetricRecord(
         {
@@ -364,7 +376,9 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         return handler(msg, context, plan, classes, server_round, owner, audit)
     except FedshieldError as exc:
         refused = "evaluate-refused" if kind == "evaluate" else "round-refused"
-        audit.append(refused, **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)})
+        audit.append(
+            refused, **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)}
+        )
         return _refusal(msg, owner.owner_id, exc)
     except Exception as exc:
         # Fail closed and say nothing: an exception's text may hold values from the data.

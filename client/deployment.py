@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.config import OwnerConfig
+from fedshield.common.config import OwnerConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.pki import (
@@ -99,9 +99,11 @@ def check_before_connecting(settings: SuperNodeSettings) -> Readiness:
             )
         check_private_key_file(settings.auth_key)
         fingerprint = node_key_fingerprint(settings.auth_key)
-    dataset = load_dataset(owner.data_path, owner.text_column, owner.label_column)
+    dataset = load_dataset(
+        owner.data_path, owner.text_column, owner.label_column, split_class_names(owner.classes)
+    )
     check_delta(owner.delta, len(dataset))
-    spent = PrivacyLedger(owner.ledger_dir, dataset.fingerprint, len(dataset)).epsilon(owner.delta)
+    spent = PrivacyLedger(owner.ledger_dir).epsilon(owner.delta)
     if settings.insecure:
         transport = {"mode": "INSECURE plaintext (--insecure)", "superlink": settings.superlink}
     else:
@@ -137,16 +139,30 @@ def node_config(settings: SuperNodeSettings, readiness: Readiness) -> dict:
         "ledger-dir": str(Path(owner.ledger_dir).expanduser().resolve()),
         "audit-dir": str(Path(owner.audit_dir).expanduser().resolve()),
         "cache-dir": str(Path(owner.cache_dir).expanduser().resolve()) if owner.cache_dir else "",
-        "owner-id": owner.owner_id or f"owner-{readiness.dataset.fingerprint[:8]}",
+        # Default label from the node key (public), never from the data's fingerprint.
+        "owner-id": owner.owner_id or _default_owner_id(readiness.node_key_fingerprint),
         "device": owner.device,
         "transport": transport,
+        "allow-no-dp": owner.allow_no_dp,
+        "allow-evaluate": owner.allow_evaluate,
+        "evaluate-noise-multiplier": owner.evaluate_noise_multiplier,
+        "run-epsilon-cap": owner.run_epsilon_cap,
+        "classes": owner.classes,
     }
+
+
+def _default_owner_id(node_key_fingerprint: str) -> str:
+    digest = node_key_fingerprint.removeprefix("SHA256:")
+    return f"owner-{digest[:8]}" if not digest.startswith("none") else "owner"
 
 
 def _node_config_argument(values: dict) -> str:
     parts = []
     for key, value in values.items():
-        text = f"'{value}'" if isinstance(value, str) else repr(value)
+        if isinstance(value, bool):  # TOML spells booleans in lower case
+            text = "true" if value else "false"
+        else:
+            text = f"'{value}'" if isinstance(value, str) else repr(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
 

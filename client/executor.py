@@ -12,6 +12,31 @@ inherited read-only caches survives from one message to the next.
 Flower 1.42 offers no executor plug-in point for ``flower-superexec``; this module runs
 Flower's ``run_superexec`` loop with ``get_executor`` pointed at ``ZygoteExecutor``.
 Deployed with ``flower-supernode --isolation process`` and a SuperExec auth secret.
+
+Guarantee: only the installed fedshield ClientApp runs here. A SuperNode otherwise
+installs and imports whatever Flower App Bundle (FAB) a run names: Flower's
+``run_clientapp`` unpacks it into ``$FLWR_HOME/apps`` and imports the ``clientapp``
+component with that folder first on ``sys.path``, so whoever can start a run (anyone who
+reaches an open-source SuperLink's Control API) runs code next to the owner's data. In
+each task, before Flower touches the FAB, ``pin_fedshield_clientapp`` replaces the two
+module-level names of ``flwr.supernode.runtime.run_clientapp`` that handle it (the
+narrowest hook: everything else, pulling the message, heartbeats, the reply, stays
+Flower's):
+
+- ``install_from_fab`` becomes ``admit_only_fedshield_fab``: the FAB must hold nothing
+  but ``pyproject.toml`` (and optionally ``README.md``) beside Flower's manifest, and
+  its ``[tool.flwr.app.components] clientapp`` must be exactly ``fedshield.client.app:app``
+  (what ``server/deployment.py:write_app_dir`` ships). Otherwise the task fails with an
+  error reply to the server (Flower's own error path) and a ``foreign-app-refused`` entry
+  in the owner's audit log; nothing from the FAB is written to disk, imported or run.
+- ``get_load_client_app_fn`` returns the ClientApp of the installed fedshield package,
+  already imported by the warm-up; the FAB's folder never goes on ``sys.path``.
+
+Not Flower's ``--trusted-entities``: it verifies FAB signatures that only Flower Hub
+supplies (a SuperLink marks every locally submitted FAB unverified, so all of them would
+be refused), and a signed FAB still carries code of its signer's choosing; pinning the
+one component string, and refusing any code in the bundle, decides by what runs rather
+than by who signed.
 """
 
 from __future__ import annotations
@@ -23,15 +48,124 @@ import logging
 import os
 import signal
 import sys
+import tomllib
+import zipfile
+from hashlib import sha256
+from io import BytesIO
 from pathlib import Path
+
+from fedshield.common.errors import FedshieldError
 
 log = logging.getLogger("fedshield.client")
 
+FEDSHIELD_CLIENTAPP = "fedshield.client.app:app"
+# What a FAB built from write_app_dir holds: configuration, no code. ".info/CONTENT" is
+# Flower's manifest of hashes.
+FAB_FILES_ALLOWED = frozenset({"pyproject.toml", "README.md", ".info/CONTENT"})
+MAX_FAB_PYPROJECT_BYTES = 1 << 20
 
-def _run_task(spec: dict) -> None:
+
+class ForeignAppRefused(FedshieldError):
+    """A run asked this SuperNode to execute an app other than the installed fedshield one."""
+
+    def __init__(self, reason: str, identity: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.identity = identity  # fab-hash, fab-name, clientapp: for the audit entry
+
+
+def check_fab_is_fedshield(fab: bytes) -> dict[str, str]:
+    """The FAB's identity if it carries no code and names fedshield's ClientApp; else
+    raises ``ForeignAppRefused``. Reads the archive in memory; extracts nothing."""
+    identity = {"fab-hash": sha256(fab).hexdigest(), "fab-name": "?", "clientapp": "?"}
+
+    def refuse(reason: str) -> ForeignAppRefused:
+        return ForeignAppRefused(reason, identity)
+
+    try:
+        archive = zipfile.ZipFile(BytesIO(fab))
+        names = [info.filename for info in archive.infolist()]
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise refuse(f"the FAB is not a readable zip archive ({exc})") from None
+    if "pyproject.toml" not in names:
+        raise refuse("the FAB has no pyproject.toml")
+    if archive.getinfo("pyproject.toml").file_size > MAX_FAB_PYPROJECT_BYTES:
+        raise refuse("the FAB's pyproject.toml is larger than 1 MiB")
+    try:
+        config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, zipfile.BadZipFile) as exc:
+        raise refuse(f"the FAB's pyproject.toml does not parse ({exc})") from None
+    flwr = config.get("tool", {}).get("flwr", {}).get("app", {})
+    project = config.get("project", {})
+    identity["fab-name"] = (
+        f"{flwr.get('publisher', '?')}/{project.get('name', '?')}=={project.get('version', '?')}"
+    )[:200]
+    identity["clientapp"] = str(flwr.get("components", {}).get("clientapp", "?"))[:200]
+    if identity["clientapp"] != FEDSHIELD_CLIENTAPP:
+        raise refuse(f"its clientapp is not {FEDSHIELD_CLIENTAPP}")
+    extra = sorted(set(names) - FAB_FILES_ALLOWED)
+    if extra or len(names) != len(set(names)):
+        shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        raise refuse(
+            f"the FAB carries files beyond pyproject.toml and README.md: {shown or 'duplicates'}"
+        )
+    return identity
+
+
+def pin_fedshield_clientapp(owner_settings: dict | None) -> None:
+    """Make Flower's ``run_clientapp`` run only the installed fedshield ClientApp."""
+    from flwr.supernode.runtime import run_clientapp as runtime
+
+    def admit_only_fedshield_fab(fab_file, install_dir=None, skip_prompt=False) -> None:
+        del install_dir, skip_prompt  # nothing is installed: the code is fedshield's own
+        try:
+            check_fab_is_fedshield(fab_file)
+        except ForeignAppRefused as refusal:
+            _record_refusal(owner_settings, refusal)
+            raise
+
+    def load_installed_fedshield_clientapp(default_app_ref, app_path, multi_app):
+        del default_app_ref, app_path, multi_app
+
+        def load(fab_id: str, fab_version: str, fab_hash: str):
+            del fab_id, fab_version, fab_hash
+            from fedshield.client.app import app  # already imported by warm_up()
+
+            return app
+
+        return load
+
+    runtime.install_from_fab = admit_only_fedshield_fab
+    runtime.get_load_client_app_fn = load_installed_fedshield_clientapp
+
+
+def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    try:
+        run_id: int | None = TaskIdentity.run_id  # set by Flower when it pulled the task
+    except RuntimeError:
+        run_id = None
+    log.error("fedshield: refused run %s, app %s: %s", run_id, refusal.identity, refusal.reason)
+    if not owner_settings or not owner_settings.get("audit-dir"):
+        return
+    from fedshield.common.audit_log import AuditLog
+
+    audit = AuditLog(
+        Path(owner_settings["audit-dir"]) / "audit.jsonl",
+        actor=owner_settings.get("owner-id") or "owner",
+    )
+    audit.append(
+        "foreign-app-refused", **{"run-id": run_id, **refusal.identity, "reason": refusal.reason}
+    )
+    audit.checkpoint("foreign-app-refused")
+
+
+def _run_task(spec: dict, owner_settings: dict | None) -> None:
     """In a forked child: run one ClientApp task with Flower's own runtime, then exit."""
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    pin_fedshield_clientapp(owner_settings)
     certificates = (
         Path(spec["root_certificates_path"]).read_bytes()
         if spec.get("root_certificates_path")
@@ -55,14 +189,14 @@ def _run_task(spec: dict) -> None:
         os._exit(code)
 
 
-def _zygote(read_fd: int) -> None:
+def _zygote(read_fd: int, owner_settings: dict | None) -> None:
     """Single-threaded loop: one JSON ExecutionSpec per line in, one fork per task."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
     with os.fdopen(read_fd, "r") as specs:
         for line in specs:
             spec = json.loads(line)
             if os.fork() == 0:
-                _run_task(spec)
+                _run_task(spec, owner_settings)
     os._exit(0)
 
 
@@ -83,12 +217,12 @@ def warm_up(owner_settings: dict | None) -> None:
 class ZygoteExecutor:
     """Flower Executor: ClientApp tasks go to the zygote; anything else is refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner_settings: dict | None = None) -> None:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(write_fd)
-            _zygote(read_fd)
+            _zygote(read_fd, owner_settings)
         os.close(read_fd)
         self._zygote_pid = pid
         self._specs = os.fdopen(write_fd, "w", buffering=1)
@@ -149,9 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
     from flwr.supercore.superexec import run_superexec as superexec_module
 
-    warm_up(json.loads(args.owner_settings) if args.owner_settings else None)
+    owner_settings = json.loads(args.owner_settings) if args.owner_settings else None
+    warm_up(owner_settings)
     # Fork the zygote now, while this process is still single-threaded.
-    executor = ZygoteExecutor()
+    executor = ZygoteExecutor(owner_settings)
     superexec_module.get_executor = lambda *_, **__: executor
     superexec_module.run_superexec(
         runtime_api_address=args.runtime_api_address,

@@ -29,13 +29,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
 from fedshield.common.privacy import DpEvent, epsilon_spent
 
@@ -103,7 +103,9 @@ class BudgetChange:
     @classmethod
     def from_dict(cls, data: dict) -> BudgetChange:
         old = data.get("old")
-        return cls(None if old is None else float(old), float(data["new"]), float(data["recorded-at"]))
+        return cls(
+            None if old is None else float(old), float(data["new"]), float(data["recorded-at"])
+        )
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,6 @@ class LedgerState:
 def _checksum(body: dict) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _resolve_advice(path: Path) -> str:
@@ -147,7 +141,9 @@ def _read_checked(path: Path, expected_format: int) -> dict:
             f"{path}: checksum mismatch, the ledger was altered or damaged; {_resolve_advice(path)}"
         )
     if not isinstance(body, dict) or body.get("format") != expected_format:
-        raise LedgerCorrupted(f"{path}: not a ledger of format {expected_format}; {_resolve_advice(path)}")
+        raise LedgerCorrupted(
+            f"{path}: not a ledger of format {expected_format}; {_resolve_advice(path)}"
+        )
     return body
 
 
@@ -212,15 +208,7 @@ class PrivacyLedger:
             "migrated-from": state.migrated_from,
         }
         payload = json.dumps({"body": body, "checksum": _checksum(body)}, indent=1)
-        tmp = self.directory / f".{LEDGER_FILE}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, payload.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.directory)
+        write_bytes_atomic(self.path, payload.encode("utf-8"))
 
     def state(self) -> LedgerState:
         with self._locked():
@@ -242,7 +230,9 @@ class PrivacyLedger:
                 return None
             change = BudgetChange(old, float(epsilon_budget), time.time())
             self._write(
-                LedgerState(state.ledger_id, state.entries, [*state.budgets, change], state.migrated_from)
+                LedgerState(
+                    state.ledger_id, state.entries, [*state.budgets, change], state.migrated_from
+                )
             )
             return change
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
+from fedshield.common.durable import write_atomic
 from fedshield.common.errors import ConfigError, PolicyRefusal
 from fedshield.common.federation import simulated_owner_data
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
@@ -197,9 +197,8 @@ def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
             return parts
     parts = spec.encode(owner.dataset.texts, owner.device)
     owner.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, **{f"part{i}": part for i, part in enumerate(parts)})
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new
+    # Atomic: a concurrent reader (another simulated owner's actor) sees old or new.
+    write_atomic(
+        path, lambda handle: np.savez(handle, **{f"part{i}": p for i, p in enumerate(parts)})
+    )
     return parts

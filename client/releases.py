@@ -10,10 +10,10 @@ before the update leaves; only the two latest rounds of each run are kept.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+from fedshield.common.durable import write_atomic
 from flwr.app import ArrayRecord, MetricRecord
 
 
@@ -47,18 +47,11 @@ class ReleasedUpdates:
             return
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(run_key, server_round)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            torch.save(
-                {
-                    "global-sha256": global_sha256,
-                    "arrays": arrays.to_torch_state_dict(),
-                    "metrics": dict(metrics),
-                },
-                handle,
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        saved = {
+            "global-sha256": global_sha256,
+            "arrays": arrays.to_torch_state_dict(),
+            "metrics": dict(metrics),
+        }
+        write_atomic(path, lambda handle: torch.save(saved, handle))
         for old in sorted(self.directory.glob(f"{run_key}-*.pt"))[:-2]:
             old.unlink(missing_ok=True)

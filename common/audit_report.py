@@ -144,6 +144,10 @@ class Requirement:
     evidence: str
 
 
+def _count(logs: list[Verification], entry_type: str) -> int:
+    return sum(1 for log in logs for e in log.entries if e["type"] == entry_type)
+
+
 def _is_server_log(log: Verification) -> bool:
     return any(e["type"] == "run-start" for e in log.entries)
 
@@ -190,7 +194,8 @@ def _requirements(
             "Authentication and access control",
             "HIPAA 164.312(a)(1), (d); ISO A.5.15",
             auth_status,
-            f"{len(node_ids)} node ids sent updates; transport: {joined}",
+            f"{len(node_ids)} node ids sent updates; transport: {joined}; "
+            f"foreign apps refused at owners: {_count(logs, 'foreign-app-refused')}",
         )
     )
 
@@ -214,13 +219,15 @@ def _requirements(
 
     bad = [p for o in owners for p in o.problems]
     refusals = sum(len(o.refusals) for o in owners)
+    non_private = _count(logs, "non-private-round")
     rows.append(
         Requirement(
             "Privacy of individual records (DP)",
             "GDPR Art. 25",
-            "pass" if owners and not bad else "fail",
-            f"{len(owners)} owner data sets; max epsilon claimed {max((o.final_claimed for o in owners), default=0):.4f}, "
-            f"recomputed independently within {TOLERANCE:.0%}: {'yes' if not bad else 'no'}; {refusals} budget refusals"
+            "pass" if owners and not bad and not non_private else "fail",
+            f"{len(owners)} owner ledgers; max epsilon claimed {max((o.final_claimed for o in owners), default=0):.4f}, "
+            f"recomputed independently within {TOLERANCE:.0%}: {'yes' if not bad else 'no'}; {refusals} refusals"
+            + (f"; {non_private} NON-PRIVATE rounds (owners opted in)" if non_private else "")
             + (f"; problems: {bad[:3]}" if bad else ""),
         )
     )

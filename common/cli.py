@@ -379,32 +379,34 @@ def data_check(
 
 @ledger_app.command("show")
 def ledger_show(
-    data: Annotated[Path, typer.Option(help="The data file whose ledger to read.")],
     ledger_dir: Annotated[Path, typer.Option(help="Ledger folder.")] = Path("~/.fedshield/ledgers"),
     delta: Annotated[float, typer.Option(help="delta at which to report epsilon.")] = 1e-5,
-    text_column: Annotated[str, typer.Option()] = "text",
-    label_column: Annotated[str, typer.Option()] = "label",
 ) -> None:
-    """Print every DP event charged to a data set and the epsilon composed over them."""
-    from fedshield.client.ledger import PrivacyLedger
-    from fedshield.common.data import load_dataset
+    """Print every DP release charged to an owner, its budget changes and epsilon spent."""
+    import datetime as dt
 
-    dataset = load_dataset(data, text_column, label_column)
-    ledger = PrivacyLedger(ledger_dir, dataset.fingerprint, len(dataset))
-    entries = ledger.entries()
-    table = Table("run", "round", "noise multiplier", "sample rate", "steps", "delta")
-    for e in entries:
+    from fedshield.client.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(ledger_dir)
+    state = ledger.state()
+    table = Table("run", "round", "kind", "noise multiplier", "sample rate", "steps", "records")
+    for e in state.entries:
         table.add_row(
             str(e.run_id),
             str(e.server_round),
+            e.kind,
             f"{e.event.noise_multiplier:.4f}",
             f"{e.event.sample_rate:.4f}",
             str(e.event.steps),
-            f"{e.delta:g}",
+            str(e.records),
         )
     console.print(table)
+    for change in state.budgets:
+        when = dt.datetime.fromtimestamp(change.recorded_at, dt.UTC).isoformat(timespec="seconds")
+        console.print(f"budget {change.old} -> {change.new:g} at {when}")
     console.print(
-        f"epsilon spent at delta {delta:g}: {ledger.epsilon(delta):.4f} ({len(entries)} events)"
+        f"epsilon spent at delta {delta:g}: {ledger.epsilon(delta):.4f} "
+        f"({len(state.entries)} events, ledger {state.ledger_id})"
     )
 
 
@@ -515,9 +517,12 @@ def pki_server(
     """Issue the SuperLink's TLS certificate (server.pem, server.key) from the CA."""
     from fedshield.common.pki import certificate_sha256, issue_server_certificate
 
-    cert = issue_server_certificate(directory, host, days=days)
+    # The Fleet gateway and the operator's own tools reach the SuperLink on loopback and
+    # check its certificate there, so the certificate always names 127.0.0.1 too.
+    names = [*host, *([] if "127.0.0.1" in host else ["127.0.0.1"])]
+    cert = issue_server_certificate(directory, names, days=days)
     console.print(
-        f"SuperLink certificate for {', '.join(host)}: {cert} (sha256 {certificate_sha256(cert)})"
+        f"SuperLink certificate for {', '.join(names)}: {cert} (sha256 {certificate_sha256(cert)})"
     )
 
 
@@ -545,10 +550,20 @@ def server_start(
     state: Annotated[
         Path, typer.Option(help="Folder for the SuperLink database, logs and runs.")
     ] = Path("fedshield-server"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address the owners' Fleet gateway listens on.")
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(help="Port for the SuperLink (Fleet, Control and Runtime APIs).")
+        int,
+        typer.Option(help="Public port owners dial: fedshield's Fleet-only TLS gateway."),
     ] = 9092,
+    internal_port: Annotated[
+        int,
+        typer.Option(
+            help="The SuperLink's own port on 127.0.0.1 (Control API: operator only; "
+            "reach it remotely with an SSH port forward)."
+        ),
+    ] = 9093,
     node_key: Annotated[
         list[Path] | None, typer.Option(help="A data owner's .pub key to register (repeat).")
     ] = None,
@@ -571,11 +586,15 @@ def server_start(
     """Start a TLS SuperLink with node authentication, register owners' keys, run the federation."""
     import time
 
-    from fedshield.common.processes import ManagedProcess, flower_env
     from fedshield.server import deployment as dep
 
     settings = dep.SuperLinkSettings(
-        pki_dir=pki, state_dir=state, host=host, port=port, insecure=insecure
+        pki_dir=pki,
+        state_dir=state,
+        host=host,
+        port=port,
+        insecure=insecure,
+        internal_port=internal_port,
     )
     values = _parse_key_values(run_config or [])
     from fedshield.common.config import RunConfig
@@ -593,15 +612,13 @@ def server_start(
                 "--insecure cannot authenticate nodes; drop --node-key or drop --insecure"
             )
     state.mkdir(parents=True, exist_ok=True)
-    command = dep.superlink_command(settings)
     dep.write_connection_config(settings)
-    superlink = ManagedProcess(
-        "superlink", command, state / "logs" / "superlink.log", flower_env(settings.flwr_home)
-    )
+    link = dep.ServingSuperLink(settings)
     try:
-        dep.wait_until_serving(settings, superlink)
         console.print(
-            f"SuperLink serving on {settings.address} ({'PLAINTEXT' if insecure else 'TLS, node authentication on'})"
+            f"Fleet gateway serving owners on {host}:{port} "
+            f"({'PLAINTEXT' if insecure else 'TLS, node authentication on'}; Fleet API only); "
+            f"SuperLink with the Control API on {settings.superlink_address} (loopback only)"
         )
         registered = dep.register_node_keys(settings, keys) if keys else []
         for node in registered:
@@ -625,12 +642,16 @@ def server_start(
         _print_final(out)
         if keep_running:
             console.print("SuperLink keeps running; Ctrl-C stops it.")
-            while superlink.running:
+            while link.running:
                 time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        superlink.stop()
+        link.stop()
+        console.print(
+            f"fleet gateway refused {link.refused_requests()} request(s) to non-Fleet paths "
+            f"(log: {settings.refused_log})"
+        )
 
 
 @client_app.command("start")
@@ -675,6 +696,32 @@ def client_start(
     check_only: Annotated[
         bool, typer.Option(help="Run the checks and print the summary, then stop.")
     ] = False,
+    allow_no_dp: Annotated[
+        bool,
+        typer.Option(
+            help="Accept NON-PRIVATE rounds if a plan asks for them (off: they are refused)."
+        ),
+    ] = False,
+    allow_evaluate: Annotated[
+        bool,
+        typer.Option(
+            help="Answer the server's evaluate requests, with noise, charged to your budget "
+            "(off: refused)."
+        ),
+    ] = False,
+    evaluate_noise_multiplier: Annotated[
+        float, typer.Option(help="Noise of a DP evaluate answer, relative to its sensitivity.")
+    ] = 10.0,
+    run_epsilon_cap: Annotated[
+        float, typer.Option(help="Most epsilon one run may spend (0: the whole budget).")
+    ] = 0.0,
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="The class list you accept, comma-separated, in the federation's order; "
+            "plans with another list are refused. Unset: your label set is treated as public."
+        ),
+    ] = "",
     insecure: InsecureFlag = False,
 ) -> None:
     """Check your data and budget, then join the federation as an authenticated TLS SuperNode."""
@@ -693,6 +740,11 @@ def client_start(
             "owner-id": owner_id,
             "device": device,
             "cache-dir": cache_dir,
+            "allow-no-dp": allow_no_dp,
+            "allow-evaluate": allow_evaluate,
+            "evaluate-noise-multiplier": evaluate_noise_multiplier,
+            "run-epsilon-cap": run_epsilon_cap,
+            "classes": classes,
         }
     )
     if insecure:
@@ -717,6 +769,20 @@ def client_start(
     )
     console.print(
         f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}"
+    )
+    console.print(
+        "your policy: "
+        + ("NON-PRIVATE rounds accepted (--allow-no-dp)" if allow_no_dp else "DP required")
+        + "; evaluate "
+        + (
+            f"allowed with DP (noise {evaluate_noise_multiplier:g})"
+            if allow_evaluate
+            else "refused"
+        )
+        + (f"; at most epsilon {run_epsilon_cap:g} per run" if run_epsilon_cap else "")
+        + (f"; classes accepted: {classes}" if classes else ""),
+        highlight=False,
+        markup=False,
     )
     from fedshield.common import minilm
     from fedshield.common.model import resolve_device

@@ -75,10 +75,15 @@ EVALUATE_METRIC_KEYS = (
 PUBLIC_PARAMETER = "public: a function of the plan, the owner's policy and N only"
 PUBLIC_RECORD_COUNT = "public by the privacy definition: the owner's record count N"
 PUBLIC_LABEL = "public: the label the owner chose for itself"
-PUBLIC_COMMITMENT = "public: SHA-256 of the owner's audit entry (chained over secret keys and times)"
+PUBLIC_COMMITMENT = (
+    "public: SHA-256 of the owner's audit entry (chained over secret keys and times)"
+)
 DP_RELEASE = "DP release charged to the owner's ledger before it leaves"
 
-_COMMON_OWNER_FIELDS = {f"{OWNER}.{OWNER_ID}": PUBLIC_LABEL, f"{OWNER}.{AUDIT_HEAD}": PUBLIC_COMMITMENT}
+_COMMON_OWNER_FIELDS = {
+    f"{OWNER}.{OWNER_ID}": PUBLIC_LABEL,
+    f"{OWNER}.{AUDIT_HEAD}": PUBLIC_COMMITMENT,
+}
 REPLY_SCHEMA: dict[str, dict[str, str]] = {
     "train": {
         f"{ARRAYS}.*": DP_RELEASE,

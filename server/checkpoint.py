@@ -9,13 +9,13 @@ nodes with it). ``--resume`` continues from it to the same number of rounds.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from fedshield.common.durable import write_atomic
 from fedshield.common.errors import FedshieldError
 from flwr.app import ArrayRecord
 
@@ -47,12 +47,7 @@ class ServerCheckpoint:
             "random_state": self.random_state,
         }
         path = out_dir / CHECKPOINT_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda handle: torch.save(state, handle))
 
     @classmethod
     def load(cls, out_dir: Path) -> ServerCheckpoint:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+from fedshield.common.durable import write_atomic, write_bytes_atomic
 from fedshield.common.model import ModelSpec
 from flwr.app import ArrayRecord
 
@@ -22,12 +22,7 @@ MODEL_FORMAT = "fedshield-model/2"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(data, indent=2).encode("utf-8"), mode=0o644)
 
 
 class RunOutputs:
@@ -48,7 +43,8 @@ class RunOutputs:
 
     def save_model(self, arrays: ArrayRecord, classes: tuple[str, ...], spec: ModelSpec) -> Path:
         path = self.out_dir / "model.pt"
-        torch.save(arrays.to_torch_state_dict(), path)
+        state = arrays.to_torch_state_dict()
+        write_atomic(path, lambda handle: torch.save(state, handle), mode=0o644)
         meta = {
             "format": MODEL_FORMAT,
             "classes": list(classes),

@@ -133,7 +133,9 @@ def test_delta_at_or_above_one_over_n_is_refused(owner_csv, tmp_path):
     reply = run_train(context)
     assert reply.has_error() and reply.error.code == wire.ERROR_BAD_DATA_OR_CONFIG
     refused = verify_log(tmp_path / "audit" / "audit.jsonl").entries[-2]
-    assert refused["type"] == "round-refused" and "must be > 0 and < 1/N" in refused["data"]["reason"]
+    assert (
+        refused["type"] == "round-refused" and "must be > 0 and < 1/N" in refused["data"]["reason"]
+    )
 
 
 def test_nothing_derived_from_the_text_is_in_the_reply(tmp_path, imdb_frame):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.audit_verify import verify_log
-from fedshield.common.data import builtin_csv_path, load_dataset
+from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
 from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
@@ -109,6 +109,8 @@ def start_server(
         str(state),
         "--port",
         str(port),
+        "--internal-port",
+        str(free_port()),
         *extra,
     )
     deadline = time.monotonic() + 60
@@ -191,8 +193,7 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
     assert metrics["final"]["accuracy"] > metrics["rounds"][0]["accuracy"]
     assert sorted(metrics["rounds"][-1]["epsilon"]) == ["owner-0", "owner-1", "owner-2"]
     for i, home in enumerate(owners):
-        dataset = load_dataset(data / f"owner-{i}.csv")
-        ledger = PrivacyLedger(home / "ledgers", dataset.fingerprint, len(dataset))
+        ledger = PrivacyLedger(home / "ledgers")
         assert [e.server_round for e in ledger.entries()] == [1, 2]
         assert metrics["rounds"][-1]["epsilon"][f"owner-{i}"] == pytest.approx(ledger.epsilon(1e-5))
         log = verify_log(home / "audit" / "audit.jsonl")
@@ -314,7 +315,7 @@ def test_an_expired_server_certificate_is_refused(pki, data, tmp_path, processes
 
     port = free_port()
     command = superlink_command(
-        SuperLinkSettings(pki_dir=pki, state_dir=tmp_path / "s1", port=port)
+        SuperLinkSettings(pki_dir=pki, state_dir=tmp_path / "s1", internal_port=port)
     )
     command[command.index("--ssl-certfile") + 1] = str(pki / "expired.pem")
     command[command.index("--ssl-keyfile") + 1] = str(pki / "expired.key")
@@ -437,9 +438,8 @@ def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
     assert (meta["model"], meta["finetune-layers"], meta["max-tokens"]) == ("minilm", 1, 32)
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert "layers.0.attention.self.query.weight" in state
-    for i, home in enumerate(owners):
-        dataset = load_dataset(data / f"owner-{i}.csv")
-        ledger = PrivacyLedger(home / "ledgers", dataset.fingerprint, len(dataset))
+    for home in owners:
+        ledger = PrivacyLedger(home / "ledgers")
         assert [e.server_round for e in ledger.entries()] == [1, 2]
         (cached,) = (home / "cache").glob("encoded-*.npz")
         assert cached.stat().st_mode & 0o777 == 0o600

@@ -150,9 +150,7 @@ def test_evaluate_with_consent_is_noised_charged_and_audited(owner_csv, tmp_path
     entries = PrivacyLedger(tmp_path / "ledgers").entries()
     assert [e.kind for e in entries] == ["evaluate"] * 3
     event = DpEvent(noise_multiplier=2.0, sample_rate=1.0, steps=1)
-    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(
-        epsilon_spent([event] * 3, 1e-5)
-    )
+    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(epsilon_spent([event] * 3, 1e-5))
     charged = audit_entries(tmp_path, "dp-charged")
     assert [c["data"]["kind"] for c in charged] == ["evaluate"] * 3
     assert len(audit_entries(tmp_path, "evaluate-released")) == 3
@@ -235,7 +233,9 @@ def test_a_budget_raised_after_a_refusal_is_an_audit_entry_the_report_shows(owne
     ledgers = tmp_path / "ledgers"
     first = run_train(owner_context(owner_csv, ledgers, budget=1.6), train_message())
     assert not first.has_error(), first.error
-    refused = run_train(owner_context(owner_csv, ledgers, budget=1.6), train_message(server_round=2))
+    refused = run_train(
+        owner_context(owner_csv, ledgers, budget=1.6), train_message(server_round=2)
+    )
     assert refused.has_error() and refused.error.code == wire.ERROR_BUDGET_EXCEEDED
     raised = run_train(owner_context(owner_csv, ledgers, budget=4.0), train_message(server_round=3))
     assert not raised.has_error(), raised.error

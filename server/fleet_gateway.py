@@ -1,0 +1,254 @@
+"""Guarantee: on the federation's public port, only Flower's Fleet API reaches the SuperLink.
+
+Why: in Flower 1.42 the open-source SuperLink serves its Fleet, Control and Runtime APIs
+on one HTTP ``--host/--port``, and Control API authentication is an Enterprise (OIDC)
+feature, a no-op here. Whoever reaches that port can ``flwr run`` an app of its own on
+every owner's SuperNode, register node keys and list the operator's runs; a firewall rule
+cannot tell these apart because they share the port. So ``fedshield server start`` binds
+the SuperLink to 127.0.0.1 (the operator's ``flwr`` CLI and the ServerApp process the
+SuperLink starts use it there) and runs this gateway on the public ``--host/--port``:
+
+- TLS with the federation's server certificate (the same ``server.pem``/``server.key``):
+  owners, who pin the federation's CA, see no difference;
+- it forwards exactly the Fleet calls a SuperNode makes (``FLEET_PATHS``, from
+  ``flwr/supernode/fleet_http_client.py``) as POST, and ``/health`` as GET/HEAD; the two
+  self-registration calls only when node authentication is off (``--insecure``), since a
+  SuperLink with node authentication refuses them anyway;
+- it passes on Flower's own headers (``flwr-*``: the signed timestamp, public key and
+  signature of SuperNode authentication, the runtime version) and the content headers,
+  nothing else: the SuperLink still authenticates every node itself;
+- it answers 403 to every other Flower API path (``/v1/control/...``,
+  ``/v1/runtime/...``) and 404 to anything else, matching paths exactly (no prefixes, so
+  ``/v1/fleet/../control/...`` is refused), and appends each refusal (time, method, path,
+  peer, status) to a JSON Lines log that ``server start`` counts and the audit references;
+- it re-encrypts to the SuperLink on loopback, verifying the SuperLink's certificate
+  against the federation's CA (TLS end to end: another local process cannot pose as
+  the SuperLink);
+- request and response bodies stream through (model updates of megabytes), never
+  buffered whole.
+
+Built on uvicorn, Starlette and httpx, the HTTP stack Flower itself uses for the SuperLink
+and the SuperNode (so HTTP parsing and TLS stay in maintained code, and no new
+dependency); the hand-written part is the allow-list and the header filter below, kept
+to one screen so that it can be audited, instead of asking every operator to install and
+configure a general reverse proxy correctly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+# Every call of flwr 1.42's FleetHttpClient a SuperNode with node authentication makes.
+FLEET_PATHS = frozenset(
+    {
+        "/v1/fleet/activate-node",
+        "/v1/fleet/deactivate-node",
+        "/v1/fleet/send-node-heartbeat",
+        "/v1/fleet/pull-messages",
+        "/v1/fleet/push-messages",
+        "/v1/fleet/get-run",
+        "/v1/fleet/get-fab",
+        "/v1/fleet/push-object",
+        "/v1/fleet/pull-object",
+        "/v1/fleet/confirm-message-received",
+    }
+)
+# A SuperNode without a key (--insecure) registers itself; with node authentication the
+# SuperLink refuses these, so the gateway does not forward them then.
+SELF_REGISTRATION_PATHS = frozenset({"/v1/fleet/register-node", "/v1/fleet/unregister-node"})
+HEALTH_PATH = "/health"
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {"content-type", "content-length", "accept", "accept-encoding"}
+)
+FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+FLOWER_HEADER_PREFIX = "flwr-"
+UPSTREAM_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+MAX_LOGGED_PATH_CHARS = 300
+
+log = logging.getLogger("fedshield.gateway")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str
+    port: int
+    upstream_port: int
+    refused_log: Path
+    pki_dir: Path | None  # None: plaintext on both hops (--insecure, debugging only)
+
+    @property
+    def allowed(self) -> frozenset[tuple[str, str]]:
+        paths = FLEET_PATHS if self.pki_dir else FLEET_PATHS | SELF_REGISTRATION_PATHS
+        return frozenset(
+            {("POST", path) for path in paths} | {("GET", HEALTH_PATH), ("HEAD", HEALTH_PATH)}
+        )
+
+
+def _forwarded(pairs, allowed: frozenset[str]) -> list[tuple[str, str]]:
+    """Flower's own ``flwr-*`` headers and the ``allowed`` ones; no hop-by-hop header."""
+    return [
+        (name.lower(), value)
+        for name, value in pairs
+        if name.lower() in allowed or name.lower().startswith(FLOWER_HEADER_PREFIX)
+    ]
+
+
+class FleetGateway:
+    """ASGI app: forward allowed Fleet calls to the SuperLink on loopback, refuse the rest."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.allowed = settings.allowed
+        if settings.pki_dir:
+            verify: ssl.SSLContext | bool = ssl.create_default_context(
+                cafile=str(settings.pki_dir / "ca.crt")
+            )
+            scheme = "https"
+        else:
+            verify, scheme = False, "http"
+        self.upstream = httpx.AsyncClient(
+            base_url=f"{scheme}://127.0.0.1:{settings.upstream_port}",
+            verify=verify,
+            timeout=UPSTREAM_TIMEOUT,
+            trust_env=False,  # never through a proxy named in the environment
+            follow_redirects=False,
+        )
+        settings.refused_log.parent.mkdir(parents=True, exist_ok=True)
+        self.refused = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await self.upstream.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return  # uvicorn runs with ws="none": no other protocol reaches here
+        request = Request(scope, receive)
+        if (request.method, request.url.path) in self.allowed:
+            response = await self.forward(request)
+        else:
+            response = self.refuse(request)
+        await response(scope, receive, send)
+
+    async def forward(self, request: Request) -> Response:
+        outgoing = self.upstream.build_request(
+            request.method,
+            request.url.path,  # exactly one of the allowed paths; the query string is dropped
+            headers=_forwarded(request.headers.items(), FORWARDED_REQUEST_HEADERS),
+            content=request.stream() if request.method == "POST" else None,
+        )
+        try:
+            upstream = await self.upstream.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("SuperLink unreachable for %s: %r", request.url.path, exc)
+            return PlainTextResponse("SuperLink unavailable", status_code=502)
+        response = StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            background=BackgroundTask(upstream.aclose),
+        )
+        response.raw_headers += [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _forwarded(
+                upstream.headers.multi_items(), FORWARDED_RESPONSE_HEADERS
+            )
+        ]
+        return response
+
+    def refuse(self, request: Request) -> Response:
+        path = request.url.path
+        status = 403 if path.startswith("/v1/") else 404
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": request.method[:16],
+            "path": path[:MAX_LOGGED_PATH_CHARS],
+            "peer": peer,
+            "status": status,
+        }
+        line = (json.dumps(entry, ensure_ascii=True) + "\n").encode()
+        fd = os.open(self.settings.refused_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self.refused += 1
+        return PlainTextResponse(
+            "refused: this port serves Flower's Fleet API to data owners' SuperNodes only",
+            status_code=status,
+        )
+
+
+def serve(settings: GatewaySettings) -> None:
+    tls = {}
+    if settings.pki_dir:
+        tls = {
+            "ssl_certfile": str(settings.pki_dir / "server.pem"),
+            "ssl_keyfile": str(settings.pki_dir / "server.key"),
+        }
+    config = uvicorn.Config(
+        FleetGateway(settings),
+        host=settings.host,
+        port=settings.port,
+        http="h11",
+        ws="none",
+        lifespan="on",
+        proxy_headers=False,  # the peer logged is the TCP peer, not a header a stranger sets
+        server_header=False,
+        access_log=False,
+        log_level="warning",
+        **tls,
+    )
+    print(
+        f"fedshield fleet gateway on {settings.host}:{settings.port} "
+        f"({'TLS' if settings.pki_dir else 'PLAINTEXT'}) -> SuperLink 127.0.0.1:{settings.upstream_port}; "
+        f"forwarding {', '.join(sorted({path for _, path in settings.allowed}))}; "
+        f"refusals logged to {settings.refused_log}",
+        flush=True,
+    )
+    uvicorn.Server(config).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="fedshield's Fleet-only gateway (see module doc)")
+    parser.add_argument("--host", required=True, help="public address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="public port (owners dial it)")
+    parser.add_argument(
+        "--upstream-port", type=int, required=True, help="SuperLink's loopback port"
+    )
+    parser.add_argument("--refused-log", type=Path, required=True)
+    parser.add_argument("--pki", type=Path, help="folder with ca.crt, server.pem, server.key")
+    parser.add_argument("--insecure", action="store_true", help="plaintext on both hops")
+    args = parser.parse_args(argv)
+    if (args.pki is None) != args.insecure:
+        parser.error("give exactly one of --pki and --insecure")
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING)
+    serve(
+        GatewaySettings(
+            host=args.host,
+            port=args.port,
+            upstream_port=args.upstream_port,
+            refused_log=args.refused_log,
+            pki_dir=None if args.insecure else args.pki,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
