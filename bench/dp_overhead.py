@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_machine import machine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
 from fedshield.common.data import load_builtin, split_holdout, take
 from fedshield.common.featurize import featurize
 from fedshield.common.model import build_model
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 warnings.filterwarnings("ignore")

@@ -10,6 +10,7 @@ noise for which ``rounds`` rounds of that owner's training compose to the target
 from __future__ import annotations
 
 import torch
+
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common.model import build_model
 from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedshield.client.train import TrainSettings, clipping_for, train_locally
-from fedshield.common.data import load_dataset, take
-from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.client.train import TrainSettings, clipping_for, train_locally
+from fedshield.common.data import load_dataset, take
+from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
 
 CLIP = 1.0
 

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 from bench_machine import machine
 from fedloop import accuracy, run_federation
+from torch import nn
+
 from fedshield.client.train import TrainSettings
 from fedshield.common.config import RunConfig
 from fedshield.common.data import load_builtin, partition, split_holdout, take
 from fedshield.common.featurize import FeaturizerSpec, featurize
 from fedshield.common.model import build_model
-from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPSILONS = (8.0, 3.0, 1.0)

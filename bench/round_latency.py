@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
 from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 OWNERS, PER_OWNER, TEST = 3, 600, 600
 
 
@@ -46,7 +47,7 @@ def make_data(directory: Path) -> None:
 
 
 def simulate(work: Path, rounds: int) -> list[float]:
-    from fedshield.server.simulation import run_simulation
+    from fedshield.simulation.engine import run_simulation
 
     config = RunConfig.from_dict(
         {

@@ -15,6 +15,7 @@ import json
 import time
 
 from fedloop import run_federation  # bench/fedloop.py (the shared in-process loop)
+
 from fedshield.client.train import TrainSettings
 from fedshield.common.data import load_builtin, partition, split_holdout
 from fedshield.common.featurize import FeaturizerSpec, featurize

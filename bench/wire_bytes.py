@@ -24,13 +24,14 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
 from fedshield.client import app as client_module
 from fedshield.common import wire
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.model import build_model
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

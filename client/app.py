@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
 from fedshield.client.ledger import KIND_EVALUATE, KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
@@ -42,11 +45,8 @@ from fedshield.common.errors import (
     PolicyRefusal,
     PrivacyBudgetExceeded,
 )
-from fedshield.common.federation import model_spec
 from fedshield.common.model import ModelSpec, evaluate_model, unwrapped_state_dict
 from fedshield.common.privacy import DpEvent, epsilon_spent, noise_for_target_epsilon
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 log = logging.getLogger("fedshield.client")
 
@@ -215,7 +215,7 @@ def train_round(
             "(allow-no-dp)"
         )
     check_batch_fits(owner.dataset, plan.batch_size)
-    spec = model_spec(plan)
+    spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
     settings = training_settings(plan, owner)
     planned = planned_dp_event(len(owner.dataset), settings)
@@ -304,7 +304,7 @@ def evaluate_round(
     server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
     if not owner.allow_evaluate:
         raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
-    spec = model_spec(plan)
+    spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
     event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
     record_budget_change(owner, audit)

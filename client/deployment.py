@@ -35,7 +35,7 @@ from fedshield.common.pki import (
     probe_tls_endpoint,
 )
 from fedshield.common.privacy import check_delta
-from fedshield.common.processes import die_with_parent, flower_env
+from fedshield.common.processes import die_with_parent, flower_binary, flower_env
 
 # flower-supernode's failure lines, and what the data owner can do about each.
 KNOWN_FAILURES = (
@@ -169,10 +169,8 @@ def _node_config_argument(values: dict) -> str:
 
 def supernode_command(settings: SuperNodeSettings, config: dict, secret_file: Path) -> list[str]:
     """flower-supernode with process isolation: fedshield's warm executor runs the apps."""
-    from fedshield.server.deployment import _flower_binary
-
     args = [
-        _flower_binary("flower-supernode"),
+        flower_binary("flower-supernode"),
         "--superlink",
         settings.superlink,
         "--host",

@@ -205,13 +205,13 @@ def warm_up(owner_settings: dict | None) -> None:
     import fedshield.client.app  # noqa: F401  (torch, Opacus, fedshield)
     from fedshield.client.owner import owner_inputs, resolve_owner
     from fedshield.common.config import RunConfig
-    from fedshield.common.federation import model_spec
+    from fedshield.common.model import ModelSpec
 
     if owner_settings:
         # The default model only: its encoding is CPU-only numpy, safe to fork after
         # (a CUDA context is not). Other models encode inside each task.
         owner = resolve_owner(owner_settings, RunConfig(), classes=None)
-        owner_inputs(owner, model_spec(RunConfig()))
+        owner_inputs(owner, ModelSpec.from_config(RunConfig()))
 
 
 class ZygoteExecutor:

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.durable import write_atomic
 from fedshield.common.errors import ConfigError, PolicyRefusal
-from fedshield.common.federation import simulated_owner_data
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
 from fedshield.common.privacy import check_delta
+from fedshield.common.simulation_split import simulated_owner_data
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from fedshield.common.durable import write_atomic
 from flwr.app import ArrayRecord, MetricRecord
+
+from fedshield.common.durable import write_atomic
 
 
 class ReleasedUpdates:

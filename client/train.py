@@ -25,10 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from fedshield.client.secure_random import SecureRandom
-from fedshield.common.config import RunConfig
-from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
-from fedshield.common.privacy import DpEvent
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
@@ -38,6 +34,11 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
+
+from fedshield.client.secure_random import SecureRandom
+from fedshield.common.config import RunConfig
+from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
+from fedshield.common.privacy import DpEvent
 
 
 @dataclass(frozen=True)

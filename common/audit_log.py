@@ -34,6 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from fedshield.common.errors import FedshieldError
 
 GENESIS = "0" * 64

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from fedshield.common.errors import DataError
 
 BUILTIN_DATASETS = {

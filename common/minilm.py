@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedshield.common.errors import ConfigError
 from torch import nn
+
+from fedshield.common.errors import ConfigError
 
 NUM_LAYERS = 6
 HIDDEN = 384

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+
 from fedshield.common.errors import ConfigError
 from fedshield.common.featurize import FeaturizerSpec, featurize, projection_digest
-from torch import nn
 
 # Per-record inputs of the trainable module, first axis = records: (features,) for a
 # linear head, (hidden states, attention mask) for the fine-tuned encoder top.

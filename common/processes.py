@@ -7,11 +7,14 @@ stopping it also stops the children Flower starts (flower-superexec, flwr-client
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fedshield.common.errors import FedshieldError
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -19,6 +22,16 @@ FLOWER_ENV = {
     # Otherwise SuperLink/SuperNode run `uv sync` on the app's dependencies at run time.
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
+
+
+def flower_binary(name: str) -> str:
+    """The path of a Flower command (flower-superlink, flwr, ...) next to this Python."""
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        raise FedshieldError(
+            f"'{name}' not found; install fedshield (it brings flwr) in this environment"
+        )
+    return found
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from fedshield.common.config import RunConfig
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from fedshield.common.config import RunConfig
 
 ARRAYS = "arrays"
 CONFIG = "config"

@@ -15,17 +15,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import FedshieldError
-from fedshield.common.federation import heldout_test_split, model_spec
-from fedshield.common.model import evaluate_model, resolve_device
+from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
+from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.outputs import RunOutputs
 from fedshield.server.strategy import build_strategy
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-from flwr.serverapp import Grid, ServerApp
 
 log = logging.getLogger("fedshield.server")
 
@@ -55,7 +56,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     outputs = RunOutputs(Path(config.out_dir) if config.out_dir else default_out_dir())
     audit_dir = Path(config.audit_dir) if config.audit_dir else outputs.out_dir / "audit"
     audit = AuditLog(audit_dir / "server" / "audit.jsonl", actor="server", checkpoint_every=100)
-    spec = model_spec(config)
+    spec = ModelSpec.from_config(config)
     test = heldout_test_split(config)
     classes = test.classes
     device = resolve_device(config.device)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
+
 from fedshield.common.durable import write_atomic
 from fedshield.common.errors import FedshieldError
-from flwr.app import ArrayRecord
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from cryptography import x509
+
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.pki import (
@@ -47,7 +47,7 @@ from fedshield.common.pki import (
     probe_tls_endpoint,
     ssh_public_key_fingerprint,
 )
-from fedshield.common.processes import ManagedProcess, flower_env
+from fedshield.common.processes import ManagedProcess, flower_binary, flower_env
 
 CONNECTION = "fedshield"
 LOOPBACK = "127.0.0.1"
@@ -97,19 +97,10 @@ class SuperLinkSettings:
         return self.state_dir / "logs" / "gateway-refused.jsonl"
 
 
-def _flower_binary(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).parent / name)
-    if not Path(found).exists():
-        raise DeploymentError(
-            f"'{name}' not found; install fedshield (it brings flwr) in this environment"
-        )
-    return found
-
-
 def superlink_command(settings: SuperLinkSettings) -> list[str]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        _flower_binary("flower-superlink"),
+        flower_binary("flower-superlink"),
         "--database",
         str(settings.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
@@ -268,7 +259,7 @@ def _flwr(
     settings: SuperLinkSettings, *args: str, timeout_s: float = 60
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [_flower_binary("flwr"), *args],
+        [flower_binary("flwr"), *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -382,7 +373,7 @@ def launch_run(settings: SuperLinkSettings, values: dict, log_path: Path, timeou
     """``flwr run`` the apps with ``values`` over the defaults; streams and returns its status."""
     app_dir = write_app_dir(settings.state_dir / "app")
     args = [
-        _flower_binary("flwr"),
+        flower_binary("flwr"),
         "run",
         str(app_dir),
         CONNECTION,

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 
 import torch
+from flwr.app import ArrayRecord
+
 from fedshield.common.durable import write_atomic, write_bytes_atomic
 from fedshield.common.model import ModelSpec
-from flwr.app import ArrayRecord
 
 MODEL_FORMAT = "fedshield-model/2"
 

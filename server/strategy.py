@@ -15,12 +15,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fedshield.common import wire
-from fedshield.common.audit_log import AuditLog
-from fedshield.server.validate import UpdateRejected, validate_update
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg
+
+from fedshield.common import wire
+from fedshield.common.audit_log import AuditLog
+from fedshield.server.validate import UpdateRejected, validate_update
 
 log = logging.getLogger("fedshield.server")
 

@@ -9,8 +9,9 @@ rejected with a reason and leaves the global model untouched.
 from __future__ import annotations
 
 import numpy as np
-from fedshield.common import wire
 from flwr.app import ArrayRecord, Message
+
+from fedshield.common import wire
 
 
 class UpdateRejected(Exception):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from fedshield.common.audit_log import AuditLog, AuditLogError
-from fedshield.common.audit_verify import verify_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fedshield.audit.verify import verify_log
+from fedshield.common.audit_log import AuditLog, AuditLogError
 
 
 def write_log(directory, entries: int = 30) -> bytes:

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 
 
 def fedshield(*args: str) -> subprocess.CompletedProcess:

@@ -12,14 +12,15 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from fedshield.audit.verify import verify_log
 from fedshield.client import app as client_module
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common import wire
-from fedshield.common.audit_verify import verify_log
 from fedshield.common.config import RunConfig
 from fedshield.common.data import load_dataset
 from fedshield.common.model import build_model
-from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 CLASSES = ("0", "1")
 

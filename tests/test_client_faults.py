@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 
 import pytest
+
 from fedshield.client import app as client_module
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.client.releases import ReleasedUpdates

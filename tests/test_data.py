@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from fedshield.common.data import (
     check_batch_fits,
     load_builtin,

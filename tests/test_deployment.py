@@ -17,15 +17,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+
+from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
-from fedshield.common.audit_verify import verify_log
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
 from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
 pytestmark = pytest.mark.slow
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from fedshield.common.featurize import FeaturizerSpec, featurize, projection_digest
 
 SPEC = FeaturizerSpec(n_buckets=2**12, out_dim=64)

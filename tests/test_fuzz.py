@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fedshield.common.config import OwnerConfig, RunConfig
 from fedshield.common.data import load_dataset
 from fedshield.common.errors import ConfigError, DataError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 FUZZ = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

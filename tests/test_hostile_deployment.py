@@ -22,10 +22,10 @@ from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
-from fedshield.common.audit_verify import verify_log
+
+from fedshield.audit.verify import verify_log
 from fedshield.common.processes import flower_env, free_port
 from fedshield.server.deployment import write_app_dir
-
 from tests import test_deployment as deployed
 from tests.test_deployment import Processes, client_args, start_server
 
@@ -354,8 +354,9 @@ def test_a_fab_that_names_fedshield_but_ships_a_shadow_package_is_refused(federa
 
 
 def test_the_fab_fedshield_ships_is_admitted(tmp_path):
-    from fedshield.client.executor import check_fab_is_fedshield
     from flwr.cli.build import build_fab_from_disk
+
+    from fedshield.client.executor import check_fab_is_fedshield
 
     identity = check_fab_is_fedshield(build_fab_from_disk(write_app_dir(tmp_path / "app")))
     assert identity["clientapp"] == "fedshield.client.app:app"

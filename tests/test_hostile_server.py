@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fedshield.client.ledger import PrivacyLedger
-from fedshield.common import wire
-from fedshield.common.audit_report import build_report
-from fedshield.common.audit_verify import verify_log
-from fedshield.common.model import build_model
-from fedshield.common.privacy import DpEvent, epsilon_spent
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from fedshield.audit.report import build_report
+from fedshield.audit.verify import verify_log
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common import wire
+from fedshield.common.model import build_model
+from fedshield.common.privacy import DpEvent, epsilon_spent
 from tests.test_client_app import (  # noqa: F401  (flower_task_identity is a fixture)
     CLASSES,
     PLAN,

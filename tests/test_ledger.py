@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
 from fedshield.common.privacy import DpEvent, epsilon_spent

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from fedshield.common import minilm
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError
@@ -136,7 +137,7 @@ def test_per_layer_clipping_keeps_the_total_norm_so_the_noise_and_epsilon_are_un
 
 
 def test_simulated_clients_get_a_gpu_share_only_when_a_gpu_exists(monkeypatch):
-    from fedshield.server.simulation import backend_config
+    from fedshield.simulation.engine import backend_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert backend_config(10, "auto")["client_resources"]["num_gpus"] == 0.0

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fedshield.common import minilm
-from fedshield.common.model import build_model
 from opacus import GradSampleModule
 from torch import nn
+
+from fedshield.common import minilm
+from fedshield.common.model import build_model
 
 
 def _linear_case(batch: int):

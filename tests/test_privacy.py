@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dp_accounting
 import pytest
+
 from fedshield.common.errors import ConfigError
 from fedshield.common.privacy import DpEvent, check_delta, epsilon_spent, noise_for_target_epsilon
 

@@ -11,12 +11,13 @@ import sys
 import time
 
 import pytest
+
+from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
-from fedshield.common.audit_verify import verify_log
 
 pytestmark = pytest.mark.slow
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 ARGS = [
     "simulate",
     "--clients",

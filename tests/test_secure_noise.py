@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from fedshield.client import secure_random
 from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import (

@@ -7,12 +7,13 @@ import re
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedshield.audit.verify import verify_log
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.audit_verify import verify_log
 from fedshield.server.strategy import build_strategy
 from fedshield.server.validate import UpdateRejected, validate_update
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 DIM = 8
 

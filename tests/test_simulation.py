@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.privacy import epsilon_spent
 
@@ -17,7 +18,7 @@ from .test_privacy import independent_epsilon
 
 pytestmark = pytest.mark.slow
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.common.cli import main; main()"]
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 SMALL = ["--clients", "3", "--rounds", "3", "--partition", "iid"]
 MARKER = "qzvmarker4471"
 DELTA = 1e-5
@@ -44,6 +45,7 @@ def ray_processes() -> list[str]:
 def planted_csv(tmp_path_factory) -> Path:
     """4,000 real IMDB reviews; 200 of them carry a marker that must never leave."""
     import pandas as pd
+
     from fedshield.common.data import builtin_csv_path
 
     frame = pd.read_csv(builtin_csv_path())

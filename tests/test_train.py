@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common.model import build_model
-from torch import nn
 
 CPU = torch.device("cpu")
 

@@ -1,5 +1,8 @@
 """Server plus simulated data owners on one machine (Flower's Simulation Engine on Ray).
 
+It composes both roles, so it lives above them: the server and the client packages do
+not import each other.
+
 Each virtual SuperNode runs the same ClientApp a deployed owner runs; its data is one
 partition of the run's data set and its ledger lives under the run's ledger directory.
 """
@@ -11,6 +14,7 @@ import os
 import warnings
 
 from fedshield.common.config import RunConfig
+from fedshield.common.errors import ConfigError
 from fedshield.server.app import RoundCallback
 
 log = logging.getLogger("fedshield.server")
@@ -32,6 +36,24 @@ def backend_config(num_clients: int, device: str) -> dict:
             "logging_level": logging.ERROR,
         },
     }
+
+
+def check_inputs(config: RunConfig, num_clients: int) -> tuple[list[int], int]:
+    """Load, validate and partition before anything starts: (owner sizes, held-out size).
+
+    Bad input (a missing column, delta >= 1/N at some owner) fails here, at once.
+    """
+    from fedshield.common.privacy import check_delta
+    from fedshield.common.simulation_split import heldout_test_split, simulated_owner_data
+
+    if num_clients < 1:
+        raise ConfigError(f"--clients must be >= 1, got {num_clients}")
+    test = heldout_test_split(config)
+    sizes = [len(simulated_owner_data(config, i, num_clients)) for i in range(num_clients)]
+    if config.dp:
+        for size in sizes:
+            check_delta(config.delta, size)
+    return sizes, len(test)
 
 
 def run_simulation(

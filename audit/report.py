@@ -17,8 +17,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
-from fedshield.common.audit_verify import Verification, verify_log
 
 TOLERANCE = 0.01
 # A claim below the independent figure by more than numerical noise between two RDP

@@ -1,4 +1,5 @@
-"""What the server and the simulated owners derive identically from one RunConfig.
+"""The run's data split: what the server and the simulated owners derive identically
+from one RunConfig (the held-out test split and each simulated owner's partition).
 
 In simulation the operator plays every data owner: the held-out test split and each
 owner's partition are cut from one data set with one seed, so the server's test split
@@ -11,11 +12,6 @@ from functools import lru_cache
 
 from fedshield.common.config import RunConfig
 from fedshield.common.data import TextDataset, load_dataset, partition, split_holdout, take
-from fedshield.common.model import ModelSpec
-
-
-def model_spec(config: RunConfig) -> ModelSpec:
-    return ModelSpec.from_config(config)
 
 
 @lru_cache(maxsize=2)

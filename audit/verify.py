@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedshield.common.audit_log import CHECKPOINT, GENESIS, LOG_START, canonical, entry_hash
 
 REQUIRED = ("seq", "ts", "type", "actor", "data", "prev", "hash")

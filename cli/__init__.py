@@ -1,0 +1,1 @@
+"""The ``fedshield`` command line (cli -> server/client -> common)."""

@@ -1,0 +1,46 @@
+"""``fedshield ledger``: read a data owner's privacy ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedshield.cli.shared import console
+
+ledger_app = typer.Typer(help="Read a data owner's privacy ledger.", no_args_is_help=True)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    ledger_dir: Annotated[Path, typer.Option(help="Ledger folder.")] = Path("~/.fedshield/ledgers"),
+    delta: Annotated[float, typer.Option(help="delta at which to report epsilon.")] = 1e-5,
+) -> None:
+    """Print every DP release charged to an owner, its budget changes and epsilon spent."""
+    import datetime as dt
+
+    from fedshield.client.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(ledger_dir)
+    state = ledger.state()
+    table = Table("run", "round", "kind", "noise multiplier", "sample rate", "steps", "records")
+    for e in state.entries:
+        table.add_row(
+            str(e.run_id),
+            str(e.server_round),
+            e.kind,
+            f"{e.event.noise_multiplier:.4f}",
+            f"{e.event.sample_rate:.4f}",
+            str(e.event.steps),
+            str(e.records),
+        )
+    console.print(table)
+    for change in state.budgets:
+        when = dt.datetime.fromtimestamp(change.recorded_at, dt.UTC).isoformat(timespec="seconds")
+        console.print(f"budget {change.old} -> {change.new:g} at {when}")
+    console.print(
+        f"epsilon spent at delta {delta:g}: {ledger.epsilon(delta):.4f} "
+        f"({len(state.entries)} events, ledger {state.ledger_id})"
+    )

