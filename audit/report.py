@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
+from fedshield.common.audit_events import Event, LoggedDpEvent
 
 TOLERANCE = 0.01
 # A claim below the independent figure by more than numerical noise between two RDP
@@ -26,7 +27,7 @@ TOLERANCE = 0.01
 UNDER_CLAIM_TOLERANCE = 0.002
 
 
-def independent_epsilon(events: list[list[float]], delta: float) -> float:
+def independent_epsilon(events: list[LoggedDpEvent], delta: float) -> float:
     """Epsilon of Poisson-subsampled Gaussian events, composed by dp-accounting's RDP."""
     import dp_accounting
 
@@ -36,11 +37,13 @@ def independent_epsilon(events: list[list[float]], delta: float) -> float:
     if not events:
         return 0.0
     accountant = dp_accounting.rdp.RdpAccountant()
-    for sigma, q, steps in events:
+    for event in events:
         accountant.compose(
             dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
-                int(steps),
+                dp_accounting.PoissonSampledDpEvent(
+                    event.sample_rate, dp_accounting.GaussianDpEvent(event.noise_multiplier)
+                ),
+                int(event.steps),
             )
         )
     return float(accountant.get_epsilon(delta))
@@ -80,14 +83,14 @@ def _owner_audits(log: Verification) -> list[OwnerAudit]:
     budget_changes: list[str] = []
     for entry in log.entries:
         data = entry["data"]
-        if entry["type"] == "budget-changed":
+        if entry["type"] == Event.BUDGET_CHANGED:
             budget_changes.append(
                 f"{entry['ts']}: budget {data.get('old-budget')} -> {data.get('new-budget')}"
             )
             for audit in by_fingerprint.values():
                 audit.budget_changes = list(budget_changes)
             continue
-        if entry["type"] in ("round-refused", "evaluate-refused"):
+        if entry["type"] in (Event.ROUND_REFUSED, Event.EVALUATE_REFUSED):
             for audit in by_fingerprint.values():
                 audit.refusals.append(f"round {data.get('server-round')}: {data.get('reason')}")
             if not by_fingerprint:
@@ -97,15 +100,17 @@ def _owner_audits(log: Verification) -> list[OwnerAudit]:
                     f"round {data.get('server-round')}: {data.get('reason')}"
                 )
             continue
-        if entry["type"] != "dp-charged":
+        if entry["type"] != Event.DP_CHARGED:
             continue
         fingerprint = data.get("ledger-id") or data["data-fingerprint"]
         audit = by_fingerprint.setdefault(
             fingerprint, OwnerAudit(entry["actor"], fingerprint, str(log.path))
         )
         audit.budget_changes = list(budget_changes)
-        events = data["ledger-events"]
-        new_event = [data["noise-multiplier"], data["sample-rate"], data["steps"]]
+        events = [LoggedDpEvent.from_entry(e) for e in data["ledger-events"]]
+        new_event = LoggedDpEvent.from_entry(
+            [data["noise-multiplier"], data["sample-rate"], data["steps"]]
+        )
         expected = previous_events.get(fingerprint)
         if expected is not None and events[:-1] != expected:
             audit.problems.append(
@@ -149,7 +154,7 @@ def _count(logs: list[Verification], entry_type: str) -> int:
 
 
 def _is_server_log(log: Verification) -> bool:
-    return any(e["type"] == "run-start" for e in log.entries)
+    return any(e["type"] == Event.RUN_START for e in log.entries)
 
 
 def _requirements(
@@ -160,7 +165,7 @@ def _requirements(
         e["data"].get("transport", "")
         for s in servers
         for e in s.entries
-        if e["type"] == "run-start"
+        if e["type"] == Event.RUN_START
     ]
     joined = "; ".join(sorted(set(transports))) or "no server log given"
     if transports and all("simulation" in t for t in transports):
@@ -181,7 +186,12 @@ def _requirements(
     )
 
     node_ids = sorted(
-        {e["data"]["node-id"] for s in servers for e in s.entries if e["type"] == "update-received"}
+        {
+            e["data"]["node-id"]
+            for s in servers
+            for e in s.entries
+            if e["type"] == Event.UPDATE_RECEIVED
+        }
     )
     if transports and all("simulation" in t for t in transports):
         auth_status = "n/a"
@@ -195,7 +205,7 @@ def _requirements(
             "HIPAA 164.312(a)(1), (d); ISO A.5.15",
             auth_status,
             f"{len(node_ids)} node ids sent updates; transport: {joined}; "
-            f"foreign apps refused at owners: {_count(logs, 'foreign-app-refused')}",
+            f"foreign apps refused at owners: {_count(logs, Event.FOREIGN_APP_REFUSED)}",
         )
     )
 
@@ -204,7 +214,7 @@ def _requirements(
         e
         for log in logs
         for e in log.entries
-        if e["type"] in ("update-released", "update-received")
+        if e["type"] in (Event.UPDATE_RELEASED, Event.UPDATE_RECEIVED)
     ]
     extra = sorted({k for e in released for k in e["data"]["metrics"] if k not in allowed})
     rows.append(
@@ -219,7 +229,7 @@ def _requirements(
 
     bad = [p for o in owners for p in o.problems]
     refusals = sum(len(o.refusals) for o in owners)
-    non_private = _count(logs, "non-private-round")
+    non_private = _count(logs, Event.NON_PRIVATE_ROUND)
     rows.append(
         Requirement(
             "Privacy of individual records (DP)",
@@ -247,17 +257,17 @@ def _requirements(
         )
     )
 
-    ends = [e for s in servers for e in s.entries if e["type"] == "run-end"]
-    starts = [e for s in servers for e in s.entries if e["type"] == "run-start"]
+    ends = [e for s in servers for e in s.entries if e["type"] == Event.RUN_END]
+    starts = [e for s in servers for e in s.entries if e["type"] == Event.RUN_START]
     planned = sum(int(e["data"]["config"]["num-rounds"]) for e in starts)
     completed = sum(int(e["data"]["final"]["rounds_completed"]) for e in ends)
     dropped = sum(
         len(e["data"]["node-ids"])
         for s in servers
         for e in s.entries
-        if e["type"] == "clients-dropped"
+        if e["type"] == Event.CLIENTS_DROPPED
     )
-    rejected = sum(1 for s in servers for e in s.entries if e["type"] == "update-rejected")
+    rejected = sum(1 for s in servers for e in s.entries if e["type"] == Event.UPDATE_REJECTED)
     rows.append(
         Requirement(
             "Availability / resilience",
@@ -283,7 +293,7 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
     matched, missing = 0, []
     for server in servers:
         for entry in server.entries:
-            if entry["type"] != "update-received" or entry["data"]["owner"] not in actors:
+            if entry["type"] != Event.UPDATE_RECEIVED or entry["data"]["owner"] not in actors:
                 continue
             head = entry["data"].get("owner-audit-head")
             found = client_hashes.get(head)
@@ -300,7 +310,7 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
             for entry in log.entries:
                 head = (
                     entry["data"].get("plan", {}).get(wire.SERVER_AUDIT_HEAD)
-                    if entry["type"] == "round-start"
+                    if entry["type"] == Event.ROUND_START
                     else None
                 )
                 if head is None:

@@ -33,7 +33,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedshield.client.train import TrainSettings, clipping_for, train_locally
+from fedshield.client.train import TrainSettings, train_locally
 from fedshield.common.data import load_dataset, take
 from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
 
@@ -54,7 +54,7 @@ def clipped_sum_opacus(spec, num_classes, inputs, labels, device) -> dict[str, t
         data_loader=loader,
         noise_multiplier=0.0,
         poisson_sampling=False,
-        **clipping_for(model, CLIP),
+        **spec.clipping(model, CLIP),
     )
     *xs, y = next(iter(loader))
     loss = nn.functional.cross_entropy(model(*[x.to(device) for x in xs]), y.to(device))
@@ -71,14 +71,14 @@ def clipped_sum_reference(spec, num_classes, inputs, labels) -> dict[str, torch.
     """The same sum without Opacus: per-record autograd on CPU, clip, add up.
 
     Flat clipping scales a record's whole gradient to at most the norm; per-layer
-    clipping scales each tensor to at most its own norm (``clipping_for``).
+    clipping scales each tensor to at most its own norm (``ModelSpec.clipping``).
     """
     torch.manual_seed(0)
     model = spec.build(num_classes)
     _randomise_head(model)
     tensors = as_tensors(inputs)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    clipping = clipping_for(model, CLIP)
+    clipping = spec.clipping(model, CLIP)
     per_tensor = (
         dict(zip(params, clipping["max_grad_norm"], strict=True))
         if clipping["clipping"] == "per_layer"
@@ -122,6 +122,7 @@ def throughput(spec, num_classes, inputs, labels, device, dp: bool, batch: int) 
         max_grad_norm=CLIP,
         dp=dp,
         physical_batch_size=spec.default_physical_batch_size() or batch,
+        model_spec=spec,
     )
     model = spec.build(num_classes)
     train_locally(model, inputs, labels, settings, device)  # warm-up (kernels, caches)
@@ -138,6 +139,7 @@ def mixed_round_ok(spec, num_classes, inputs, labels, device) -> bool:
         batch_size=0,
         noise_multiplier=1.0,
         physical_batch_size=spec.default_physical_batch_size(),
+        model_spec=spec,
     )
     updates = []
     for where in (device, torch.device("cpu")):

@@ -36,6 +36,7 @@ from fedshield.client.releases import ReleasedUpdates
 from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
+from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.data import check_batch_fits
@@ -114,7 +115,7 @@ def record_budget_change(owner: Owner, audit: AuditLog) -> None:
     change = owner.ledger.record_budget(owner.epsilon_budget)
     if change is not None:
         audit.append(
-            "budget-changed",
+            Event.BUDGET_CHANGED,
             **{
                 "old-budget": change.old,
                 "new-budget": change.new,
@@ -149,7 +150,7 @@ def charge_and_audit(
     state = owner.ledger.state()  # one read: this charge is last
     history = [e.event for e in state.entries]
     audit.append(
-        "dp-charged",
+        Event.DP_CHARGED,
         **{
             "server-round": server_round,
             "kind": kind,
@@ -164,7 +165,10 @@ def charge_and_audit(
             "epsilon-after": epsilon,
             "epsilon-budget": owner.epsilon_budget,
             "budget-remaining": owner.epsilon_budget - epsilon,
-            "ledger-events": [[e.noise_multiplier, e.sample_rate, e.steps] for e in history],
+            "ledger-events": [
+                LoggedDpEvent(e.noise_multiplier, e.sample_rate, e.steps).as_entry()
+                for e in history
+            ],
         },
     )
     return epsilon
@@ -181,7 +185,7 @@ def train_round(
 ) -> Message:
     """One round at one owner: data -> features -> pre-flight -> DP-SGD -> charge -> reply."""
     audit.append(
-        "round-start",
+        Event.ROUND_START,
         **{
             "run-id": context.run_id,
             "node-id": context.node_id,
@@ -200,7 +204,7 @@ def train_round(
     if already is not None:
         arrays, metrics = already
         audit.append(
-            "update-re-released",
+            Event.UPDATE_RE_RELEASED,
             **{
                 "server-round": server_round,
                 "update-sha256": wire.arrays_digest(arrays)[0],
@@ -236,7 +240,7 @@ def train_round(
         )
     else:
         audit.append(
-            "non-private-round",
+            Event.NON_PRIVATE_ROUND,
             **{
                 "server-round": server_round,
                 "warning": "NON-PRIVATE: the plan asked for dp=false and the owner opted in "
@@ -271,7 +275,7 @@ def _reply(
     """Log the release, then build the reply (arrays, aggregate metrics, owner record)."""
     digest, size = wire.arrays_digest(arrays)
     released = audit.append(
-        "update-released",
+        Event.UPDATE_RELEASED,
         **{
             "server-round": server_round,
             "update-sha256": digest,
@@ -331,7 +335,7 @@ def evaluate_round(
         }
     )
     released = audit.append(
-        "evaluate-released",
+        Event.EVALUATE_RELEASED,
         **{"server-round": server_round, "metrics": dict(metrics)},
     )
     owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
@@ -366,7 +370,7 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         audit = _refusal_audit(node_config, local)
         if audit is not None:
             audit.append(
-                f"{kind}-refused" if kind == "evaluate" else "round-refused",
+                Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
                 **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)},
             )
             audit.checkpoint("message-end")
@@ -375,7 +379,7 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
     try:
         return handler(msg, context, plan, classes, server_round, owner, audit)
     except FedshieldError as exc:
-        refused = "evaluate-refused" if kind == "evaluate" else "round-refused"
+        refused = Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED
         audit.append(
             refused, **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)}
         )
@@ -384,7 +388,8 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         # Fail closed and say nothing: an exception's text may hold values from the data.
         log.exception("%s: %s request failed", owner.owner_id, kind)
         audit.append(
-            "round-error", **{"server-round": server_round, "error": f"{type(exc).__name__}: {exc}"}
+            Event.ROUND_ERROR,
+            **{"server-round": server_round, "error": f"{type(exc).__name__}: {exc}"},
         )
         return _refusal(msg, owner.owner_id, exc)
     finally:

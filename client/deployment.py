@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedshield.client.ledger import PrivacyLedger
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import OwnerConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
@@ -203,11 +204,11 @@ def record_node_start(settings: SuperNodeSettings, readiness: Readiness, config:
     audit = AuditLog(Path(config["audit-dir"]) / "audit.jsonl", actor=config["owner-id"])
     if settings.insecure:
         audit.append(
-            "insecure-mode-warning",
+            Event.INSECURE_MODE_WARNING,
             warning="no TLS and no node authentication: traffic is readable and forgeable",
         )
     audit.append(
-        "node-start",
+        Event.NODE_START,
         **{
             "superlink": settings.superlink,
             "node-key-fingerprint": readiness.node_key_fingerprint,

@@ -54,6 +54,7 @@ from hashlib import sha256
 from io import BytesIO
 from pathlib import Path
 
+from fedshield.common.audit_events import Event
 from fedshield.common.errors import FedshieldError
 
 log = logging.getLogger("fedshield.client")
@@ -156,7 +157,8 @@ def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> 
         actor=owner_settings.get("owner-id") or "owner",
     )
     audit.append(
-        "foreign-app-refused", **{"run-id": run_id, **refusal.identity, "reason": refusal.reason}
+        Event.FOREIGN_APP_REFUSED,
+        **{"run-id": run_id, **refusal.identity, "reason": refusal.reason},
     )
     audit.checkpoint("foreign-app-refused")
 

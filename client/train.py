@@ -54,6 +54,8 @@ class TrainSettings:
     dp: bool = True
     physical_batch_size: int = 0  # 0: the whole logical batch in one pass
     encoder_learning_rate: float = 0.0  # pretrained layers (minilm fine-tuning) only
+    # The spec that built the model declares its parameter groups and clipping mode.
+    model_spec: ModelSpec = ModelSpec()
 
     @classmethod
     def from_plan(cls, plan: RunConfig) -> TrainSettings:
@@ -69,6 +71,7 @@ class TrainSettings:
             physical_batch_size=plan.physical_batch_size
             or ModelSpec.from_config(plan).default_physical_batch_size(),
             encoder_learning_rate=plan.encoder_learning_rate,
+            model_spec=ModelSpec.from_config(plan),
         )
 
 
@@ -101,18 +104,6 @@ def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
         sample_rate=1.0 / steps_per_epoch,
         steps=steps_per_epoch * settings.local_epochs,
     )
-
-
-def clipping_for(model: nn.Module, max_grad_norm: float) -> dict:
-    """Opacus's clipping arguments for ``model``: one flat norm, or per tensor.
-
-    A pretrained encoder top clips its head and its layers apart
-    (``MiniLMTop.max_grad_norms``); the norms' L2 total is ``max_grad_norm`` either way,
-    so the noise (``noise_multiplier`` times that total) and the epsilon are unchanged.
-    """
-    if hasattr(model, "max_grad_norms"):
-        return {"max_grad_norm": model.max_grad_norms(max_grad_norm), "clipping": "per_layer"}
-    return {"max_grad_norm": max_grad_norm, "clipping": "flat"}
 
 
 class PoissonBatchSampler(Sampler[list[int]]):
@@ -166,7 +157,7 @@ class SecureDPOptimizer(_SecureNoise, DPOptimizer):
 
 
 class SecurePerLayerDPOptimizer(_SecureNoise, DPPerLayerOptimizer):
-    """Per-tensor clipping (``clipping_for`` of an encoder top), secure noise."""
+    """Per-tensor clipping (``ModelSpec.clipping`` of an encoder top), secure noise."""
 
 
 _DP_OPTIMIZER_FOR = {"flat": SecureDPOptimizer, "per_layer": SecurePerLayerDPOptimizer}
@@ -217,7 +208,7 @@ def _make_private(
     ModuleValidator.validate(model, strict=True)
     module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     module.forbid_grad_accumulation()
-    clipping = clipping_for(model, settings.max_grad_norm)
+    clipping = settings.model_spec.clipping(model, settings.max_grad_norm)
     dp_optimizer = _DP_OPTIMIZER_FOR[clipping["clipping"]](
         optimizer,
         noise_multiplier=settings.noise_multiplier,
@@ -248,10 +239,8 @@ def train_locally(
     dataset = TensorDataset(*as_tensors(inputs), torch.from_numpy(labels).long())
     model.to(device)
     model.train()
-    groups = (
-        model.param_groups(settings.learning_rate, settings.encoder_learning_rate)
-        if hasattr(model, "param_groups")  # a pretrained encoder top (common/minilm.py)
-        else model.parameters()
+    groups = settings.model_spec.param_groups(
+        model, settings.learning_rate, settings.encoder_learning_rate
     )
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
     accountant = None

@@ -35,12 +35,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedshield.common.audit_events import Event
 from fedshield.common.errors import FedshieldError
 
 GENESIS = "0" * 64
 LOG_FORMAT = "fedshield-audit/1"
-CHECKPOINT = "checkpoint"
-LOG_START = "log-start"
+CHECKPOINT = Event.CHECKPOINT
+LOG_START = Event.LOG_START
 TAIL_WINDOW_BYTES = 256 * 1024
 
 

@@ -184,12 +184,8 @@ class MiniLMTop(nn.Module):
         encoder = [p for p in self.layers.parameters() if p.requires_grad]
         per_head = max_grad_norm / math.sqrt(2 * len(head))
         per_encoder = max_grad_norm / math.sqrt(2 * len(encoder))
-        head_ids = {id(p) for p in head}
-        return [
-            per_head if id(p) in head_ids else per_encoder
-            for p in self.parameters()
-            if p.requires_grad
-        ]
+        # The optimizer pairs norms with parameters in param_groups' order: layers, head.
+        return [per_encoder] * len(encoder) + [per_head] * len(head)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = _run_layers(self.layers, hidden.float(), mask)

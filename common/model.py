@@ -95,6 +95,29 @@ class ModelSpec:
             return build_model(minilm.HIDDEN, num_classes)
         return minilm.MiniLMTop(self.finetune_layers, num_classes)
 
+    def param_groups(
+        self, model: nn.Module, learning_rate: float, encoder_learning_rate: float
+    ) -> list[dict]:
+        """The optimizer's parameter groups for a model this spec built.
+
+        A fine-tuned encoder top learns at two rates (``MiniLMTop.param_groups``); every
+        other model is one group at ``learning_rate``.
+        """
+        if self.fine_tunes_encoder:
+            return model.param_groups(learning_rate, encoder_learning_rate)
+        return [{"params": list(model.parameters()), "lr": learning_rate}]
+
+    def clipping(self, model: nn.Module, max_grad_norm: float) -> dict:
+        """Opacus's clipping arguments for a model this spec built: flat, or per tensor.
+
+        A fine-tuned encoder top clips its head and its layers apart
+        (``MiniLMTop.max_grad_norms``, in the order of ``param_groups``); the norms' L2
+        total is ``max_grad_norm`` either way, so the noise and the epsilon are unchanged.
+        """
+        if self.fine_tunes_encoder:
+            return {"max_grad_norm": model.max_grad_norms(max_grad_norm), "clipping": "per_layer"}
+        return {"max_grad_norm": max_grad_norm, "clipping": "flat"}
+
     def describe(self) -> dict:
         """Public facts that pin the model down, for audit logs and model.json."""
         if self.name == "hashed":

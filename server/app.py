@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedshield.common import wire
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import FedshieldError
@@ -63,7 +64,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     test_inputs = spec.encode(test.texts, device)
     model = spec.build(len(classes))
     audit.append(
-        "run-start",
+        Event.RUN_START,
         **{
             "config": config.as_dict(),
             "classes": list(classes),
@@ -102,7 +103,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         run_key = checkpoint.run_key
         checkpoint.restore_random_state()
         audit.append(
-            "run-resumed",
+            Event.RUN_RESUMED,
             **{
                 "from-round": checkpoint.server_round,
                 "model-sha256": wire.arrays_digest(initial_arrays)[0],
@@ -132,7 +133,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         history.append(entry)
         outputs.record_round(entry)
         audit.append(
-            "round-evaluated",
+            Event.ROUND_EVALUATED,
             **{
                 "server-round": server_round,
                 "accuracy": accuracy,
@@ -182,7 +183,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     }
     outputs.record_final(final, config.as_dict())
     audit.append(
-        "run-end",
+        Event.RUN_END,
         **{
             "final": final,
             "model-sha256": json.loads((outputs.out_dir / "model.json").read_text())[

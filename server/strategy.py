@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg
 
 from fedshield.common import wire
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.server.validate import UpdateRejected, validate_update
 
@@ -58,14 +59,14 @@ class ValidatingStrategy:
         # The owners log this hash with the plan: cutting or rewriting the server's log
         # later then shows against the owners' logs, as theirs do against this one.
         configured = self.audit.append(
-            "round-configured",
+            Event.ROUND_CONFIGURED,
             **{"server-round": server_round, "global-sha256": wire.arrays_digest(arrays)[0]},
         )
         config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.audit.append(
-            "round-sampled", **{"server-round": server_round, "node-ids": self._sampled}
+            Event.ROUND_SAMPLED, **{"server-round": server_round, "node-ids": self._sampled}
         )
         return messages
 
@@ -84,7 +85,7 @@ class ValidatingStrategy:
                 record.refusals.append(reason)
                 log.warning("round %d: %s", server_round, reason)
                 self.audit.append(
-                    "client-refused",
+                    Event.CLIENT_REFUSED,
                     **{
                         "server-round": server_round,
                         "node-id": node_id,
@@ -100,7 +101,7 @@ class ValidatingStrategy:
                 record.rejected.append(f"{owner}: {exc}")
                 log.warning("round %d: rejected update from %s: %s", server_round, owner, exc)
                 self.audit.append(
-                    "update-rejected",
+                    Event.UPDATE_REJECTED,
                     **{
                         "server-round": server_round,
                         "node-id": node_id,
@@ -111,7 +112,7 @@ class ValidatingStrategy:
                 continue
             digest, size = wire.arrays_digest(reply.content[wire.ARRAYS])
             self.audit.append(
-                "update-received",
+                Event.UPDATE_RECEIVED,
                 **{
                     "server-round": server_round,
                     "node-id": node_id,
@@ -130,16 +131,16 @@ class ValidatingStrategy:
         record.dropped = [n for n in self._sampled if n not in replied]
         if record.dropped:
             self.audit.append(
-                "clients-dropped", **{"server-round": server_round, "node-ids": record.dropped}
+                Event.CLIENTS_DROPPED, **{"server-round": server_round, "node-ids": record.dropped}
             )
         if not accepted:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
-            self.audit.append("round-not-aggregated", **{"server-round": server_round})
+            self.audit.append(Event.ROUND_NOT_AGGREGATED, **{"server-round": server_round})
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
         if arrays is not None:
             self.audit.append(
-                "aggregated",
+                Event.AGGREGATED,
                 **{
                     "server-round": server_round,
                     "participants": record.participants,

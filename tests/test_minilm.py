@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedshield.common import minilm
+from fedshield.common.audit_events import LoggedDpEvent
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError
 from fedshield.common.model import ModelSpec
@@ -84,7 +85,10 @@ def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_o
         ]
         assert len(charges) == 8, log
         last = charges[-1]
-        events = [DpEvent(sigma, q, steps) for sigma, q, steps in last["ledger-events"]]
+        events = [
+            DpEvent(e.noise_multiplier, e.sample_rate, e.steps)
+            for e in map(LoggedDpEvent.from_entry, last["ledger-events"])
+        ]
         assert last["epsilon-after"] == pytest.approx(
             independent_epsilon(events, last["delta"]), rel=0.02
         )
@@ -125,15 +129,20 @@ def test_the_encoding_of_a_text_does_not_depend_on_its_batch():
 
 
 def test_per_layer_clipping_keeps_the_total_norm_so_the_noise_and_epsilon_are_unchanged():
-    from fedshield.client.train import clipping_for
-
-    model = ModelSpec(name="minilm", finetune_layers=2).build(2)
-    clipping = clipping_for(model, 1.5)
+    spec = ModelSpec(name="minilm", finetune_layers=2)
+    model = spec.build(2)
+    clipping = spec.clipping(model, 1.5)
     norms = torch.tensor(clipping["max_grad_norm"])
     assert clipping["clipping"] == "per_layer"
     assert len(norms) == sum(1 for p in model.parameters() if p.requires_grad)
     assert float(torch.linalg.norm(norms)) == pytest.approx(1.5)
-    assert clipping_for(ModelSpec().build(2), 1.5) == {"max_grad_norm": 1.5, "clipping": "flat"}
+    groups = spec.param_groups(model, 1.0, 0.5)
+    assert [len(g["params"]) for g in groups] == [len(norms) - 2, 2]  # layers, then head
+    assert norms[-1] > norms[0]  # the head's two tensors get the larger per-tensor share
+    assert ModelSpec().clipping(ModelSpec().build(2), 1.5) == {
+        "max_grad_norm": 1.5,
+        "clipping": "flat",
+    }
 
 
 def test_simulated_clients_get_a_gpu_share_only_when_a_gpu_exists(monkeypatch):

@@ -193,6 +193,7 @@ def test_an_empty_poisson_batch_is_a_step_of_noise_on_a_zero_sum(monkeypatch, ph
         noise_multiplier=noise_multiplier,
         max_grad_norm=clip,
         physical_batch_size=physical,
+        model_spec=spec,
     )
     model = spec.build(2)
     before = model.head.weight.detach().clone()

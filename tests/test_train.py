@@ -107,6 +107,7 @@ def test_physical_passes_train_exactly_like_one_pass():
                 learning_rate=1.0,
                 physical_batch_size=physical,
                 encoder_learning_rate=0.5,
+                model_spec=spec,
             )
             train_locally(model, (hidden, mask), y, settings, CPU)
             states.append(getattr(model, "_module", model).state_dict())

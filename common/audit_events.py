@@ -1,0 +1,74 @@
+"""The audit log's schema: every entry type, and the DP event record, declared once.
+
+Guarantee: writers (client, server) and the auditor's report name entry types only
+through ``Event``, so a type cannot be written under one spelling and read under
+another. DP events in entries are ``LoggedDpEvent`` records with named fields; entries
+written before this schema (positional ``[sigma, q, steps]``) still read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class Event:
+    """Audit entry types (``type`` of an entry); the data keys are kebab-case."""
+
+    # both sides (common/audit_log.py)
+    LOG_START = "log-start"
+    CHECKPOINT = "checkpoint"
+    # the server
+    RUN_START = "run-start"
+    RUN_RESUMED = "run-resumed"
+    ROUND_CONFIGURED = "round-configured"
+    ROUND_SAMPLED = "round-sampled"
+    CLIENT_REFUSED = "client-refused"
+    UPDATE_REJECTED = "update-rejected"
+    UPDATE_RECEIVED = "update-received"
+    CLIENTS_DROPPED = "clients-dropped"
+    ROUND_NOT_AGGREGATED = "round-not-aggregated"
+    AGGREGATED = "aggregated"
+    ROUND_EVALUATED = "round-evaluated"
+    RUN_END = "run-end"
+    # a data owner
+    NODE_START = "node-start"
+    INSECURE_MODE_WARNING = "insecure-mode-warning"
+    ROUND_START = "round-start"
+    BUDGET_CHANGED = "budget-changed"
+    DP_CHARGED = "dp-charged"
+    NON_PRIVATE_ROUND = "non-private-round"
+    UPDATE_RELEASED = "update-released"
+    UPDATE_RE_RELEASED = "update-re-released"
+    EVALUATE_RELEASED = "evaluate-released"
+    ROUND_REFUSED = "round-refused"
+    EVALUATE_REFUSED = "evaluate-refused"
+    ROUND_ERROR = "round-error"
+    FOREIGN_APP_REFUSED = "foreign-app-refused"
+
+
+@dataclass(frozen=True)
+class LoggedDpEvent:
+    """``steps`` steps of the Poisson-subsampled Gaussian mechanism at ``sample_rate``
+    with ``noise_multiplier``, as an audit entry carries it (the auditor recomputes
+    epsilon from these alone)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def as_entry(self) -> dict[str, Any]:
+        return {
+            "noise-multiplier": self.noise_multiplier,
+            "sample-rate": self.sample_rate,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_entry(cls, value: dict | list | tuple) -> LoggedDpEvent:
+        if isinstance(value, dict):
+            return cls(
+                float(value["noise-multiplier"]), float(value["sample-rate"]), int(value["steps"])
+            )
+        sigma, q, steps = value  # entries written before the named form
+        return cls(float(sigma), float(q), int(steps))
