@@ -27,6 +27,7 @@ from flwr.clientapp import ClientApp
 from fedshield.client.ledger import KIND_EVALUATE, KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
+    owner_allows_evaluate,
     owner_audit_dir,
     owner_inputs,
     owner_label,
@@ -219,16 +220,17 @@ def train_round(
             "(allow-no-dp)"
         )
     check_batch_fits(owner.dataset, plan.batch_size)
-    spec = ModelSpec.from_config(plan)
-    inputs = owner_inputs(owner, spec)
     settings = training_settings(plan, owner)
     planned = planned_dp_event(len(owner.dataset), settings)
     record_budget_change(owner, audit)
     if plan.dp:
-        # Refuse before training: nothing is computed on the data past the budget.
+        # Refuse before touching the text: the pre-flight needs only N and the plan, so a
+        # refused round costs the same time and memory whatever the records hold.
         owner.ledger.check_budget(
             planned, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
         )
+    spec = ModelSpec.from_config(plan)
+    inputs = owner_inputs(owner, spec)
     model = _load_global_model(msg, spec, len(classes))
     outcome = train_locally(model, inputs, owner.dataset.labels, settings, owner.device)
     epsilon = 0.0
@@ -308,13 +310,13 @@ def evaluate_round(
     server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
     if not owner.allow_evaluate:
         raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
-    spec = ModelSpec.from_config(plan)
-    inputs = owner_inputs(owner, spec)
     event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
     record_budget_change(owner, audit)
     owner.ledger.check_budget(
         event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
     )
+    spec = ModelSpec.from_config(plan)
+    inputs = owner_inputs(owner, spec)
     model = _load_global_model(msg, spec, len(classes))
     mean_loss, accuracy = evaluate_model(
         model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
@@ -365,6 +367,10 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
         local = _local_run_config(context, overrides)
         plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])
+        if kind == "evaluate" and not owner_allows_evaluate(node_config, local):
+            # Decided on the owner's settings alone, before its data is read: the answer
+            # to a refused request cannot depend on the records.
+            raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
         owner = resolve_owner(node_config, local, classes)
     except Exception as exc:
         audit = _refusal_audit(node_config, local)

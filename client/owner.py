@@ -60,6 +60,13 @@ def owner_label(node_config: dict) -> str:
     return str(node_config.get("owner-id") or "owner")
 
 
+def owner_allows_evaluate(node_config: dict, run_config: RunConfig) -> bool:
+    """The owner's consent to evaluate requests, read from its settings alone."""
+    if PARTITION_ID in node_config and "data-path" not in node_config:
+        return run_config.fraction_evaluate > 0
+    return OwnerConfig.from_dict(dict(node_config)).allow_evaluate
+
+
 def check_plan_classes(config: OwnerConfig, classes: tuple[str, ...] | None) -> None:
     """An owner that declared its classes accepts only that class list (decided on config,
     not on data, so the answer tells the server nothing about the records)."""

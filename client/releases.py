@@ -10,6 +10,7 @@ before the update leaves; only the two latest rounds of each run are kept.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -22,8 +23,14 @@ class ReleasedUpdates:
     def __init__(self, ledger_dir: Path, fingerprint: str) -> None:
         self.directory = Path(ledger_dir).expanduser() / f"{fingerprint}.releases"
 
+    @staticmethod
+    def _run_name(run_key: str) -> str:
+        # The run key comes from the server: hashed, it can name no path outside this
+        # folder and match no other run's files.
+        return hashlib.sha256(run_key.encode("utf-8")).hexdigest()[:32]
+
     def _path(self, run_key: str, server_round: int) -> Path:
-        return self.directory / f"{run_key}-{server_round:06d}.pt"
+        return self.directory / f"{self._run_name(run_key)}-{server_round:06d}.pt"
 
     def find(
         self, run_key: str, server_round: int, global_sha256: str
@@ -54,5 +61,5 @@ class ReleasedUpdates:
             "metrics": dict(metrics),
         }
         write_atomic(path, lambda handle: torch.save(saved, handle))
-        for old in sorted(self.directory.glob(f"{run_key}-*.pt"))[:-2]:
+        for old in sorted(self.directory.glob(f"{self._run_name(run_key)}-*.pt"))[:-2]:
             old.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ deployed SuperNode, never taken from the server).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
@@ -164,6 +165,40 @@ class RunConfig(_KebabConfig):
         )
         _require(self.max_records >= 0, "max-records", self.max_records, "must be >= 0 (0 = all)")
         _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        # Bounds an owner applies to any plan: outside them a hostile plan could hang the
+        # owner (a target epsilon the noise search never reaches), make featurising cost
+        # grow with a record's length before the budget check (huge n-grams), or push the
+        # clipping norm into float32's subnormal range, where rounding breaks the noise.
+        _require(
+            0 <= self.target_epsilon <= 100,
+            "target-epsilon",
+            self.target_epsilon,
+            "must be in [0, 100] (0: use noise-multiplier)",
+        )
+        _require(
+            self.noise_multiplier == 0 or 1e-3 <= self.noise_multiplier <= 1e6,
+            "noise-multiplier",
+            self.noise_multiplier,
+            "must be 0 (derive it from target-epsilon) or in [0.001, 1e6]",
+        )
+        _require(
+            1e-3 <= self.max_grad_norm <= 1e4,
+            "max-grad-norm",
+            self.max_grad_norm,
+            "must be in [0.001, 10000]",
+        )
+        _require(
+            re.fullmatch(r"[A-Za-z0-9_-]{0,64}", self.run_key) is not None,
+            "run-key",
+            self.run_key,
+            "must be up to 64 letters, digits, '-' or '_'",
+        )
+        _require(
+            1 <= self.local_epochs <= 1000,
+            "local-epochs",
+            self.local_epochs,
+            "must be in [1, 1000]",
+        )
         if self.dp:
             _require(
                 self.target_epsilon > 0 or self.noise_multiplier > 0,
@@ -184,7 +219,6 @@ class RunConfig(_KebabConfig):
             self.batch_size,
             "must be >= 1, or 0 for full local batches",
         )
-        _require(self.local_epochs >= 1, "local-epochs", self.local_epochs, "must be >= 1")
         _require(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
         _require(
@@ -210,9 +244,30 @@ class RunConfig(_KebabConfig):
             "must be in [0, 1]",
         )
         _require(self.round_timeout_s > 0, "round-timeout-s", self.round_timeout_s, "must be > 0")
-        _require(self.feat_out_dim >= 1, "feat-out-dim", self.feat_out_dim, "must be >= 1")
-        _require(self.feat_n_buckets >= 1, "feat-n-buckets", self.feat_n_buckets, "must be >= 1")
-        _require(self.feat_ngram_max >= 1, "feat-ngram-max", self.feat_ngram_max, "must be >= 1")
+        _require(
+            1 <= self.feat_out_dim <= 16384,
+            "feat-out-dim",
+            self.feat_out_dim,
+            "must be in [1, 16384]",
+        )
+        _require(
+            1 <= self.feat_n_buckets <= 2**22,
+            "feat-n-buckets",
+            self.feat_n_buckets,
+            "must be in [1, 2^22]",
+        )
+        _require(
+            1 <= self.feat_ngram_max <= 3,
+            "feat-ngram-max",
+            self.feat_ngram_max,
+            "must be 1, 2 or 3",
+        )
+        _require(
+            1 <= self.feat_entries_per_bucket <= 64,
+            "feat-entries-per-bucket",
+            self.feat_entries_per_bucket,
+            "must be in [1, 64]",
+        )
         validate_device(self.device, "device")
         _require(
             self.model in ("hashed", "minilm"),

@@ -273,3 +273,54 @@ def test_a_record_with_a_non_finite_gradient_cannot_mark_the_update():
     outcome = train_locally(model, (inputs,), labels, settings, torch.device("cpu"))
     assert outcome.dp_event is not None
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"feat-ngram-max": 700},  # featurising cost grows with a record's length
+        {"max-grad-norm": 0.75e-45},  # subnormal clipping: float32 rounding eats the noise
+        {"run-key": "../../models/*"},  # a path and a glob in the owner's folders
+        {"target-epsilon": 1e15},  # the noise search would never end
+        {"noise-multiplier": 1e-200},
+    ],
+)
+def test_hostile_plan_values_are_refused_before_the_data_is_touched(
+    hostile, owner_csv, tmp_path, monkeypatch
+):
+    from fedshield.client import app as client_module
+
+    touched = []
+    monkeypatch.setattr(client_module, "owner_inputs", lambda *a: touched.append(a))
+    message = train_message()
+    for key, value in hostile.items():
+        message.content[wire.CONFIG][key] = value
+    reply = run_train(owner_context(owner_csv, tmp_path / "ledgers"), message)
+    assert reply.has_error() and reply.error.code == wire.ERROR_BAD_DATA_OR_CONFIG
+    assert touched == [] and PrivacyLedger(tmp_path / "ledgers").entries() == []
+
+
+def test_a_round_refused_for_budget_never_featurises_the_text(owner_csv, tmp_path, monkeypatch):
+    """Refusal time and memory must not depend on the records (lengths, contents)."""
+    from fedshield.client import app as client_module
+
+    touched = []
+    monkeypatch.setattr(client_module, "owner_inputs", lambda *a: touched.append(a))
+    reply = run_train(owner_context(owner_csv, tmp_path / "ledgers", budget=0.01))
+    assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
+    assert touched == []
+
+
+def test_evaluate_consent_is_decided_before_the_data_is_read(tmp_path):
+    context = owner_context(tmp_path / "missing.csv", tmp_path / "ledgers")
+    reply = client_app()(evaluate_message(), context)
+    # Policy (1004), not "bad data" (1003): the answer cannot depend on the data file.
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+
+
+def test_released_updates_are_named_by_a_hash_of_the_run_key(tmp_path):
+    from fedshield.client.releases import ReleasedUpdates
+
+    releases = ReleasedUpdates(tmp_path / "ledgers", "f" * 64)
+    path = releases._path("run-1", 3)
+    assert path.parent == releases.directory and "run-1" not in path.name
