@@ -92,11 +92,8 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     run_key = config.run_key or uuid.uuid4().hex
     if config.resume:
         checkpoint = ServerCheckpoint.load(outputs.out_dir)
-        strategy.round_offset = checkpoint.server_round
+        strategy.resume(checkpoint.server_round, checkpoint.momentum)
         initial_arrays = checkpoint.arrays
-        if checkpoint.momentum is not None and hasattr(strategy, "momentum_vector"):
-            strategy.momentum_vector = checkpoint.momentum
-            strategy.current_arrays = checkpoint.arrays
         epsilon_so_far.update(checkpoint.epsilon_so_far)
         history.extend(checkpoint.history)
         outputs.metrics["rounds"] = list(checkpoint.history)
@@ -145,7 +142,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         ServerCheckpoint(
             server_round=server_round,
             arrays=arrays,
-            momentum=getattr(strategy, "momentum_vector", None),
+            momentum=strategy.momentum,
             epsilon_so_far=dict(epsilon_so_far),
             history=list(history),
             run_key=run_key,

@@ -1,12 +1,15 @@
-"""The server's aggregation strategies: Flower's own, plus validation and bookkeeping.
+"""The server's aggregation: a Flower strategy, wrapped with validation and bookkeeping.
 
-``fedavg`` is Flower's FedAvgM (with server learning rate 1 and momentum 0 it is plain
-FedAvg weighted by example counts); ``median`` and ``trimmed-mean`` are Flower's robust
-FedMedian and FedTrimmedAvg. The mixin adds what Flower's strategies do not do: it
-validates every update before aggregation (server/validate.py), and it records, per
-round, who took part, each owner's reported epsilon, and every refusal, dropout and
-rejection, for metrics.json and the audit log. Aggregation is post-processing of DP
-updates, so every choice keeps the owners' guarantees.
+``fedavg`` is Flower's FedAvg (weighted by example counts), ``median`` and
+``trimmed-mean`` are Flower's robust FedMedian and FedTrimmedAvg. ``ValidatingStrategy``
+wraps any of them the way Flower's DP wrappers do (it takes the inner strategy in its
+constructor, validates its own arguments there, and delegates): it validates every
+update before the inner strategy aggregates it (server/validate.py); applies the server
+optimizer (learning rate and momentum, as FedAvgM does) to the inner aggregate, keeping
+the momentum as its own state so that a checkpoint can save and restore it; and
+records, per round, who took part, each owner's reported epsilon, and every refusal,
+dropout and rejection, for metrics.json and the audit log. Aggregation is
+post-processing of DP updates, so every choice keeps the owners' guarantees.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
@@ -37,19 +41,44 @@ class RoundRecord:
     dropped: list[int] = field(default_factory=list)
 
 
-class ValidatingStrategy:
-    """Mixin over a Flower Message-API strategy: validate, then aggregate; record rounds."""
+class ValidatingStrategy(Strategy):
+    """Validate, then let ``strategy`` aggregate; server optimizer; record the rounds."""
 
-    def __init__(self, *, audit: AuditLog, max_update_norm: float = 0.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        audit: AuditLog,
+        max_update_norm: float = 0.0,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+    ) -> None:
+        if server_learning_rate <= 0:
+            raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate}")
+        if not 0 <= server_momentum < 1:
+            raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        if max_update_norm < 0:
+            raise ValueError(f"max_update_norm must be >= 0, got {max_update_norm}")
+        self.strategy = strategy
         self.audit = audit
         self.max_update_norm = max_update_norm
+        self.server_learning_rate = server_learning_rate
+        self.server_momentum = server_momentum
+        self.momentum: list[np.ndarray] | None = None
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
         self._sampled: list[int] = []
         # Rounds already done before a resume: Flower's loop counts from 1 again, the
         # owners and the logs must see the true round number.
         self.round_offset = 0
+
+    def resume(self, rounds_done: int, momentum: list[np.ndarray] | None) -> None:
+        """Continue after ``rounds_done`` rounds with the server optimizer's saved state."""
+        self.round_offset = rounds_done
+        self.momentum = momentum
+
+    def summary(self) -> None:
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -63,7 +92,7 @@ class ValidatingStrategy:
             **{"server-round": server_round, "global-sha256": wire.arrays_digest(arrays)[0]},
         )
         config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.audit.append(
             Event.ROUND_SAMPLED, **{"server-round": server_round, "node-ids": self._sampled}
@@ -137,8 +166,9 @@ class ValidatingStrategy:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
             self.audit.append(Event.ROUND_NOT_AGGREGATED, **{"server-round": server_round})
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
         if arrays is not None:
+            arrays = self._server_step(arrays)
             self.audit.append(
                 Event.AGGREGATED,
                 **{
@@ -149,23 +179,44 @@ class ValidatingStrategy:
             )
         return arrays, metrics
 
+    def _server_step(self, aggregated: ArrayRecord) -> ArrayRecord:
+        """SGD with momentum on the pseudo-gradient (global - aggregate), as FedAvgM."""
+        if self.server_learning_rate == 1.0 and self.server_momentum == 0.0:
+            return aggregated
+        old = self._global_arrays.to_numpy_ndarrays()
+        keys = list(aggregated.keys())
+        step = [g - a for a, g in zip(aggregated.to_numpy_ndarrays(), old, strict=True)]
+        if self.server_momentum > 0.0:
+            self.momentum = (
+                step
+                if self.momentum is None
+                else [
+                    self.server_momentum * m + s for m, s in zip(self.momentum, step, strict=True)
+                ]
+            )
+            step = self.momentum
+        updated = [
+            np.asarray(g - self.server_learning_rate * d) for g, d in zip(old, step, strict=True)
+        ]
+        return ArrayRecord({k: Array(v) for k, v in zip(keys, updated, strict=True)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(
+            server_round + self.round_offset, arrays, config, grid
+        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round + self.round_offset, replies)
+
     @staticmethod
     def _owner_field(reply: Message, key: str) -> str | None:
         owner = reply.content.config_records.get(wire.OWNER)
         value = owner.get(key) if owner is not None else None
         return str(value) if value else None
-
-
-class ValidatingFedAvgM(ValidatingStrategy, FedAvgM):
-    """FedAvg / FedAvgM with validation and round records."""
-
-
-class ValidatingFedMedian(ValidatingStrategy, FedMedian):
-    """Coordinate-wise median with validation and round records."""
-
-
-class ValidatingFedTrimmedAvg(ValidatingStrategy, FedTrimmedAvg):
-    """Trimmed mean (``beta`` cut from each end) with validation and round records."""
 
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
@@ -181,14 +232,25 @@ def build_strategy(
     trim_fraction: float,
     **sampling,
 ) -> ValidatingStrategy:
-    """The strategy named by ``aggregation`` (one of AGGREGATIONS)."""
-    common = {"audit": audit, "max_update_norm": max_update_norm, **sampling}
+    """Flower's strategy named by ``aggregation`` (one of AGGREGATIONS), wrapped.
+
+    The server optimizer applies to ``fedavg`` only (FedAvgM); the robust aggregates are
+    taken as they are.
+    """
     if aggregation == "fedavg":
-        return ValidatingFedAvgM(
-            server_learning_rate=server_learning_rate, server_momentum=server_momentum, **common
-        )
-    if aggregation == "median":
-        return ValidatingFedMedian(**common)
-    if aggregation == "trimmed-mean":
-        return ValidatingFedTrimmedAvg(beta=trim_fraction, **common)
-    raise ValueError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
+        inner = FedAvg(**sampling)
+    elif aggregation == "median":
+        inner = FedMedian(**sampling)
+        server_learning_rate, server_momentum = 1.0, 0.0
+    elif aggregation == "trimmed-mean":
+        inner = FedTrimmedAvg(beta=trim_fraction, **sampling)
+        server_learning_rate, server_momentum = 1.0, 0.0
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
+    return ValidatingStrategy(
+        inner,
+        audit=audit,
+        max_update_norm=max_update_norm,
+        server_learning_rate=server_learning_rate,
+        server_momentum=server_momentum,
+    )
