@@ -64,7 +64,8 @@ def audit_report(
     out: Annotated[Path, typer.Option(help="Folder for report.html and report.json.")],
 ) -> None:
     """Privacy budget audit: recompute each owner's epsilon independently, map requirements to evidence."""
-    from fedshield.audit.report import build_report, write_report
+    from fedshield.audit.render import write_report
+    from fedshield.audit.report import build_report
 
     report = build_report(_log_paths(logs))
     html_path, json_path = write_report(report, out)

@@ -15,16 +15,16 @@ owner's console and audit log only.
 from __future__ import annotations
 
 import logging
-import math
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedshield.client.ledger import KIND_EVALUATE, KIND_TRAIN
+from fedshield.client.charge import charge_and_audit, record_budget_change
+from fedshield.client.evaluate import evaluate_round
+from fedshield.client.ledger import KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
     owner_allows_evaluate,
@@ -34,10 +34,9 @@ from fedshield.client.owner import (
     resolve_owner,
 )
 from fedshield.client.releases import ReleasedUpdates
-from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common import wire
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.data import check_batch_fits
@@ -47,14 +46,10 @@ from fedshield.common.errors import (
     PolicyRefusal,
     PrivacyBudgetExceeded,
 )
-from fedshield.common.model import ModelSpec, evaluate_model, unwrapped_state_dict
-from fedshield.common.privacy import DpEvent, epsilon_spent, noise_for_target_epsilon
+from fedshield.common.model import ModelSpec, unwrapped_state_dict
+from fedshield.common.privacy import noise_for_target_epsilon
 
 log = logging.getLogger("fedshield.client")
-
-# A DP evaluate answer bounds each record's loss to this, so one record moves the loss
-# sum by at most EVALUATE_LOSS_CLIP and the correct count by at most 1.
-EVALUATE_LOSS_CLIP = 10.0
 
 
 @lru_cache(maxsize=64)
@@ -109,70 +104,6 @@ def _refusal(msg: Message, owner_id: str, exc: Exception) -> Message:
     return Message(
         Error(code=code, reason=f"{owner_id}: {wire.REFUSAL_REASONS[code]}"), reply_to=msg
     )
-
-
-def record_budget_change(owner: Owner, audit: AuditLog) -> None:
-    """Budget changes are the owner's decisions: ledger and audit log keep each one."""
-    change = owner.ledger.record_budget(owner.epsilon_budget)
-    if change is not None:
-        audit.append(
-            Event.BUDGET_CHANGED,
-            **{
-                "old-budget": change.old,
-                "new-budget": change.new,
-                "changed-at": change.recorded_at,
-                "ledger-id": owner.ledger.state().ledger_id,
-            },
-        )
-
-
-def charge_and_audit(
-    owner: Owner,
-    audit: AuditLog,
-    event: DpEvent,
-    context: Context,
-    server_round: int,
-    kind: str,
-    max_grad_norm: float,
-) -> float:
-    """Charge the ledger durably, then record the charge with the whole history."""
-    # Charge before release: a crash after this line over-counts, never under-counts.
-    epsilon = owner.ledger.charge_ledger_before_release(
-        event,
-        owner.epsilon_budget,
-        owner.delta,
-        context.run_id,
-        server_round,
-        kind=kind,
-        data_fingerprint=owner.dataset.fingerprint,
-        records=len(owner.dataset),
-        run_epsilon_cap=owner.run_epsilon_cap,
-    )
-    state = owner.ledger.state()  # one read: this charge is last
-    history = [e.event for e in state.entries]
-    audit.append(
-        Event.DP_CHARGED,
-        **{
-            "server-round": server_round,
-            "kind": kind,
-            "ledger-id": state.ledger_id,
-            "data-fingerprint": owner.dataset.fingerprint,
-            "noise-multiplier": event.noise_multiplier,
-            "max-grad-norm": max_grad_norm,
-            "sample-rate": event.sample_rate,
-            "steps": event.steps,
-            "delta": owner.delta,
-            "epsilon-before": epsilon_spent(history[:-1], owner.delta),
-            "epsilon-after": epsilon,
-            "epsilon-budget": owner.epsilon_budget,
-            "budget-remaining": owner.epsilon_budget - epsilon,
-            "ledger-events": [
-                LoggedDpEvent(e.noise_multiplier, e.sample_rate, e.steps).as_entry()
-                for e in history
-            ],
-        },
-    )
-    return epsilon
 
 
 def train_round(
@@ -289,60 +220,6 @@ def _reply(
     owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
     content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.OWNER: owner_record})
     wire.check_reply_fields("train", content)
-    return Message(content=content, reply_to=msg)
-
-
-def evaluate_round(
-    msg: Message,
-    context: Context,
-    plan: RunConfig,
-    classes: tuple[str, ...],
-    owner: Owner,
-    audit: AuditLog,
-) -> Message:
-    """A DP answer to "how does this model do on your data?", only with consent.
-
-    Released: (correct count, clipped loss sum / EVALUATE_LOSS_CLIP), each moved by at most
-    1 by adding or removing a record (L2 sensitivity sqrt(2)), plus Gaussian noise of std
-    ``evaluate-noise-multiplier * sqrt(2)`` from the CSPRNG: one Gaussian mechanism,
-    charged as a DP event (q = 1, one step) before the answer leaves.
-    """
-    server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
-    if not owner.allow_evaluate:
-        raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
-    event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
-    record_budget_change(owner, audit)
-    owner.ledger.check_budget(
-        event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
-    )
-    spec = ModelSpec.from_config(plan)
-    inputs = owner_inputs(owner, spec)
-    model = _load_global_model(msg, spec, len(classes))
-    mean_loss, accuracy = evaluate_model(
-        model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
-    )
-    count = len(owner.dataset)
-    exact = np.array([accuracy * count, mean_loss * count / EVALUATE_LOSS_CLIP])
-    epsilon = charge_and_audit(
-        owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2)
-    )
-    noisy = exact + SecureRandom().standard_normal(2) * event.noise_multiplier * math.sqrt(2)
-    metrics = MetricRecord(
-        {
-            "num-examples": count,
-            "accuracy": float(np.clip(noisy[0] / count, 0.0, 1.0)),
-            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / count),
-            "epsilon": epsilon,
-            "noise-multiplier": event.noise_multiplier,
-        }
-    )
-    released = audit.append(
-        Event.EVALUATE_RELEASED,
-        **{"server-round": server_round, "metrics": dict(metrics)},
-    )
-    owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
-    content = RecordDict({wire.METRICS: metrics, wire.OWNER: owner_record})
-    wire.check_reply_fields("evaluate", content)
     return Message(content=content, reply_to=msg)
 
 

@@ -1,14 +1,27 @@
-"""Shared fixtures: small real data slices written to disk in every supported format."""
+"""Shared fixtures and constants: small real data slices, the ``fedshield`` command, and
+the task identity Flower's runtime gives a ClientApp process."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pandas as pd
 import pytest
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+# The CLI as a subprocess, from this interpreter (no reliance on PATH).
+FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
+
+
+@pytest.fixture()
+def flower_task_identity():
+    """What Flower's runtime sets in a ClientApp process before it handles a message."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
 
 
 @pytest.fixture(scope="session")

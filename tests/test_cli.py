@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
+from tests.conftest import FEDSHIELD
 
 
 def fedshield(*args: str) -> subprocess.CompletedProcess:

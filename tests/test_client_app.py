@@ -25,12 +25,7 @@ from fedshield.common.model import build_model
 CLASSES = ("0", "1")
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity():
-    # What Flower's runtime sets in a ClientApp process before it handles a message.
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 PLAN = RunConfig(

@@ -18,11 +18,7 @@ from .test_client_app import owner_context, run_train, train_message
 KILLED = 137
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _die_after(target, name):

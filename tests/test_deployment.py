@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
 from fedshield.common.processes import ManagedProcess, flower_env, free_port
+from tests.conftest import FEDSHIELD
 
 pytestmark = pytest.mark.slow
-
-FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 
 
 @pytest.fixture(scope="module")

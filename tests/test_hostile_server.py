@@ -24,14 +24,15 @@ from fedshield.client.ledger import PrivacyLedger
 from fedshield.common import wire
 from fedshield.common.model import build_model
 from fedshield.common.privacy import DpEvent, epsilon_spent
-from tests.test_client_app import (  # noqa: F401  (flower_task_identity is a fixture)
+from tests.test_client_app import (
     CLASSES,
     PLAN,
-    flower_task_identity,
     owner_context,
     run_train,
     train_message,
 )
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def audit_entries(tmp_path, kind: str | None = None) -> list[dict]:

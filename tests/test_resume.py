@@ -7,17 +7,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
+from tests.conftest import FEDSHIELD
 
 pytestmark = pytest.mark.slow
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 ARGS = [
     "simulate",
     "--clients",

@@ -18,11 +18,7 @@ from fedshield.server.validate import UpdateRejected, validate_update
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def arrays(weight: np.ndarray, bias: np.ndarray | None = None) -> ArrayRecord:

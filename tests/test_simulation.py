@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.privacy import epsilon_spent
+from tests.conftest import FEDSHIELD
 
 from .test_privacy import independent_epsilon
 
 pytestmark = pytest.mark.slow
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 SMALL = ["--clients", "3", "--rounds", "3", "--partition", "iid"]
 MARKER = "qzvmarker4471"
 DELTA = 1e-5

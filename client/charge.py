@@ -1,0 +1,80 @@
+"""Charging the owner's ledger and recording it: the step between a DP computation and
+its release.
+
+Guarantee: ``charge_and_audit`` writes the ledger durably first (a crash after it can
+over-count, never under-count), then appends a ``dp-charged`` audit entry carrying the
+whole ledger history, from which an auditor recomputes epsilon independently.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+
+from fedshield.client.owner import Owner
+from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_log import AuditLog
+from fedshield.common.privacy import DpEvent, epsilon_spent
+
+
+def record_budget_change(owner: Owner, audit: AuditLog) -> None:
+    """Budget changes are the owner's decisions: ledger and audit log keep each one."""
+    change = owner.ledger.record_budget(owner.epsilon_budget)
+    if change is not None:
+        audit.append(
+            Event.BUDGET_CHANGED,
+            **{
+                "old-budget": change.old,
+                "new-budget": change.new,
+                "changed-at": change.recorded_at,
+                "ledger-id": owner.ledger.state().ledger_id,
+            },
+        )
+
+
+def charge_and_audit(
+    owner: Owner,
+    audit: AuditLog,
+    event: DpEvent,
+    context: Context,
+    server_round: int,
+    kind: str,
+    max_grad_norm: float,
+) -> float:
+    """Charge the ledger durably, then record the charge with the whole history."""
+    # Charge before release: a crash after this line over-counts, never under-counts.
+    epsilon = owner.ledger.charge_ledger_before_release(
+        event,
+        owner.epsilon_budget,
+        owner.delta,
+        context.run_id,
+        server_round,
+        kind=kind,
+        data_fingerprint=owner.dataset.fingerprint,
+        records=len(owner.dataset),
+        run_epsilon_cap=owner.run_epsilon_cap,
+    )
+    state = owner.ledger.state()  # one read: this charge is last
+    history = [e.event for e in state.entries]
+    audit.append(
+        Event.DP_CHARGED,
+        **{
+            "server-round": server_round,
+            "kind": kind,
+            "ledger-id": state.ledger_id,
+            "data-fingerprint": owner.dataset.fingerprint,
+            "noise-multiplier": event.noise_multiplier,
+            "max-grad-norm": max_grad_norm,
+            "sample-rate": event.sample_rate,
+            "steps": event.steps,
+            "delta": owner.delta,
+            "epsilon-before": epsilon_spent(history[:-1], owner.delta),
+            "epsilon-after": epsilon,
+            "epsilon-budget": owner.epsilon_budget,
+            "budget-remaining": owner.epsilon_budget - epsilon,
+            "ledger-events": [
+                LoggedDpEvent(e.noise_multiplier, e.sample_rate, e.steps).as_entry()
+                for e in history
+            ],
+        },
+    )
+    return epsilon

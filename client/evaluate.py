@@ -1,0 +1,85 @@
+"""Evaluate at a data owner: only with its consent, and then a DP answer, charged.
+
+Guarantee: an evaluate reply carries a Gaussian-noised accuracy and loss whose DP event
+(one Gaussian mechanism, noise multiplier ``evaluate-noise-multiplier``) is charged to
+the owner's ledger before the answer leaves; without the owner's ``allow-evaluate``
+nothing is computed and the request is refused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedshield.client.charge import charge_and_audit, record_budget_change
+from fedshield.client.ledger import KIND_EVALUATE
+from fedshield.client.owner import Owner, owner_inputs
+from fedshield.client.secure_random import SecureRandom
+from fedshield.common import wire
+from fedshield.common.audit_events import Event
+from fedshield.common.audit_log import AuditLog
+from fedshield.common.config import RunConfig
+from fedshield.common.errors import PolicyRefusal
+from fedshield.common.model import ModelSpec, evaluate_model
+from fedshield.common.privacy import DpEvent
+
+# A DP evaluate answer bounds each record's loss to this, so one record moves the loss
+# sum by at most EVALUATE_LOSS_CLIP and the correct count by at most 1.
+EVALUATE_LOSS_CLIP = 10.0
+
+
+def evaluate_round(
+    msg: Message,
+    context: Context,
+    plan: RunConfig,
+    classes: tuple[str, ...],
+    owner: Owner,
+    audit: AuditLog,
+) -> Message:
+    """A DP answer to "how does this model do on your data?", only with consent.
+
+    Released: (correct count, clipped loss sum / EVALUATE_LOSS_CLIP), each moved by at most
+    1 by adding or removing a record (L2 sensitivity sqrt(2)), plus Gaussian noise of std
+    ``evaluate-noise-multiplier * sqrt(2)`` from the CSPRNG: one Gaussian mechanism,
+    charged as a DP event (q = 1, one step) before the answer leaves.
+    """
+    server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
+    if not owner.allow_evaluate:
+        raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
+    event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
+    record_budget_change(owner, audit)
+    owner.ledger.check_budget(
+        event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
+    )
+    spec = ModelSpec.from_config(plan)
+    inputs = owner_inputs(owner, spec)
+    model = spec.build(len(classes))
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    mean_loss, accuracy = evaluate_model(
+        model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
+    )
+    count = len(owner.dataset)
+    exact = np.array([accuracy * count, mean_loss * count / EVALUATE_LOSS_CLIP])
+    epsilon = charge_and_audit(
+        owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2)
+    )
+    noisy = exact + SecureRandom().standard_normal(2) * event.noise_multiplier * math.sqrt(2)
+    metrics = MetricRecord(
+        {
+            "num-examples": count,
+            "accuracy": float(np.clip(noisy[0] / count, 0.0, 1.0)),
+            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / count),
+            "epsilon": epsilon,
+            "noise-multiplier": event.noise_multiplier,
+        }
+    )
+    released = audit.append(
+        Event.EVALUATE_RELEASED,
+        **{"server-round": server_round, "metrics": dict(metrics)},
+    )
+    owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
+    content = RecordDict({wire.METRICS: metrics, wire.OWNER: owner_record})
+    wire.check_reply_fields("evaluate", content)
+    return Message(content=content, reply_to=msg)
