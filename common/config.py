@@ -194,10 +194,10 @@ class RunConfig(_KebabConfig):
             "must be up to 64 letters, digits, '-' or '_'",
         )
         _require(
-            1 <= self.local_epochs <= 1000,
+            1 <= self.local_epochs <= 100,
             "local-epochs",
             self.local_epochs,
-            "must be in [1, 1000]",
+            "must be in [1, 100]",
         )
         if self.dp:
             _require(

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedshield.common.config import RunConfig
+from fedshield.common.errors import ConfigError
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -27,6 +28,7 @@ CLASSES = "classes"
 OWNER_ID = "owner-id"
 AUDIT_HEAD = "audit-head"
 SERVER_AUDIT_HEAD = "server-audit-head"
+MAX_CLASSES = 1000
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",
@@ -151,6 +153,12 @@ def decode_train_plan(record: ConfigRecord) -> tuple[RunConfig, tuple[str, ...],
     """The plan as a RunConfig (other keys at defaults), the class names and the round."""
     values = {key: record[key] for key in TRAIN_PLAN_KEYS if key in record}
     classes = tuple(c for c in str(record.get(CLASSES, "")).split(",") if c)
+    # The class count sets the model's size at the owner: bounded, like every plan value.
+    if not 2 <= len(classes) <= MAX_CLASSES or len(set(classes)) != len(classes):
+        raise ConfigError(
+            f"the plan's class list has {len(classes)} names ({len(set(classes))} distinct); "
+            f"an owner accepts 2 to {MAX_CLASSES} distinct classes"
+        )
     return RunConfig.from_dict(values), classes, int(record.get(SERVER_ROUND, 0))
 
 

@@ -77,6 +77,12 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 FLOWER_HEADER_PREFIX = "flwr-"
 UPSTREAM_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+# Bodies are streamed, but Flower parses a whole body before it checks node
+# authentication: without a cap a stranger's huge POST fills the SuperLink's memory.
+# Model updates travel in push-object/push-messages (MiniLM: about 7 MB per layer).
+MAX_BODY_BYTES = {"/v1/fleet/push-object": 256 << 20, "/v1/fleet/push-messages": 64 << 20}
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+MAX_CONCURRENT_CONNECTIONS = 512
 MAX_LOGGED_PATH_CHARS = 300
 
 log = logging.getLogger("fedshield.gateway")
@@ -105,6 +111,20 @@ def _forwarded(pairs, allowed: frozenset[str]) -> list[tuple[str, str]]:
         for name, value in pairs
         if name.lower() in allowed or name.lower().startswith(FLOWER_HEADER_PREFIX)
     ]
+
+
+class BodyTooLarge(Exception):
+    """A request body passed its path's cap while streaming."""
+
+
+async def _capped(stream, limit: int):
+    """Pass ``stream`` through, stopping it once more than ``limit`` bytes have come."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+        yield chunk
 
 
 class FleetGateway:
@@ -140,22 +160,43 @@ class FleetGateway:
         if scope["type"] != "http":
             return  # uvicorn runs with ws="none": no other protocol reaches here
         request = Request(scope, receive)
-        if (request.method, request.url.path) in self.allowed:
-            response = await self.forward(request)
-        else:
+        if (request.method, request.url.path) not in self.allowed:
             response = self.refuse(request)
+        elif reason := self._malformed(request):
+            response = self.refuse(request, status=reason)
+        else:
+            response = await self.forward(request)
         await response(scope, receive, send)
+
+    @staticmethod
+    def _malformed(request: Request) -> int | None:
+        """400 for an ambiguous body length, 413 for a declared length over the cap."""
+        headers = request.headers
+        if "transfer-encoding" in headers and "content-length" in headers:
+            return 400  # the request smuggling shape: refuse rather than guess
+        limit = MAX_BODY_BYTES.get(request.url.path, DEFAULT_MAX_BODY_BYTES)
+        declared = headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            return 413
+        return None
 
     async def forward(self, request: Request) -> Response:
         outgoing = self.upstream.build_request(
             request.method,
             request.url.path,  # exactly one of the allowed paths; the query string is dropped
             headers=_forwarded(request.headers.items(), FORWARDED_REQUEST_HEADERS),
-            content=request.stream() if request.method == "POST" else None,
+            content=_capped(
+                request.stream(),
+                MAX_BODY_BYTES.get(request.url.path, DEFAULT_MAX_BODY_BYTES),
+            )
+            if request.method == "POST"
+            else None,
         )
         try:
             upstream = await self.upstream.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
+        except BodyTooLarge:
+            return self.refuse(request, status=413)
+        except Exception as exc:  # any upstream failure is a 502, never a traceback
             log.warning("SuperLink unreachable for %s: %r", request.url.path, exc)
             return PlainTextResponse("SuperLink unavailable", status_code=502)
         response = StreamingResponse(
@@ -171,9 +212,9 @@ class FleetGateway:
         ]
         return response
 
-    def refuse(self, request: Request) -> Response:
+    def refuse(self, request: Request, status: int | None = None) -> Response:
         path = request.url.path
-        status = 403 if path.startswith("/v1/") else 404
+        status = status or (403 if path.startswith("/v1/") else 404)
         peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -189,10 +230,13 @@ class FleetGateway:
         finally:
             os.close(fd)
         self.refused += 1
-        return PlainTextResponse(
-            "refused: this port serves Flower's Fleet API to data owners' SuperNodes only",
-            status_code=status,
+        reason = {
+            400: "refused: a request with both Content-Length and Transfer-Encoding",
+            413: "refused: the body is larger than this Fleet call allows",
+        }.get(
+            status, "refused: this port serves Flower's Fleet API to data owners' SuperNodes only"
         )
+        return PlainTextResponse(reason, status_code=status)
 
 
 def serve(settings: GatewaySettings) -> None:
@@ -210,6 +254,12 @@ def serve(settings: GatewaySettings) -> None:
         ws="none",
         lifespan="on",
         proxy_headers=False,  # the peer logged is the TCP peer, not a header a stranger sets
+        # Bounded work per stranger: connections at once, idle keep-alive, header size.
+        # (uvicorn has no header-read timeout: a per-address connection limit in the
+        # firewall is the operator's part, deploy/README.md.)
+        limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,
         server_header=False,
         access_log=False,
         log_level="warning",

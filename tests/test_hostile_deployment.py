@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -261,6 +262,63 @@ def test_the_gateway_refuses_everything_but_the_fleet_api(federation, pki, metho
     logged = json.loads(_refused_lines(federation)[len(before)])
     assert (logged["method"], logged["path"], logged["status"]) == (method, unquote(path), status)
     assert logged["peer"].startswith("127.0.0.1:")
+
+
+def _raw_request(federation, pki, lines: list[str], body: bytes) -> bytes:
+    """One hand-written HTTP/1.1 request over TLS, as a stranger's own client would send."""
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", federation.public), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(("\r\n".join([*lines, "", ""])).encode() + body)
+        return tls.recv(4096)
+
+
+def test_a_huge_declared_body_is_refused_before_it_reaches_the_superlink(federation, pki):
+    """Flower parses a whole body before it checks node authentication: a stranger's
+    gigabyte would fill the SuperLink's memory. The gateway refuses it from the header."""
+    answer_bytes = _raw_request(
+        federation,
+        pki,
+        [
+            "POST /v1/fleet/push-object HTTP/1.1",
+            "Host: 127.0.0.1",
+            f"Content-Length: {1 << 30}",
+            "Content-Type: application/protobuf",
+        ],
+        b"\x00" * 1024,
+    )
+    assert answer_bytes.startswith(b"HTTP/1.1 413")
+    logged = json.loads(_refused_lines(federation)[-1])
+    assert (logged["path"], logged["status"]) == ("/v1/fleet/push-object", 413)
+
+
+def test_a_streamed_body_over_the_cap_is_cut_off(federation, pki):
+    chunk = b"\x00" * (1 << 16)
+    body = b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(40)) + b"0\r\n\r\n"
+    answer_bytes = _raw_request(
+        federation,
+        pki,
+        ["POST /v1/fleet/pull-messages HTTP/1.1", "Host: 127.0.0.1", "Transfer-Encoding: chunked"],
+        body,  # 2.5 MiB where a pull-messages request is a few bytes (cap 1 MiB)
+    )
+    assert answer_bytes.startswith(b"HTTP/1.1 413")
+
+
+def test_a_request_with_both_body_lengths_is_refused(federation, pki):
+    answer_bytes = _raw_request(
+        federation,
+        pki,
+        [
+            "POST /v1/fleet/pull-messages HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Content-Length: 4",
+            "Transfer-Encoding: chunked",
+        ],
+        b"0\r\n\r\n",
+    )
+    assert answer_bytes.startswith(b"HTTP/1.1 400") or answer_bytes.startswith(b"HTTP/1.1 413")
 
 
 def test_the_gateway_forwards_health_and_the_loopback_superlink_is_not_public(federation, pki):

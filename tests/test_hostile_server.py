@@ -284,6 +284,9 @@ def test_a_record_with_a_non_finite_gradient_cannot_mark_the_update():
         {"run-key": "../../models/*"},  # a path and a glob in the owner's folders
         {"target-epsilon": 1e15},  # the noise search would never end
         {"noise-multiplier": 1e-200},
+        {"local-epochs": 3000, "noise-multiplier": 1e6},  # pins the owner's CPU for free
+        {"classes": ",".join(str(i) for i in range(5000))},  # the model's size at the owner
+        {"classes": "0,0"},
     ],
 )
 def test_hostile_plan_values_are_refused_before_the_data_is_touched(

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from fedshield.audit.report import independent_epsilon
 from fedshield.common import minilm
 from fedshield.common.audit_events import LoggedDpEvent
 from fedshield.common.config import RunConfig
@@ -15,7 +16,6 @@ from fedshield.common.errors import ConfigError
 from fedshield.common.model import ModelSpec
 from fedshield.common.privacy import DpEvent
 
-from .test_privacy import independent_epsilon
 from .test_simulation import simulate
 
 SLICE = ["--data", "rotten-tomatoes", "--max-records", "600", "--max-tokens", "48"]

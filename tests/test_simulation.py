@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from fedshield.audit.report import independent_epsilon
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.privacy import epsilon_spent
 from tests.conftest import FEDSHIELD
-
-from .test_privacy import independent_epsilon
 
 pytestmark = pytest.mark.slow
 
