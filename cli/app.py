@@ -20,6 +20,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedshield.cli.audit import audit_app
 from fedshield.cli.client import client_app
@@ -67,5 +68,6 @@ def main() -> None:
     except FedshieldError as exc:
         if state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Escaped: a message quotes paths and commands ('fedshield[finetune]') verbatim.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)

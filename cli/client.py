@@ -147,7 +147,8 @@ def client_start(
 
     console.print(
         f"compute: {resolve_device(device)}; models: hashed, "
-        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})")
+        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})"),
+        markup=False,  # the hint's [finetune] is text, not a style
     )
     if check_only:
         return

@@ -59,4 +59,4 @@ def pki_node(
         f"Node key pair: {directory / (name + '.key')} (private, 0600, never share) and {pub}"
     )
     console.print(f"Fingerprint {fingerprint}. Send {pub} to the operator, who registers it with:")
-    console.print(f"  fedshield server start ... --node-key {pub.name}")
+    console.print(f"  fedshield server start ... --node-key {pub}")

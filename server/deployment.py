@@ -278,8 +278,12 @@ def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> 
         fingerprint = ssh_public_key_fingerprint(key)
         proc = _flwr(settings, "supernode", "register", str(key), CONNECTION, "--format", "json")
         output = proc.stdout + proc.stderr
-        if proc.returncode == 0:
+        try:
             answer = json.loads(proc.stdout)
+        except ValueError:
+            answer = {}
+        # `flwr supernode register --format json` exits 0 when it fails: read "success".
+        if proc.returncode == 0 and answer.get("success", True) is not False:
             node_id = answer.get("node-id", answer.get("node_id", answer.get("id")))
             registered.append({"key": str(key), "fingerprint": fingerprint, "node-id": node_id})
         elif "already in use" in output:

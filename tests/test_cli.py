@@ -75,3 +75,17 @@ def test_a_tampered_ledger_is_reported_with_exit_code_4(owner_csv, tmp_path):
     ledger.path.write_text('{"body": {}, "checksum": "00"}')
     proc = fedshield("ledger", "show", "--ledger-dir", str(tmp_path))
     assert proc.returncode == 4 and "checksum mismatch" in proc.stderr
+
+
+def test_an_error_message_is_printed_verbatim_brackets_included(tmp_path):
+    """rich must not read 'fedshield[finetune]'-like text in a message as markup."""
+    missing = tmp_path / "owner[finetune].csv"
+    proc = fedshield("data", "check", str(missing))
+    assert proc.returncode == 2
+    assert "owner[finetune].csv" in " ".join(proc.stderr.split())
+
+
+def test_pki_node_names_the_public_key_file_the_operator_passes(tmp_path):
+    proc = fedshield("pki", "node", "owner-1", "--dir", str(tmp_path / "pki"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--node-key {tmp_path / 'pki' / 'owner-1.pub'}" in " ".join(proc.stdout.split())
