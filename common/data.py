@@ -3,7 +3,9 @@
 Guarantee: a data set that reaches training has a readable file, the named columns, no
 empty text, at least two classes, and labels inside the federation's declared class
 list; every refusal names the file, the column or row, and what to do. The fingerprint
-is the SHA-256 of the file's bytes, the key of the owner's privacy ledger.
+is the SHA-256 of the file's bytes: it names the data in the owner's audit log and keys
+its encoding cache; the privacy ledger belongs to the owner, not to a file
+(client/ledger.py).
 """
 
 from __future__ import annotations
