@@ -1,7 +1,7 @@
 """The ClientApp: one data owner's side of a round, under the owner's own policy.
 
-train: load data -> encode (frozen, public part of the model) -> policy and pre-flight
-budget check -> DP-SGD -> charge ledger -> reply.
+train: owner policy and pre-flight budget check (N and the plan only) -> encode (frozen,
+public part of the model) -> DP-SGD -> charge ledger -> reply.
 evaluate: only with the owner's consent (``allow-evaluate``), answered with noise and
 charged to the ledger like a training round.
 
@@ -18,11 +18,10 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedshield.client.charge import charge_and_audit, record_budget_change
+from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.evaluate import evaluate_round
 from fedshield.client.ledger import KIND_TRAIN
 from fedshield.client.owner import (
@@ -78,12 +77,6 @@ def training_settings(plan: RunConfig, owner: Owner) -> TrainSettings:
 
 def _local_run_config(context: Context, overrides: dict) -> RunConfig:
     return RunConfig.from_dict({**dict(context.run_config), **overrides})
-
-
-def _load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
-    model = spec.build(num_classes)
-    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
-    return model
 
 
 def refusal_code(exc: Exception) -> int:
@@ -162,7 +155,7 @@ def train_round(
         )
     spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
-    model = _load_global_model(msg, spec, len(classes))
+    model = load_global_model(msg, spec, len(classes))
     outcome = train_locally(model, inputs, owner.dataset.labels, settings, owner.device)
     epsilon = 0.0
     if plan.dp:
@@ -223,6 +216,14 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
+def _record_refusal(audit: AuditLog, kind: str, server_round: int, exc: Exception) -> None:
+    """The details of a refusal, for the owner's own log only."""
+    audit.append(
+        Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
+        **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)},
+    )
+
+
 def _refusal_audit(node_config: dict, run_config: RunConfig | None) -> AuditLog | None:
     """The owner's audit log when its data or settings could not be loaded."""
     try:
@@ -252,20 +253,14 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
     except Exception as exc:
         audit = _refusal_audit(node_config, local)
         if audit is not None:
-            audit.append(
-                Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
-                **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)},
-            )
+            _record_refusal(audit, kind, server_round, exc)
             audit.checkpoint("message-end")
         return _refusal(msg, label, exc)
     audit = AuditLog(owner.audit_dir / "audit.jsonl", actor=owner.owner_id)
     try:
         return handler(msg, context, plan, classes, server_round, owner, audit)
     except FedshieldError as exc:
-        refused = Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED
-        audit.append(
-            refused, **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)}
-        )
+        _record_refusal(audit, kind, server_round, exc)
         return _refusal(msg, owner.owner_id, exc)
     except Exception as exc:
         # Fail closed and say nothing: an exception's text may hold values from the data.

@@ -1,5 +1,5 @@
-"""Charging the owner's ledger and recording it: the step between a DP computation and
-its release.
+"""Around a DP computation at the owner: the server's model in, the charge and its
+audit record before anything is released.
 
 Guarantee: ``charge_and_audit`` writes the ledger durably first (a crash after it can
 over-count, never under-count), then appends a ``dp-charged`` audit entry carrying the
@@ -8,12 +8,22 @@ whole ledger history, from which an auditor recomputes epsilon independently.
 
 from __future__ import annotations
 
-from flwr.app import Context
+import torch
+from flwr.app import Context, Message
 
 from fedshield.client.owner import Owner
+from fedshield.common import wire
 from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.model import ModelSpec
 from fedshield.common.privacy import DpEvent, epsilon_spent
+
+
+def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
+    """The server's model, into the architecture the plan names (keys and shapes strict)."""
+    model = spec.build(num_classes)
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    return model
 
 
 def record_budget_change(owner: Owner, audit: AuditLog) -> None:

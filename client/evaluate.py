@@ -13,7 +13,7 @@ import math
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedshield.client.charge import charge_and_audit, record_budget_change
+from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.ledger import KIND_EVALUATE
 from fedshield.client.owner import Owner, owner_inputs
 from fedshield.client.secure_random import SecureRandom
@@ -55,8 +55,7 @@ def evaluate_round(
     )
     spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
-    model = spec.build(len(classes))
-    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    model = load_global_model(msg, spec, len(classes))
     mean_loss, accuracy = evaluate_model(
         model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
     )
