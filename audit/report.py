@@ -1,140 +1,30 @@
 """Privacy budget audit: verify the logs, recompute every owner's epsilon independently,
 and map each data-security requirement to the evidence found.
 
-The recomputation uses Google's ``dp-accounting`` (RDP accountant), a second
-implementation independent of the Opacus accountant the clients use; the claim is
-flagged if the two differ by more than 1% or the claim is the lower one. Output: a
-self-contained ``report.html`` (plot embedded) and its twin ``report.json``.
+Guarantee: the report says when it was made, by which fedshield, from which inputs,
+and covers each run (ids, period, settings, outcome: audit/runs.py) and each owner
+(key fingerprint, budget history, charges, refusals with reasons: audit/owners.py), so
+a data-protection officer can sign it as it stands. The recomputation uses Google's
+``dp-accounting`` (RDP accountant), a second implementation independent of the Opacus
+accountant the owners use; a claim is flagged if the two differ by more than 1% or the
+claim is the lower one. Output: a self-contained ``report.html`` (plots embedded) and
+its twin ``report.json`` (audit/render.py).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, field
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from fedshield.audit.owners import TOLERANCE, OwnerAudit, independent_epsilon, owner_audits
+from fedshield.audit.runs import RunSummary, run_summaries
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
 
-TOLERANCE = 0.01
-# A claim below the independent figure by more than numerical noise between two RDP
-# implementations (seen: 0.03%) is under-reporting, whatever the 1% tolerance says.
-UNDER_CLAIM_TOLERANCE = 0.002
-
-
-def independent_epsilon(events: list[LoggedDpEvent], delta: float) -> float:
-    """Epsilon of Poisson-subsampled Gaussian events, composed by dp-accounting's RDP."""
-    import dp_accounting
-
-    # dp-accounting warns for every RDP order it drops as non-convergent; the bound
-    # stays valid over the remaining orders.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    if not events:
-        return 0.0
-    accountant = dp_accounting.rdp.RdpAccountant()
-    for event in events:
-        accountant.compose(
-            dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(
-                    event.sample_rate, dp_accounting.GaussianDpEvent(event.noise_multiplier)
-                ),
-                int(event.steps),
-            )
-        )
-    return float(accountant.get_epsilon(delta))
-
-
-@dataclass
-class OwnerAudit:
-    owner: str
-    data_fingerprint: str
-    log: str
-    rounds: list[int] = field(default_factory=list)
-    epsilon_claimed: list[float] = field(default_factory=list)
-    epsilon_recomputed: list[float] = field(default_factory=list)
-    budget: float = 0.0
-    delta: float = 0.0
-    refusals: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    budget_changes: list[str] = field(default_factory=list)
-
-    @property
-    def final_claimed(self) -> float:
-        return self.epsilon_claimed[-1] if self.epsilon_claimed else 0.0
-
-    @property
-    def final_recomputed(self) -> float:
-        return self.epsilon_recomputed[-1] if self.epsilon_recomputed else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _owner_audits(log: Verification) -> list[OwnerAudit]:
-    """One OwnerAudit per ledger charged in a client's log (older logs: per data file)."""
-    by_fingerprint: dict[str, OwnerAudit] = {}
-    previous_events: dict[str, list] = {}
-    budget_changes: list[str] = []
-    for entry in log.entries:
-        data = entry["data"]
-        if entry["type"] == Event.BUDGET_CHANGED:
-            budget_changes.append(
-                f"{entry['ts']}: budget {data.get('old-budget')} -> {data.get('new-budget')}"
-            )
-            for audit in by_fingerprint.values():
-                audit.budget_changes = list(budget_changes)
-            continue
-        if entry["type"] in (Event.ROUND_REFUSED, Event.EVALUATE_REFUSED):
-            for audit in by_fingerprint.values():
-                audit.refusals.append(f"round {data.get('server-round')}: {data.get('reason')}")
-            if not by_fingerprint:
-                key = "(no charge yet)"
-                by_fingerprint[key] = OwnerAudit(entry["actor"], key, str(log.path))
-                by_fingerprint[key].refusals.append(
-                    f"round {data.get('server-round')}: {data.get('reason')}"
-                )
-            continue
-        if entry["type"] != Event.DP_CHARGED:
-            continue
-        fingerprint = data.get("ledger-id") or data["data-fingerprint"]
-        audit = by_fingerprint.setdefault(
-            fingerprint, OwnerAudit(entry["actor"], fingerprint, str(log.path))
-        )
-        audit.budget_changes = list(budget_changes)
-        events = [LoggedDpEvent.from_entry(e) for e in data["ledger-events"]]
-        new_event = LoggedDpEvent.from_entry(
-            [data["noise-multiplier"], data["sample-rate"], data["steps"]]
-        )
-        expected = previous_events.get(fingerprint)
-        if expected is not None and events[:-1] != expected:
-            audit.problems.append(
-                f"round {data['server-round']}: ledger history differs from the previous entry's "
-                "(events were removed or changed between rounds)"
-            )
-        if not events or events[-1] != new_event:
-            audit.problems.append(
-                f"round {data['server-round']}: the charged event is not the last in the ledger"
-            )
-        previous_events[fingerprint] = events
-        recomputed = independent_epsilon(events, data["delta"])
-        claimed = float(data["epsilon-after"])
-        audit.rounds.append(int(data["server-round"]))
-        audit.epsilon_claimed.append(claimed)
-        audit.epsilon_recomputed.append(recomputed)
-        audit.budget, audit.delta = float(data["epsilon-budget"]), float(data["delta"])
-        if abs(claimed - recomputed) > TOLERANCE * recomputed or claimed < recomputed * (
-            1 - UNDER_CLAIM_TOLERANCE
-        ):
-            audit.problems.append(
-                f"round {data['server-round']}: claimed epsilon {claimed:.4f} vs recomputed {recomputed:.4f}"
-            )
-        if claimed > audit.budget:
-            audit.problems.append(
-                f"round {data['server-round']}: epsilon {claimed:.4f} exceeds the budget {audit.budget:g}"
-            )
-    return list(by_fingerprint.values())
+__all__ = ["TOLERANCE", "build_report", "independent_epsilon", "requirements"]
 
 
 @dataclass
@@ -153,8 +43,12 @@ def _is_server_log(log: Verification) -> bool:
     return any(e["type"] == Event.RUN_START for e in log.entries)
 
 
-def _requirements(
-    logs: list[Verification], servers: list[Verification], owners: list[OwnerAudit], anchors: dict
+def requirements(
+    logs: list[Verification],
+    servers: list[Verification],
+    owners: list[OwnerAudit],
+    runs: list[RunSummary],
+    anchors: dict,
 ) -> list[Requirement]:
     rows = []
     transports = [
@@ -206,33 +100,39 @@ def _requirements(
     )
 
     allowed = set(wire.REPLY_METRIC_KEYS)
-    released = [
-        e
-        for log in logs
-        for e in log.entries
-        if e["type"] in (Event.UPDATE_RELEASED, Event.UPDATE_RECEIVED)
-    ]
-    extra = sorted({k for e in released for k in e["data"]["metrics"] if k not in allowed})
+    released = [e for log in logs for e in log.entries if e["type"] == Event.UPDATE_RELEASED]
+    received = [e for log in logs for e in log.entries if e["type"] == Event.UPDATE_RECEIVED]
+    rejected = _count(logs, Event.UPDATE_REJECTED)
+    extra = sorted(
+        {k for e in (*released, *received) for k in e["data"]["metrics"] if k not in allowed}
+    )
     rows.append(
         Requirement(
             "Data minimisation / desensitisation",
             "GDPR Art. 5(1)(c); ISO A.8.11, A.8.12",
-            "fail" if extra or not released else "pass",
-            f"{len(released)} update records; what left owners: model arrays (digest, size, L2 distance logged) and metrics "
-            f"{sorted(allowed)}" + (f"; unexpected keys {extra}" if extra else ""),
+            "fail" if extra or not (released or received) else "pass",
+            f"update records: {len(released)} released by owners (owners' logs), "
+            f"{len(received)} received and accepted by the server (server log), {rejected} "
+            f"rejected by the server; what left owners: model arrays (digest, size, L2 distance "
+            f"logged) and metrics {sorted(allowed)}"
+            + (f"; unexpected keys {extra}" if extra else ""),
         )
     )
 
-    bad = [p for o in owners for p in o.problems]
+    bad = [f"{o.owner}: {p}" for o in owners for p in o.problems]
     refusals = sum(len(o.refusals) for o in owners)
+    raised = [f"{o.owner} ({c.dated()})" for o in owners for c in o.raised_after_refusal]
     non_private = _count(logs, Event.NON_PRIVATE_ROUND)
     rows.append(
         Requirement(
             "Privacy of individual records (DP)",
             "GDPR Art. 25",
             "pass" if owners and not bad and not non_private else "fail",
-            f"{len(owners)} owner ledgers; max epsilon claimed {max((o.final_claimed for o in owners), default=0):.4f}, "
-            f"recomputed independently within {TOLERANCE:.0%}: {'yes' if not bad else 'no'}; {refusals} refusals"
+            f"{len(owners)} owner ledgers; max epsilon claimed "
+            f"{max((o.final_claimed for o in owners), default=0):.4f}, recomputed independently "
+            f"within {TOLERANCE:.0%}: {'yes' if not bad else 'no'}; every charge judged against "
+            f"the budget in force when it was made; {refusals} refusals (reasons listed per owner)"
+            + (f"; budget raised after a refusal: {'; '.join(raised)}" if raised else "")
             + (f"; {non_private} NON-PRIVATE rounds (owners opted in)" if non_private else "")
             + (f"; problems: {bad[:3]}" if bad else ""),
         )
@@ -253,24 +153,26 @@ def _requirements(
         )
     )
 
-    ends = [e for s in servers for e in s.entries if e["type"] == Event.RUN_END]
-    starts = [e for s in servers for e in s.entries if e["type"] == Event.RUN_START]
-    planned = sum(int(e["data"]["config"]["num-rounds"]) for e in starts)
-    completed = sum(int(e["data"]["final"]["rounds_completed"]) for e in ends)
-    dropped = sum(
-        len(e["data"]["node-ids"])
-        for s in servers
-        for e in s.entries
-        if e["type"] == Event.CLIENTS_DROPPED
+    server_runs = [r for r in runs if r.from_server]
+    accepted = sum(len(r.rounds_with_accepted_update) for r in server_runs)
+    planned = sum(r.rounds_planned or 0 for r in server_runs)
+    per_run = "; ".join(
+        f"run {number}: {r.availability()}" for number, r in enumerate(runs, 1) if r.from_server
     )
-    rejected = sum(1 for s in servers for e in s.entries if e["type"] == Event.UPDATE_REJECTED)
+    dropped = sum(r.dropped_node_ids for r in server_runs)
+    rejected_updates = sum(len(r.updates_rejected) for r in server_runs)
+    server_refusals = sum(len(r.refusals) for r in server_runs)
+    ended = sum(1 for r in server_runs if r.ended)
     rows.append(
         Requirement(
             "Availability / resilience",
             "GDPR Art. 32(1)(b)",
-            "pass" if servers and len(ends) == len(starts) and completed == planned else "fail",
-            f"{len(starts)} runs started, {len(ends)} ended; {completed}/{planned} rounds completed; "
-            f"{dropped} dropouts; {rejected} rejected updates",
+            "pass" if server_runs and all(r.available for r in server_runs) else "fail",
+            f"{accepted}/{planned} rounds with an accepted update; {len(server_runs)} runs "
+            f"started, {ended} ended"
+            + (f" ({per_run})" if len(server_runs) > 1 else "")
+            + f"; {server_refusals} refusals, {rejected_updates} rejected updates, "
+            f"{dropped} dropouts" + ("" if servers else "; no server log given"),
         )
     )
     return rows
@@ -320,39 +222,68 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
     return {"matched": matched, "missing": missing}
 
 
-def build_report(paths: list[Path], pinned_keys: list[str] | None = None) -> dict:
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fedshield")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_report(
+    paths: list[Path],
+    pinned_keys: list[str] | None = None,
+    inputs: list[Path] | None = None,
+    evaluation: dict | None = None,
+) -> dict:
+    """Verify ``paths`` (audit logs) and build the report's content.
+
+    ``inputs`` are the files or folders the reader named (recorded as given);
+    ``evaluation`` is an evaluation file's content (audit/evaluation.py), shown as is.
+    """
     logs = [
         verify_log(p, (pinned_keys or [None])[i] if pinned_keys and i < len(pinned_keys) else None)
         for i, p in enumerate(paths)
     ]
     servers = [log for log in logs if _is_server_log(log)]
     clients = [log for log in logs if not _is_server_log(log)]
-    owners = [audit for log in clients for audit in _owner_audits(log)]
+    owners = owner_audits(clients)
+    runs = run_summaries(servers, clients)
     anchors = _anchors(servers, clients)
-    requirements = _requirements(logs, servers, owners, anchors)
+    rows = requirements(logs, servers, owners, runs, anchors)
+    if evaluation is not None:
+        evaluation = {**evaluation, "run": _evaluated_run(evaluation, runs)}
     return {
+        "generated-at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fedshield-version": _version(),
+        "inputs": [str(p) for p in (inputs or paths)],
+        "inputs-resolved": [str(Path(p).resolve()) for p in (inputs or paths)],
         "logs": [
             {
                 "path": str(log.path),
+                "role": "server" if log in servers else "owner",
                 "ok": log.ok,
                 "summary": log.summary(),
                 "entries": len(log.entries),
+                "public-key": log.public_key,
+                "first-event": log.entries[0]["ts"] if log.entries else None,
+                "last-event": log.entries[-1]["ts"] if log.entries else None,
             }
             for log in logs
         ],
-        "owners": [
-            {
-                **asdict(o),
-                "final_claimed": o.final_claimed,
-                "final_recomputed": o.final_recomputed,
-                "ok": o.ok,
-            }
-            for o in owners
-        ],
-        "requirements": [asdict(r) for r in requirements],
+        "runs": [r.as_dict() for r in runs],
+        "owners": [o.as_dict() for o in owners],
+        "requirements": [asdict(r) for r in rows],
         "anchors": anchors,
         "accountant": "dp-accounting RdpAccountant (independent of Opacus)",
         "tolerance": TOLERANCE,
-        "ok": all(log.ok for log in logs)
-        and all(r.status in ("pass", "n/a") for r in requirements),
+        "evaluation": evaluation,
+        "ok": all(log.ok for log in logs) and all(r.status in ("pass", "n/a") for r in rows),
     }
+
+
+def _evaluated_run(evaluation: dict, runs: list[RunSummary]) -> str:
+    """Which run's model the evaluation file scored, by the model's SHA-256."""
+    for run in runs:
+        if run.model_sha256 and run.model_sha256 == evaluation.get("model-sha256"):
+            return run.id_text
+    return "no run in these logs saved this model"

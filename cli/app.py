@@ -22,11 +22,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+import fedshield.cli.server_admin  # noqa: F401 - registers `server status`, `server remove-owner`
 from fedshield.cli.audit import audit_app
 from fedshield.cli.client import client_app
 from fedshield.cli.data import data_app
 from fedshield.cli.ledger import ledger_app
 from fedshield.cli.pki import pki_app
+from fedshield.cli.predict import evaluate, predict
 from fedshield.cli.server import server_app
 from fedshield.cli.shared import err_console, state
 from fedshield.cli.simulate import simulate
@@ -40,6 +42,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(simulate)
+app.command()(predict)
+app.command()(evaluate)
 for group, name in (
     (data_app, "data"),
     (ledger_app, "ledger"),

@@ -49,10 +49,27 @@ def client_start(
         int, typer.Option(help="Local port of this SuperNode's app API (loopback only).")
     ] = 9094,
     max_retries: Annotated[
-        int, typer.Option(help="Give up connecting after this many tries (0 = never).")
+        int,
+        typer.Option(
+            help="Retry a failed connection to the SuperLink at most this many times "
+            "(this many + 1 attempts), when starting and whenever it drops later; 0 = no "
+            "limit. flower-supernode gets the same number (its --max-retries)."
+        ),
     ] = 0,
+    max_wait_time: Annotated[
+        float,
+        typer.Option(
+            help="Stop retrying once this many seconds have passed since the first failed "
+            "attempt; 0 = no limit. Waits double from 1 s to 20 s between attempts. "
+            "flower-supernode gets the same number (its --max-wait-time)."
+        ),
+    ] = 0.0,
     check_only: Annotated[
-        bool, typer.Option(help="Run the checks and print the summary, then stop.")
+        bool,
+        typer.Option(
+            help="Run the checks, try the SuperLink once, compare your labels with the "
+            "federation's class list, print the summary, then stop (non-zero on a problem)."
+        ),
     ] = False,
     allow_no_dp: Annotated[
         bool,
@@ -82,10 +99,22 @@ def client_start(
     ] = "",
     insecure: InsecureFlag = False,
 ) -> None:
-    """Check your data and budget, then join the federation as an authenticated TLS SuperNode."""
+    """Check your data and budget, then join the federation as an authenticated TLS SuperNode.
+
+    Starts before the server too: the node waits for the SuperLink, printing each attempt
+    (see --max-retries, --max-wait-time). Before joining it shows the federation's class
+    list and refuses labels the federation lacks. Ctrl-C or SIGTERM stops it within a few
+    seconds.
+
+    Exit codes: 0 --check-only found no problem; 2 an input, data or class-list problem;
+    3 budget; 4 ledger; 69 gave up reaching the SuperLink (at start or after it went away);
+    77 the operator removed this node (the reason is printed); 130 / 143 stopped by SIGINT /
+    SIGTERM; another non-zero: flower-supernode failed (the cause is printed).
+    """
     from fedshield.client import deployment as dep
     from fedshield.common.config import OwnerConfig
 
+    dep.interrupt_on_sigint()
     owner = OwnerConfig.from_dict(
         {
             "data-path": str(data),
@@ -105,8 +134,6 @@ def client_start(
             "classes": classes,
         }
     )
-    if insecure:
-        warn_insecure()
     settings = dep.SuperNodeSettings(
         superlink=superlink,
         ca=ca,
@@ -115,20 +142,22 @@ def client_start(
         port=port,
         insecure=insecure,
         max_retries=max_retries,
+        max_wait_time_s=max_wait_time,
     )
-    ready = dep.check_before_connecting(settings)
-    classes = ", ".join(f"{k}: {v}" for k, v in ready.dataset.class_counts().items())
-    console.print(
-        f"data {data}: {len(ready.dataset)} records, classes {{{classes}}}, fingerprint {ready.dataset.fingerprint}"
+    dep.check_inputs(settings)  # before the heavy imports below: typos answer at once
+    if insecure:
+        warn_insecure()
+    local = dep.check_local(settings)
+    counts = ", ".join(f"{k}: {v}" for k, v in local.dataset.class_counts().items())
+    say = lambda line: console.print(line, highlight=False, markup=False)  # noqa: E731
+    say(
+        f"data {data}: {len(local.dataset)} records, classes {{{counts}}}, fingerprint {local.dataset.fingerprint}"
     )
-    console.print(
-        f"privacy budget: epsilon {epsilon_budget:g} at delta {delta:g}; spent {ready.epsilon_spent:.3f}; "
-        f"left {epsilon_budget - ready.epsilon_spent:.3f} (ledger {Path(ledger_dir).expanduser()})"
+    say(
+        f"privacy budget: epsilon {epsilon_budget:g} at delta {delta:g}; spent {local.epsilon_spent:.3f}; "
+        f"left {epsilon_budget - local.epsilon_spent:.3f} (ledger {Path(ledger_dir).expanduser()})"
     )
-    console.print(
-        f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}"
-    )
-    console.print(
+    say(
         "your policy: "
         + ("NON-PRIVATE rounds accepted (--allow-no-dp)" if allow_no_dp else "DP required")
         + "; evaluate "
@@ -138,24 +167,38 @@ def client_start(
             else "refused"
         )
         + (f"; at most epsilon {run_epsilon_cap:g} per run" if run_epsilon_cap else "")
-        + (f"; classes accepted: {classes}" if classes else ""),
-        highlight=False,
-        markup=False,
+        + (f"; classes accepted: {classes}" if classes else "")
     )
     from fedshield.common import minilm
     from fedshield.common.model import resolve_device
 
-    console.print(
+    # markup off: the hint's [finetune] is text, not a style
+    say(
         f"compute: {resolve_device(device)}; models: hashed, "
-        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})"),
-        markup=False,  # the hint's [finetune] is text, not a style
+        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})")
     )
-    if check_only:
-        return
-    config = dep.node_config(settings, ready)
-    dep.record_node_start(settings, ready, config)
-    status = dep.run_supernode(
-        settings, config, on_line=lambda line: console.print(line, highlight=False, markup=False)
-    )
-    if status != 0:
-        raise typer.Exit(code=status)
+    with dep.StopSignals() as stops:
+        try:
+            ready = dep.connect(settings, local, stops, say, single_attempt=check_only)
+        except dep.StoppedBySignal as stopped:
+            say(f"fedshield: {stopped}")
+            raise typer.Exit(code=stopped.exit_code) from None
+        say(f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}")
+        check = (
+            dep.compare_classes(ready.dataset, ready.federation, classes)
+            if ready.federation.classes
+            else None
+        )
+        for line in dep.class_report(ready.federation, check):
+            say(line)
+        if check is not None:
+            dep.refuse_class_mismatch(settings, check)
+        if check_only:
+            return
+        config = dep.node_config(settings, ready)
+        dep.record_node_start(settings, ready, config)
+        stop = dep.run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
+        dep.record_node_stop(config, stop)
+    say(f"fedshield: {stop.message}")
+    if stop.exit_code != 0:
+        raise typer.Exit(code=stop.exit_code)

@@ -14,6 +14,7 @@ from fedshield.cli.shared import (
     print_final,
     warn_insecure,
 )
+from fedshield.common.errors import FedshieldError
 
 server_app = typer.Typer(help="The operator's side of a deployed federation.", no_args_is_help=True)
 
@@ -47,9 +48,27 @@ def server_start(
         int | None, typer.Option(help="Nodes to wait for before the run (default: keys given).")
     ] = None,
     node_timeout_s: Annotated[float, typer.Option(help="How long to wait for the nodes.")] = 300.0,
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="The federation's classes, comma-separated, in the model's order (required; "
+            "owners see this list before joining)."
+        ),
+    ] = "",
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(help="Your labelled evaluation file (CSV/JSONL/Parquet), used whole."),
+    ] = None,
+    continue_from: Annotated[
+        str,
+        typer.Option(
+            help="Start from a finished run's model: its folder, or 'latest' (newest under "
+            "STATE/runs). Public, so it costs the owners no budget."
+        ),
+    ] = "",
     run_config: Annotated[
         list[str] | None,
-        typer.Option(help="key=value for the run (repeat), e.g. num-rounds=5 data=eval.csv."),
+        typer.Option(help="key=value for the run (repeat), e.g. num-rounds=5 target-epsilon=1.0."),
     ] = None,
     run_timeout_s: Annotated[
         float, typer.Option(help="Give up on the run after this long.")
@@ -59,7 +78,36 @@ def server_start(
     ] = False,
     insecure: InsecureFlag = False,
 ) -> None:
-    """Start a TLS SuperLink with node authentication, register owners' keys, run the federation."""
+    """Start a TLS SuperLink with node authentication, register owners' keys, run the federation.
+
+    Example: fedshield server start --node-key pki/owner-1.pub --node-key pki/owner-2.pub
+    --classes business,sport,tech --eval-data eval.csv --run-config num-rounds=5
+
+    Exit status: 0 when every planned round ran; 6 when no owner's update was accepted
+    (nothing saved); 7 when the run stopped early because every owner refused for budget.
+    """
+    from fedshield.cli.shared import require_file
+
+    for key in node_key or []:
+        require_file(key, "--node-key")
+        if key.suffix != ".pub":
+            raise FedshieldError(
+                f"--node-key {key}: pass the owner's PUBLIC key (NAME.pub from `fedshield pki "
+                "node NAME`), never a private key"
+            )
+    if not insecure:
+        for name in ("ca.crt", "server.pem", "server.key"):
+            require_file(pki / name, "--pki")
+    if eval_data is not None:
+        require_file(eval_data, "--eval-data")
+    values = parse_key_values(run_config or [])
+    for key, value in (
+        ("classes", classes),
+        ("eval-data", str(eval_data) if eval_data else ""),
+        ("continue-from", continue_from),
+    ):
+        if value:
+            values[key] = value
     from fedshield.server.deployment import SuperLinkSettings
     from fedshield.server.operator import FederationRequest, serve_federation
 
@@ -75,7 +123,7 @@ def server_start(
     )
     request = FederationRequest(
         node_keys=list(node_key or []),
-        run_values=parse_key_values(run_config or []),
+        run_values=values,
         wait_nodes=wait_nodes,
         node_timeout_s=node_timeout_s,
         run_timeout_s=run_timeout_s,

@@ -41,7 +41,10 @@ PkiDir = Annotated[
 
 
 def print_final(out_dir: Path) -> None:
+    """Print what the run achieved; a run that failed or stopped early raises (exit 6, 7)."""
     import json
+
+    from fedshield.common.errors import RunFailed, RunStoppedEarly
 
     metrics_path = out_dir / "metrics.json"
     if not metrics_path.exists():
@@ -49,15 +52,47 @@ def print_final(out_dir: Path) -> None:
     final = json.loads(metrics_path.read_text())["final"]
     if final is None:
         raise FedshieldError(f"the run stopped before its last round; see {metrics_path}")
+    reasons = "; ".join(final.get("reasons", [])) or "no reason recorded"
+    if final.get("outcome") == "failed":
+        raise RunFailed(
+            f"no owner's update was accepted in {final['rounds_completed']} round(s), so no "
+            f"model was saved: {reasons}. Metrics: {metrics_path}"
+        )
     privacy = (
         f"max epsilon per client {final['epsilon_max']:.3f}"
         if final["dp"]
         else "NO privacy (--no-dp)"
     )
     console.print(
-        f"[bold]Held-out accuracy {final['accuracy']:.4f}[/] after {final['rounds_completed']} rounds; "
-        f"{privacy}. Model: {out_dir / 'model.pt'}; metrics: {metrics_path}"
+        f"[bold]Held-out accuracy {final['accuracy']:.4f}[/] after {final['rounds_completed']} "
+        f"rounds ({final.get('rounds_with_updates', final['rounds_completed'])} with accepted "
+        f"updates; started at {final.get('initial_accuracy', 0.0):.4f}); {privacy}. "
+        f"Model: {out_dir / 'model.pt'}; metrics: {metrics_path}",
+        highlight=False,
     )
+    if final.get("initial_accuracy", 0.0) > final["accuracy"]:
+        console.print(
+            f"[yellow]This run ended below the model it started from "
+            f"({final['accuracy']:.4f} < {final['initial_accuracy']:.4f}); that model is unchanged "
+            "in its own run folder.[/]"
+        )
+    if final.get("outcome") == "stopped-early":
+        raise RunStoppedEarly(
+            f"the run stopped before its {final.get('rounds_planned', '?')} planned rounds: "
+            f"{reasons}. The model above is saved; owners must raise their budgets for more"
+        )
+
+
+def require_file(path: str | Path, option: str, builtin: tuple[str, ...] = ()) -> None:
+    """A named input file must exist before anything heavy is imported or started."""
+    if str(path) in builtin:
+        return
+    path = Path(path).expanduser()
+    if not path.exists():
+        hint = f" (or use a built-in name: {', '.join(builtin)})" if builtin else ""
+        raise FedshieldError(f"{path}: no such file; check the path passed to {option}{hint}")
+    if path.is_dir():
+        raise FedshieldError(f"{path}: is a folder; pass the file itself to {option}")
 
 
 def parse_key_values(items: list[str]) -> dict:

@@ -33,6 +33,27 @@ def simulate(
     test_fraction: Annotated[
         float, typer.Option(help="Held-out share for server-side evaluation.")
     ] = 0.2,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate on this labelled file, whole, instead of a held-out slice of --data "
+            "(the owners then train on all of --data)."
+        ),
+    ] = None,
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="The class list, comma-separated, in the model's order (default: the sorted "
+            "labels of the data)."
+        ),
+    ] = "",
+    continue_from: Annotated[
+        str,
+        typer.Option(
+            help="Start from the model of a finished run: its folder, or 'latest' (newest run "
+            "with a model beside --out). Public, so it costs no privacy budget."
+        ),
+    ] = "",
     epsilon: Annotated[
         float,
         typer.Option(
@@ -132,10 +153,21 @@ def simulate(
         ),
     ] = False,
 ) -> None:
-    """Run the server plus simulated clients on this machine and report accuracy and epsilon."""
-    from fedshield.common.config import RunConfig
-    from fedshield.server.app import default_out_dir
+    """Run the server plus simulated clients on this machine and report accuracy and epsilon.
 
+    Exit status: 0 when every planned round ran; 6 when no owner's update was accepted (no
+    model is saved); 7 when the run stopped early because every owner refused for budget.
+    To spend a budget well, run once with all the rounds it allows, or continue a finished
+    run's model with --continue-from (the rounds add up; the epsilon spent adds up too).
+    """
+    import time
+
+    from fedshield.cli.shared import require_file
+    from fedshield.common.config import RunConfig
+
+    require_file(data, "--data", builtin=("imdb", "rotten-tomatoes", "movie-reviews"))
+    if eval_data is not None:
+        require_file(eval_data, "--eval-data")
     if resume:
         from fedshield.server.checkpoint import ServerCheckpoint
 
@@ -149,11 +181,20 @@ def simulate(
         _run_simulation_with_progress(config, config.num_clients)
         return
 
-    out_dir = out or default_out_dir()
+    out_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if continue_from:
+        from fedshield.server.outputs import resolve_continue_from
+
+        parent = resolve_continue_from(continue_from, out_dir.parent)
+        console.print(f"Starting from the model of {parent}")
+        continue_from = str(parent.resolve())
     config = RunConfig.from_dict(
         {
             "num-rounds": rounds,
             "data": data,
+            "eval-data": str(eval_data.resolve()) if eval_data else "",
+            "classes": classes,
+            "continue-from": continue_from,
             "text-column": text_column,
             "label-column": label_column,
             "max-records": max_records,
@@ -214,6 +255,11 @@ def _run_simulation_with_progress(config, clients: int) -> None:
     from fedshield.simulation.engine import check_inputs
 
     sizes, held_out = check_inputs(config, clients)
+    if config.continue_from:
+        from fedshield.common.simulation_split import class_names
+        from fedshield.server.outputs import check_continuation
+
+        check_continuation(config, class_names(config))
     if config.dp:
         mode = (
             f"DP-SGD, target epsilon {config.target_epsilon:g} per client this run, "

@@ -31,8 +31,10 @@ class Event:
     AGGREGATED = "aggregated"
     ROUND_EVALUATED = "round-evaluated"
     RUN_END = "run-end"
+    OWNER_REMOVED = "owner-removed"  # `server remove-owner`: node key, node id, reason
     # a data owner
     NODE_START = "node-start"
+    NODE_STOP = "node-stop"  # why: signal, superlink-gone, removed (with the notice), failed
     INSECURE_MODE_WARNING = "insecure-mode-warning"
     ROUND_START = "round-start"
     BUDGET_CHANGED = "budget-changed"

@@ -105,6 +105,9 @@ class RunConfig(_KebabConfig):
 
     num_rounds: int = 40
     data: str = "imdb"
+    # The server's evaluation file, used whole (deployment: required; simulation: "" =
+    # a held-out test-fraction of ``data``). Its labels must be among ``classes``.
+    eval_data: str = ""
     text_column: str = "text"
     label_column: str = "label"
     classes: str = ""
@@ -138,6 +141,9 @@ class RunConfig(_KebabConfig):
     transport: str = ""
     run_key: str = ""
     resume: bool = False
+    # A finished run's folder (model.pt + model.json) whose global model this run starts
+    # from: public, so no privacy cost; "" = an untrained model.
+    continue_from: str = ""
     num_clients: int = 0
     device: str = "auto"
     model: str = "hashed"
@@ -292,6 +298,12 @@ class RunConfig(_KebabConfig):
             "encoder-learning-rate",
             self.encoder_learning_rate,
             "must be >= 0 (0 keeps the pretrained layers fixed)",
+        )
+        _require(
+            not (self.resume and self.continue_from),
+            "continue-from",
+            self.continue_from,
+            "a resumed run continues its own checkpoint; drop continue-from or --resume",
         )
         _require(
             self.physical_batch_size >= 0,

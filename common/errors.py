@@ -33,3 +33,16 @@ class PolicyRefusal(FedshieldError):
     """A plan asks for something the data owner's own policy does not allow."""
 
     exit_code = 5
+
+
+class RunFailed(FedshieldError):
+    """A run ended without a single accepted update: no owner's data reached the model."""
+
+    exit_code = 6
+
+
+class RunStoppedEarly(FedshieldError):
+    """A run stopped before its last round because every owner refused for budget; the
+    model of the last round with an accepted update is saved."""
+
+    exit_code = 7

@@ -56,11 +56,20 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+# Headers of what people pass by mistake where a private key belongs (OpenSSH public key
+# lines, PEM public keys and certificates), and the marker every private key we load has.
+_PUBLIC_KEY_STARTS = (b"ssh-", b"ecdsa-sha2-", b"sk-", b"-----BEGIN PUBLIC KEY", b"---- BEGIN SSH2")
+_PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
+_KEY_FILE_MAX_BYTES = 64 * 1024  # a private key is a few hundred bytes
+
+
 def check_private_key_file(path: str | Path) -> Path:
-    """Refuse a missing private key or one that others can read."""
+    """Refuse a missing private key, a file that is not one (a public key, a
+    certificate), or one that others can read."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: private key not found; create it with `fedshield pki ...`")
+    _check_is_private_key(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(
@@ -68,6 +77,31 @@ def check_private_key_file(path: str | Path) -> Path:
             f"run: chmod 600 {path}"
         )
     return path
+
+
+def _check_is_private_key(path: Path) -> None:
+    """Decided on the file's first bytes, before its permissions: advice to chmod a public
+    key would send the user the wrong way."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_KEY_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the private key ({exc.strerror})") from exc
+    text = head.lstrip()
+    if text.startswith(_PUBLIC_KEY_STARTS):
+        private = path.with_suffix(".key") if path.suffix == ".pub" else "NAME.key"
+        raise ConfigError(
+            f"{path} is a public key; pass the private key {private} made by `fedshield pki node`"
+        )
+    if text.startswith(b"-----BEGIN CERTIFICATE"):
+        raise ConfigError(
+            f"{path} is a certificate, not a private key; pass the private key file (.key)"
+        )
+    if len(head) > _KEY_FILE_MAX_BYTES or _PRIVATE_KEY_MARK not in head:
+        raise ConfigError(
+            f"{path} is not a private key (no PEM or OpenSSH private key block); pass the "
+            "private key NAME.key made by `fedshield pki`"
+        )
 
 
 def init_ca(directory: Path, name: str = "fedshield federation CA", days: int = 730) -> Path:
@@ -183,7 +217,13 @@ def ssh_public_key_fingerprint(path: str | Path) -> str:
 
 def node_key_fingerprint(private_key_path: str | Path) -> str:
     """Fingerprint of the public half of a SuperNode's OpenSSH private key."""
-    key = serialization.load_ssh_private_key(Path(private_key_path).read_bytes(), password=None)
+    try:
+        key = serialization.load_ssh_private_key(Path(private_key_path).read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:  # another format, or a passphrase
+        raise ConfigError(
+            f"{private_key_path} is not an unencrypted OpenSSH private key ({exc}); pass the "
+            "node key NAME.key made by `fedshield pki node`"
+        ) from exc
     blob = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )

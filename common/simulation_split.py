@@ -3,7 +3,9 @@ from one RunConfig (the held-out test split and each simulated owner's partition
 
 In simulation the operator plays every data owner: the held-out test split and each
 owner's partition are cut from one data set with one seed, so the server's test split
-and the clients' training data never overlap.
+and the clients' training data never overlap. With ``eval-data`` the server evaluates on
+that file, whole, and the owners train on all of ``data``; a deployed server has only
+``eval-data`` (the owners' data never reaches it).
 """
 
 from __future__ import annotations
@@ -15,15 +17,32 @@ from fedshield.common.data import TextDataset, load_dataset, partition, split_ho
 
 
 @lru_cache(maxsize=2)
+def _eval_file(config: RunConfig) -> TextDataset:
+    return load_dataset(
+        config.eval_data, config.text_column, config.label_column, config.class_names()
+    )
+
+
+@lru_cache(maxsize=2)
 def _train_test(config: RunConfig) -> tuple[TextDataset, TextDataset]:
+    classes = config.class_names()
+    test = _eval_file(config) if config.eval_data else None
     dataset = load_dataset(
-        config.data, config.text_column, config.label_column, config.class_names()
+        config.data,
+        config.text_column,
+        config.label_column,
+        classes or (test.classes if test is not None else None),
     )
     dataset = take(dataset, config.max_records, config.seed)
+    if test is not None:
+        return dataset, test
     return split_holdout(dataset, config.test_fraction, config.seed)
 
 
 def heldout_test_split(config: RunConfig) -> TextDataset:
+    """The server's evaluation data: ``eval-data`` whole, else the held-out slice of ``data``."""
+    if config.eval_data:
+        return _eval_file(config)
     return _train_test(config)[1]
 
 

@@ -1,8 +1,11 @@
 """The ServerApp: the operator's side of every round.
 
+start from an untrained model or a finished run's model (``continue-from``) ->
 configure (the training plan) -> send to owners -> validate and aggregate replies
-(server/strategy.py) -> evaluate the new global model on the held-out split ->
-record the round (metrics.json) -> next round; at the end, save the model.
+(server/strategy.py) -> evaluate the new global model on the evaluation data ->
+record the round (metrics.json) -> next round, or stop early once every owner refuses
+for budget; at the end, the outcome (completed, stopped-early, failed: no accepted
+update) and, if any update was accepted, the model.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from fedshield.common.errors import FedshieldError
 from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
-from fedshield.server.outputs import RunOutputs
+from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.strategy import build_strategy
 
 log = logging.getLogger("fedshield.server")
@@ -53,8 +57,36 @@ def make_server_app(
     return app
 
 
+class _StopRun(Exception):
+    """Raised from the end-of-round callback to leave Flower's round loop early."""
+
+
+def run_outcome(history: list[dict], stopped_after: int | None) -> dict:
+    """What the run achieved, in the words an operator and a script can act on."""
+    rounds = [entry for entry in history if entry["round"] > 0]
+    with_updates = sum(1 for entry in rounds if entry["participants"])
+    refusals = Counter(r for entry in rounds for r in (*entry["refusals"], *entry["rejected"]))
+    reasons = [f"{count} x {reason}" for reason, count in refusals.most_common()]
+    silent = sum(1 for entry in rounds if not (entry["participants"] or entry["refusals"]))
+    if silent:
+        reasons.append(
+            f"{silent} round(s) without any reply (fewer owners than min-train-nodes "
+            "connected, or replies after round-timeout-s)"
+        )
+    if with_updates == 0:
+        status = "failed"
+    elif stopped_after is not None:
+        status = "stopped-early"
+        reasons.insert(0, f"stopped after round {stopped_after}: every owner refused for budget")
+    else:
+        status = "completed"
+    return {"outcome": status, "rounds_with_updates": with_updates, "reasons": reasons}
+
+
 def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None = None) -> dict:
-    outputs = RunOutputs(Path(config.out_dir) if config.out_dir else default_out_dir())
+    outputs = RunOutputs(
+        Path(config.out_dir) if config.out_dir else default_out_dir(), resume=config.resume
+    )
     audit_dir = Path(config.audit_dir) if config.audit_dir else outputs.out_dir / "audit"
     audit = AuditLog(audit_dir / "server" / "audit.jsonl", actor="server", checkpoint_every=100)
     spec = ModelSpec.from_config(config)
@@ -63,6 +95,10 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     device = resolve_device(config.device)
     test_inputs = spec.encode(test.texts, device)
     model = spec.build(len(classes))
+    initial_arrays = ArrayRecord(model.state_dict())
+    lineage: list[dict] = []
+    if config.continue_from:
+        initial_arrays, lineage = load_parent_model(Path(config.continue_from), spec, classes)
     audit.append(
         Event.RUN_START,
         **{
@@ -70,7 +106,9 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
             "classes": list(classes),
             "model": spec.describe(),
             "test-records": len(test),
+            "eval-data": test.source,
             "transport": config.transport or "unspecified (flwr run)",
+            "initial-model": lineage[0] if lineage else "untrained",
         },
     )
     strategy = build_strategy(
@@ -88,7 +126,6 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     )
     epsilon_so_far: dict[str, float] = {}
     history: list[dict] = []
-    initial_arrays = ArrayRecord(model.state_dict())
     run_key = config.run_key or uuid.uuid4().hex
     if config.resume:
         checkpoint = ServerCheckpoint.load(outputs.out_dir)
@@ -107,6 +144,7 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
             },
         )
     config = config.replace(run_key=run_key)
+    last_arrays = [initial_arrays]  # the newest global model, whatever ends the loop
 
     def evaluate_global(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = flower_round + strategy.round_offset
@@ -150,8 +188,11 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
             random_state=random.getstate(),
         ).save(outputs.out_dir)
         audit.checkpoint(f"round-{server_round}-end")
+        last_arrays[0] = arrays
         if on_round is not None:
             on_round(entry)
+        if strategy.every_owner_refused_for_budget(server_round):
+            raise _StopRun(server_round)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     plan = wire.encode_train_plan(config, classes)
@@ -160,34 +201,38 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
         raise FedshieldError(
             f"{outputs.out_dir}: all {config.num_rounds} rounds are done; nothing to resume"
         )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial_arrays,
-        num_rounds=remaining,
-        timeout=config.round_timeout_s,
-        train_config=plan,
-        evaluate_config=ConfigRecord(dict(plan)),
-        evaluate_fn=evaluate_global,
-    )
-    final_arrays = result.arrays if len(result.arrays) else initial_arrays
-    outputs.save_model(final_arrays, classes, spec)
+    stopped_after = None
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=remaining,
+            timeout=config.round_timeout_s,
+            train_config=plan,
+            evaluate_config=ConfigRecord(dict(plan)),
+            evaluate_fn=evaluate_global,
+        )
+    except _StopRun as stop:
+        stopped_after = int(str(stop))
+        log.warning("every owner refused for budget in round %d: stopping", stopped_after)
+    outcome = run_outcome(history, stopped_after)
     final = {
         "accuracy": history[-1]["accuracy"],
         "loss": history[-1]["loss"],
+        "initial_accuracy": history[0]["accuracy"],
         "epsilon_max": max(epsilon_so_far.values(), default=0.0),
         "dp": config.dp,
         "rounds_completed": len(history) - 1,
+        "rounds_planned": config.num_rounds,
+        **outcome,
+        "model_saved": outcome["rounds_with_updates"] > 0,
     }
+    model_sha256 = None
+    if final["model_saved"]:  # a run that changed nothing saves nothing
+        outputs.save_model(last_arrays[0], classes, spec, lineage)
+        model_sha256 = json.loads((outputs.out_dir / "model.json").read_text())["model-sha256"]
     outputs.record_final(final, config.as_dict())
-    audit.append(
-        Event.RUN_END,
-        **{
-            "final": final,
-            "model-sha256": json.loads((outputs.out_dir / "model.json").read_text())[
-                "model-sha256"
-            ],
-        },
-    )
+    audit.append(Event.RUN_END, **{"final": final, "model-sha256": model_sha256})
     audit.checkpoint("run-end")
     return {"final": final, "rounds": history, "out_dir": str(outputs.out_dir)}
 

@@ -3,7 +3,8 @@
 ``fedshield server start`` = start ``flower-superlink`` on 127.0.0.1 with TLS, SuperNode
 authentication, a persistent state database and no runtime dependency installation ->
 start fedshield's Fleet-only gateway on the public ``--host/--port`` -> wait until both
-answer over TLS -> register the data owners' node keys -> wait for the nodes ->
+answer over TLS -> register the data owners' node keys (recorded in STATE/owners.json,
+which ``server status`` and ``server remove-owner`` read) -> wait for the nodes ->
 ``flwr run`` the fedshield apps with the run configuration -> stop.
 
 Port layout, and why: Flower 1.42 serves the Fleet API (owners), the Control API (start
@@ -22,6 +23,7 @@ version is part of the training plan and the audit log.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import ssl
@@ -36,6 +38,7 @@ from pathlib import Path
 from cryptography import x509
 
 from fedshield.common.config import RunConfig
+from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.pki import (
     CA_CERT,
@@ -51,6 +54,8 @@ from fedshield.common.processes import ManagedProcess, flower_binary, flower_env
 
 CONNECTION = "fedshield"
 LOOPBACK = "127.0.0.1"
+OWNERS_FILE = "owners.json"  # in the state folder: the node keys this operator registered
+OWNERS_FORMAT = "fedshield-owners/1"
 
 
 class DeploymentError(FedshieldError):
@@ -208,6 +213,8 @@ def fleet_gateway_command(settings: SuperLinkSettings) -> list[str]:
         str(settings.internal_port),
         "--refused-log",
         str(settings.refused_log),
+        "--state",  # it publishes federation.json and the notices there
+        str(settings.state_dir),
     ]
     return [*args, "--insecure"] if settings.insecure else [*args, "--pki", str(settings.pki_dir)]
 
@@ -255,20 +262,90 @@ class ServingSuperLink:
         self.superlink.stop()
 
 
-def _flwr(
-    settings: SuperLinkSettings, *args: str, timeout_s: float = 60
-) -> subprocess.CompletedProcess:
+def flwr_cli(flwr_home: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """The ``flwr`` CLI with the connection ``write_connection_config`` wrote in ``flwr_home``."""
     return subprocess.run(
         [flower_binary("flwr"), *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env=flower_env(settings.flwr_home),
+        env=flower_env(flwr_home),
     )
 
 
+def _flwr(
+    settings: SuperLinkSettings, *args: str, timeout_s: float = 60
+) -> subprocess.CompletedProcess:
+    return flwr_cli(settings.flwr_home, *args, timeout_s=timeout_s)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def load_owner_registry(state_dir: Path) -> list[dict]:
+    """The node keys ``server start`` registered from this state folder (``OWNERS_FILE``):
+    each with "name" (the key file's stem), "key", "fingerprint", "node-id" (None when the
+    SuperLink had it already and this folder never learnt its id), "time" and "removed"
+    (None, or the time and reason of ``server remove-owner``)."""
+    path = Path(state_dir) / OWNERS_FILE
+    if not path.exists():
+        return []
+    try:
+        return list(json.loads(path.read_text())["owners"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: not a fedshield owner registry ({exc}); it is rewritten by "
+            "`fedshield server start`: move it aside and register the keys again"
+        ) from None
+
+
+def save_owner_registry(state_dir: Path, owners: list[dict]) -> None:
+    body = {"format": OWNERS_FORMAT, "owners": owners}
+    write_bytes_atomic(
+        Path(state_dir) / OWNERS_FILE, json.dumps(body, indent=2).encode("utf-8"), mode=0o600
+    )
+
+
+def _remember_registration(state_dir: Path, key: Path, fingerprint: str, node_id) -> None:
+    """Record a registration; a key the SuperLink had already keeps the node id known here."""
+    owners = load_owner_registry(state_dir)
+    known = next((o for o in owners if o["fingerprint"] == fingerprint), None)
+    if known is not None and node_id is None:
+        known["key"] = str(key.resolve())
+    else:
+        owners = [o for o in owners if o["fingerprint"] != fingerprint]
+        owners.append(
+            {
+                "name": key.stem,
+                "key": str(key.resolve()),
+                "fingerprint": fingerprint,
+                "node-id": node_id,
+                "time": _now(),
+                "removed": None,
+            }
+        )
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    save_owner_registry(state_dir, owners)
+
+
+def _refuse_removed_key(state_dir: Path, key: Path, fingerprint: str) -> None:
+    for owner in load_owner_registry(state_dir):
+        if owner["fingerprint"] == fingerprint and owner.get("removed"):
+            removed = owner["removed"]
+            raise ConfigError(
+                f"{key} ({fingerprint}) was removed from this federation on {removed['time']} "
+                f"({removed['reason']!r}); the SuperLink in {state_dir} keeps a removed key "
+                "unusable. To admit the owner again, it makes a new key with `fedshield pki "
+                "node NAME` and you pass the new .pub with --node-key"
+            )
+
+
 def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> list[dict]:
-    """Register each owner's public key; a key already registered is kept as it is."""
+    """Register each owner's public key; a key already registered is kept as it is.
+
+    Every registration is recorded in the state folder's owner registry
+    (``load_owner_registry``), which ``server status`` and ``server remove-owner`` read."""
     registered = []
     for key in public_keys:
         if not key.is_file():
@@ -276,6 +353,7 @@ def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> 
                 f"{key}: node public key not found (the owner makes it with `fedshield pki node NAME`)"
             )
         fingerprint = ssh_public_key_fingerprint(key)
+        _refuse_removed_key(settings.state_dir, key, fingerprint)
         proc = _flwr(settings, "supernode", "register", str(key), CONNECTION, "--format", "json")
         output = proc.stdout + proc.stderr
         try:
@@ -285,8 +363,10 @@ def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> 
         # `flwr supernode register --format json` exits 0 when it fails: read "success".
         if proc.returncode == 0 and answer.get("success", True) is not False:
             node_id = answer.get("node-id", answer.get("node_id", answer.get("id")))
+            _remember_registration(settings.state_dir, key, fingerprint, node_id)
             registered.append({"key": str(key), "fingerprint": fingerprint, "node-id": node_id})
         elif "already in use" in output:
+            _remember_registration(settings.state_dir, key, fingerprint, None)
             registered.append(
                 {"key": str(key), "fingerprint": fingerprint, "node-id": "already registered"}
             )
@@ -295,13 +375,40 @@ def register_node_keys(settings: SuperLinkSettings, public_keys: list[Path]) -> 
     return registered
 
 
-def online_nodes(settings: SuperLinkSettings) -> int:
-    proc = _flwr(settings, "supernode", "ls", CONNECTION, "--format", "json")
-    if proc.returncode != 0:
-        return 0
+def _flwr_answer(proc: subprocess.CompletedProcess, what: str) -> dict:
+    """The JSON ``flwr ... --format json`` printed; its "success", not its exit code, counts."""
     try:
-        nodes = json.loads(proc.stdout).get("nodes", [])
+        answer = json.loads(proc.stdout)
     except ValueError:
+        answer = {}
+    if proc.returncode != 0 or answer.get("success") is not True:
+        said = answer.get("error-message") or proc.stdout + proc.stderr
+        # flwr's message opens with its progress lines ("Using SuperLink ..."): the cause is last.
+        detail = next((line for line in reversed(said.splitlines()) if line.strip()), "no output")
+        raise DeploymentError(f"{what} failed: {detail}")
+    return answer
+
+
+def list_nodes(flwr_home: Path) -> list[dict]:
+    """``flwr supernode ls`` on the loopback SuperLink: dicts with "node-id" (a string),
+    "status" (registered, online, offline, unregistered), "online-at", "offline-at", ...
+    (flwr 1.42 lists no public key or name). DeploymentError when it cannot be reached."""
+    proc = flwr_cli(flwr_home, "supernode", "ls", CONNECTION, "--format", "json", timeout_s=30)
+    return list(_flwr_answer(proc, "listing the SuperNodes").get("nodes", []))
+
+
+def unregister_node(flwr_home: Path, node_id: int) -> None:
+    """``flwr supernode unregister``: the SuperLink refuses the node from now on."""
+    proc = flwr_cli(
+        flwr_home, "supernode", "unregister", str(node_id), CONNECTION, "--format", "json"
+    )
+    _flwr_answer(proc, f"unregistering node {node_id}")
+
+
+def online_nodes(settings: SuperLinkSettings) -> int:
+    try:
+        nodes = list_nodes(settings.flwr_home)
+    except DeploymentError:
         return 0
     return sum(1 for node in nodes if node.get("status") == "online")
 
@@ -394,12 +501,16 @@ def launch_run(settings: SuperLinkSettings, values: dict, log_path: Path, timeou
         )
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout_s
-        for line in proc.stdout:
-            log.write(line)
-            sys.stdout.write(line.decode(errors="replace"))
-            if time.monotonic() > deadline:
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                sys.stdout.write(line.decode(errors="replace"))
+                if time.monotonic() > deadline:
+                    raise DeploymentError(
+                        f"the run did not finish within {timeout_s:.0f} s; see {log_path}"
+                    )
+            return proc.wait()
+        finally:  # also on Ctrl-C and SIGTERM: no `flwr run` left behind
+            if proc.poll() is None:
                 proc.kill()
-                raise DeploymentError(
-                    f"the run did not finish within {timeout_s:.0f} s; see {log_path}"
-                )
-        return proc.wait()
+                proc.wait()

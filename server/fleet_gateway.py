@@ -17,6 +17,12 @@ SuperLink starts use it there) and runs this gateway on the public ``--host/--po
 - it passes on Flower's own headers (``flwr-*``: the signed timestamp, public key and
   signature of SuperNode authentication, the runtime version) and the content headers,
   nothing else: the SuperLink still authenticates every node itself;
+- it serves, read-only and itself, the two things the operator publishes to owners
+  (common/federation_info.py): GET/HEAD ``FEDERATION_PATH`` answers the state folder's
+  ``federation.json``, and GET ``NOTICE_PATH_PREFIX + ID`` answers ``notices/ID.json``
+  only when ID is a notice id (64 lowercase hex); the only file names it ever opens are
+  those two, built from constants and the validated id (no user text reaches a path),
+  and an absent file is a 404;
 - it answers 403 to every other Flower API path (``/v1/control/...``,
   ``/v1/runtime/...``) and 404 to anything else, matching paths exactly (no prefixes, so
   ``/v1/fleet/../control/...`` is refused), and appends each refusal (time, method, path,
@@ -52,6 +58,14 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from fedshield.common.federation_info import (
+    FEDERATION_FILE,
+    FEDERATION_PATH,
+    NOTICE_ID,
+    NOTICE_PATH_PREFIX,
+    NOTICES_DIR,
+)
+
 # Every call of flwr 1.42's FleetHttpClient a SuperNode with node authentication makes.
 FLEET_PATHS = frozenset(
     {
@@ -84,6 +98,9 @@ MAX_BODY_BYTES = {"/v1/fleet/push-object": 256 << 20, "/v1/fleet/push-messages":
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT_CONNECTIONS = 512
 MAX_LOGGED_PATH_CHARS = 300
+# The published files are small JSON documents the operator writes; a cap keeps a
+# mistaken huge file from being read into memory per request.
+MAX_PUBLISHED_BYTES = 1 << 20
 
 log = logging.getLogger("fedshield.gateway")
 
@@ -95,6 +112,7 @@ class GatewaySettings:
     upstream_port: int
     refused_log: Path
     pki_dir: Path | None  # None: plaintext on both hops (--insecure, debugging only)
+    state_dir: Path | None = None  # the published files' folder; None: nothing published
 
     @property
     def allowed(self) -> frozenset[tuple[str, str]]:
@@ -160,13 +178,46 @@ class FleetGateway:
         if scope["type"] != "http":
             return  # uvicorn runs with ws="none": no other protocol reaches here
         request = Request(scope, receive)
-        if (request.method, request.url.path) not in self.allowed:
+        if published := self._published_file(request):
+            response = self.publish(published)
+        elif (request.method, request.url.path) not in self.allowed:
             response = self.refuse(request)
         elif reason := self._malformed(request):
             response = self.refuse(request, status=reason)
         else:
             response = await self.forward(request)
         await response(scope, receive, send)
+
+    def _published_file(self, request: Request) -> Path | None:
+        """The state folder's file a published path names, or None for any other request.
+
+        The file name is a constant or the validated 64-hex notice id: nothing else of the
+        request reaches the file system."""
+        path, state = request.url.path, self.settings.state_dir
+        if state is None:
+            return None
+        if path == FEDERATION_PATH and request.method in ("GET", "HEAD"):
+            return state / FEDERATION_FILE
+        if path.startswith(NOTICE_PATH_PREFIX) and request.method == "GET":
+            notice = path[len(NOTICE_PATH_PREFIX) :]
+            if NOTICE_ID.fullmatch(notice):
+                return state / NOTICES_DIR / f"{notice}.json"
+        return None
+
+    def publish(self, path: Path) -> Response:
+        """The published JSON file, or 404 when the operator has not written it."""
+        try:
+            with open(path, "rb") as handle:
+                body = handle.read(MAX_PUBLISHED_BYTES + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return PlainTextResponse("not published", status_code=404)
+        except OSError as exc:
+            log.warning("cannot read %s: %r", path, exc)
+            return PlainTextResponse("not available", status_code=503)
+        if len(body) > MAX_PUBLISHED_BYTES:
+            log.warning("%s is over %d bytes; not served", path, MAX_PUBLISHED_BYTES)
+            return PlainTextResponse("not available", status_code=503)
+        return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
     @staticmethod
     def _malformed(request: Request) -> int | None:
@@ -269,6 +320,8 @@ def serve(settings: GatewaySettings) -> None:
         f"fedshield fleet gateway on {settings.host}:{settings.port} "
         f"({'TLS' if settings.pki_dir else 'PLAINTEXT'}) -> SuperLink 127.0.0.1:{settings.upstream_port}; "
         f"forwarding {', '.join(sorted({path for _, path in settings.allowed}))}; "
+        f"publishing {FEDERATION_PATH} and {NOTICE_PATH_PREFIX}<id> from "
+        f"{settings.state_dir or 'nowhere'}; "
         f"refusals logged to {settings.refused_log}",
         flush=True,
     )
@@ -285,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refused-log", type=Path, required=True)
     parser.add_argument("--pki", type=Path, help="folder with ca.crt, server.pem, server.key")
     parser.add_argument("--insecure", action="store_true", help="plaintext on both hops")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="the server's state folder, whose federation.json and notices/ it publishes",
+    )
     args = parser.parse_args(argv)
     if (args.pki is None) != args.insecure:
         parser.error("give exactly one of --pki and --insecure")
@@ -296,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             upstream_port=args.upstream_port,
             refused_log=args.refused_log,
             pki_dir=None if args.insecure else args.pki,
+            state_dir=args.state,
         )
     )
 

@@ -1,19 +1,24 @@
 """The operator's federation lifecycle behind ``fedshield server start``.
 
-start the SuperLink (loopback) and the Fleet-only gateway -> register the owners' node
-keys -> wait for their SuperNodes -> ``flwr run`` the fedshield apps -> (keep serving)
--> stop both. Every step reports through ``say`` so the CLI only prints.
+check the request (classes, evaluation data, the model to continue) -> publish the
+federation's class list (federation.json, served by the gateway) -> start the SuperLink
+(loopback) and the Fleet-only gateway -> register the owners' node keys -> wait for
+their SuperNodes -> ``flwr run`` the fedshield apps -> (keep serving) -> stop both.
+Every step reports through ``say`` so the CLI only prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from fedshield.common.config import RunConfig
-from fedshield.common.errors import FedshieldError
+from fedshield.common.errors import ConfigError, FedshieldError
+from fedshield.common.federation_info import write_federation_info
 from fedshield.server import deployment as dep
 
 
@@ -29,9 +34,32 @@ class FederationRequest:
     keep_running: bool = False
 
 
-def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -> None:
-    """Refuse bad run keys, a missing encoder and unauthenticated keys before starting."""
+def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -> RunConfig:
+    """Refuse a run without explicit classes and evaluation data, a missing encoder and
+    unauthenticated keys before starting; returns the run's configuration."""
     plan = RunConfig.from_dict(request.run_values)
+    if "data" in request.run_values:
+        raise ConfigError(
+            "run config data=...: a deployed server holds no training data (the owners do); "
+            "name the server's labelled evaluation file with --eval-data"
+        )
+    if not plan.class_names():
+        raise ConfigError(
+            "the federation's classes are not named: pass --classes with every label, "
+            "comma-separated, in the model's order (owners check their labels against it)"
+        )
+    if not plan.eval_data:
+        raise ConfigError(
+            "no evaluation data: pass --eval-data with the operator's labelled held-out file "
+            "(CSV, JSON Lines or Parquet; its labels must be among --classes)"
+        )
+    from fedshield.common.simulation_split import heldout_test_split
+
+    evaluation = heldout_test_split(plan)  # the file exists, has the columns, known labels
+    if plan.continue_from:
+        from fedshield.server.outputs import check_continuation
+
+        check_continuation(plan, evaluation.classes)
     if plan.model == "minilm":
         from fedshield.common import minilm
 
@@ -40,20 +68,46 @@ def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -
         raise FedshieldError(
             "--insecure cannot authenticate nodes; drop --node-key or drop --insecure"
         )
+    return plan
+
+
+def publish_federation(settings: dep.SuperLinkSettings, plan: RunConfig) -> Path:
+    """federation.json: what owners may read before joining (served by the gateway)."""
+    public = ("num-rounds", "target-epsilon", "noise-multiplier", "delta", "max-grad-norm")
+    values = plan.as_dict()
+    return write_federation_info(
+        settings.state_dir,
+        {
+            "classes": list(plan.class_names() or ()),
+            "model": plan.model,
+            "fedshield-version": version("fedshield"),
+            "dp": plan.dp,
+            "plan": {key: values[key] for key in public},
+        },
+    )
 
 
 def serve_federation(
     settings: dep.SuperLinkSettings, request: FederationRequest, say: Callable[[str], None]
 ) -> Path:
     """Run the whole lifecycle; returns the run's output folder."""
-    check_request(settings, request)
+    values = dict(request.run_values)
+    runs = settings.state_dir / "runs"
+    if values.get("continue-from"):
+        from fedshield.server.outputs import resolve_continue_from
+
+        parent = resolve_continue_from(str(values["continue-from"]), runs)
+        values["continue-from"] = str(parent.resolve())
+        say(f"starting from the model of {parent} (public: no privacy cost)")
+    if values.get("eval-data"):
+        values["eval-data"] = str(Path(values["eval-data"]).expanduser().resolve())
+    plan = check_request(settings, dataclasses.replace(request, run_values=values))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    publish_federation(settings, plan)
+    say(f"classes: {', '.join(plan.class_names() or ())}; evaluation data: {plan.eval_data}")
     dep.write_connection_config(settings)
     link = dep.ServingSuperLink(settings)
-    values = dict(request.run_values)
-    out = Path(
-        values.get("out-dir") or settings.state_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    )
+    out = Path(values.get("out-dir") or runs / time.strftime("%Y%m%d-%H%M%S"))
     try:
         say(
             f"Fleet gateway serving owners on {settings.host}:{settings.port} "
@@ -83,7 +137,7 @@ def serve_federation(
             while link.running:
                 time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        say("stopping: interrupted")
     finally:
         link.stop()
         say(

@@ -37,6 +37,8 @@ class RoundRecord:
     participants: list[str] = field(default_factory=list)
     epsilon: dict[str, float] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
+    refusal_codes: list[int] = field(default_factory=list)
+    connected: int = 0  # owners connected when the round was configured
     rejected: list[str] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ class ValidatingStrategy(Strategy):
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
         self._sampled: list[int] = []
+        self._connected = 0
         # Rounds already done before a resume: Flower's loop counts from 1 again, the
         # owners and the logs must see the true round number.
         self.round_offset = 0
@@ -93,6 +96,7 @@ class ValidatingStrategy(Strategy):
         )
         config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._connected = len(list(grid.get_node_ids()))
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.audit.append(
             Event.ROUND_SAMPLED, **{"server-round": server_round, "node-ids": self._sampled}
@@ -103,7 +107,7 @@ class ValidatingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        record = RoundRecord(server_round)
+        record = RoundRecord(server_round, connected=self._connected)
         self.rounds[server_round] = record
         replies = list(replies)
         accepted: list[Message] = []
@@ -112,6 +116,7 @@ class ValidatingStrategy(Strategy):
             if reply.has_error():
                 reason = reply.error.reason or f"node {node_id}: error {reply.error.code}"
                 record.refusals.append(reason)
+                record.refusal_codes.append(int(reply.error.code))
                 log.warning("round %d: %s", server_round, reason)
                 self.audit.append(
                     Event.CLIENT_REFUSED,
@@ -211,6 +216,17 @@ class ValidatingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round + self.round_offset, replies)
+
+    def every_owner_refused_for_budget(self, server_round: int) -> bool:
+        """No update in ``server_round`` and every connected owner refused for its budget:
+        later rounds cannot do better (budgets only grow when an owner raises its own)."""
+        record = self.rounds.get(server_round)
+        return (
+            record is not None
+            and not record.participants
+            and len(record.refusal_codes) >= max(record.connected, 1)
+            and all(code == wire.ERROR_BUDGET_EXCEEDED for code in record.refusal_codes)
+        )
 
     @staticmethod
     def _owner_field(reply: Message, key: str) -> str | None:

@@ -120,9 +120,16 @@ def start_server(
 
 
 def start_server_for_owners(
-    processes: Processes, pki: Path, state: Path, port: int, owners: int, *run_config: str
+    processes: Processes,
+    pki: Path,
+    state: Path,
+    port: int,
+    owners: int,
+    *run_config: str,
+    eval_data: Path,
 ) -> ManagedProcess:
-    """`fedshield server start` for owner-0 .. owner-(owners-1), with run-config items."""
+    """`fedshield server start` for owner-0 .. owner-(owners-1) of the IMDB classes 0,1,
+    evaluating on ``eval_data``, with run-config items."""
     return start_server(
         processes,
         pki,
@@ -132,6 +139,10 @@ def start_server_for_owners(
         *[a for i in range(owners) for a in ("--node-key", str(pki / f"owner-{i}.pub"))],
         "--node-timeout-s",
         "180",
+        "--classes",
+        "0,1",
+        "--eval-data",
+        str(eval_data),
         *[a for item in run_config for a in ("--run-config", item)],
     )
 
@@ -176,9 +187,8 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
         port,
         3,
         "num-rounds=2",
-        f"data='{data / 'eval.csv'}'",
-        "test-fraction=0.5",
         f"out-dir='{tmp_path / 'run'}'",
+        eval_data=data / "eval.csv",
     )
     owners = [tmp_path / f"owner-{i}" for i in range(3)]
     for i, home in enumerate(owners):
@@ -361,9 +371,8 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
         "num-rounds=3",
         "min-train-nodes=2",
         "round-timeout-s=20",
-        f"data='{data / 'eval.csv'}'",
-        "test-fraction=0.5",
         f"out-dir='{tmp_path / 'run'}'",
+        eval_data=data / "eval.csv",
     )
     owners = [
         processes.start(
@@ -405,12 +414,11 @@ def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
         port,
         2,
         "num-rounds=2",
-        f"data='{data / 'eval.csv'}'",
-        "test-fraction=0.5",
         f"out-dir='{tmp_path / 'run'}'",
         "model='minilm'",
         "finetune-layers=1",
         "max-tokens=32",
+        eval_data=data / "eval.csv",
     )
     owners = [tmp_path / f"owner-{i}" for i in range(2)]
     for i, (home, device) in enumerate(zip(owners, ("cpu", "auto"), strict=True)):

@@ -152,6 +152,10 @@ def federation(pki, data, tmp_path_factory):
         "2",
         "--node-timeout-s",
         "900",
+        "--classes",
+        "0,1",
+        "--eval-data",
+        str(data / "eval.csv"),
     )
     owner_home = work / "owner-0"
     owner = procs.start(

@@ -247,7 +247,9 @@ def test_a_budget_raised_after_a_refusal_is_an_audit_entry_the_report_shows(owne
     ]
     report = build_report([tmp_path / "audit" / "audit.jsonl"])
     (owner,) = report["owners"]
-    assert len(owner["budget_changes"]) == 2 and "1.6 -> 4.0" in owner["budget_changes"][-1]
+    first, last = owner["budget_changes"]
+    assert (first["old"], first["new"], last["old"], last["new"]) == (None, 1.6, 1.6, 4.0)
+    assert last["raised_after_refusal"] and "RAISED" in owner["status"]
     assert json.dumps(report)  # serialisable as report.json
 
 

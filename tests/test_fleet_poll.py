@@ -1,0 +1,189 @@
+"""The waits a deployed round spends polling: fedshield's SuperNode launcher (adaptive
+Fleet poll, client/supernode_launcher.py) and the ServerApp's reply poll
+(server/poll.py)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from fedshield.client import supernode_launcher as launcher
+from fedshield.common.errors import ConfigError
+
+FLWR_LOOP = "flwr.supernode.start_client_internal"
+
+
+def test_installed_flwr_is_the_one_the_launcher_was_written_for():
+    # If this fails after a Flower upgrade, the SuperNode silently went back to 3 s polls:
+    # re-read flwr/supernode/start_client_internal.py and update the launcher.
+    assert launcher.incompatibility(importlib.import_module(FLWR_LOOP)) is None
+
+
+def test_poll_backs_off_to_flowers_interval_and_resets_on_activity():
+    schedule = launcher.PollSchedule(0.1, 3.0)
+    waits = [schedule.next_wait() for _ in range(12)]
+    assert waits[0] == pytest.approx(0.1)
+    assert all(b >= a for a, b in zip(waits, waits[1:], strict=False))
+    assert waits[-1] == 3.0
+    # Reaches Flower's interval within about 10 s of idling: the load stays Flower's.
+    assert sum(waits[: waits.index(3.0)]) < 12
+    schedule.activity()
+    assert schedule.next_wait() == pytest.approx(0.1)
+
+
+def test_settings_are_checked_with_the_variable_named(monkeypatch):
+    monkeypatch.setenv(launcher.POLL_MIN_ENV, "fast")
+    with pytest.raises(ConfigError, match="FEDSHIELD_FLEET_POLL_MIN_S=fast"):
+        launcher.supernode_program()
+    monkeypatch.setenv(launcher.POLL_MIN_ENV, "5")
+    with pytest.raises(ConfigError, match="minimum 5 s > maximum 3 s"):
+        launcher.supernode_program()
+    monkeypatch.setenv(launcher.POLL_MIN_ENV, "0.2")
+    command = launcher.supernode_program()
+    assert command[:3] == [sys.executable, "-m", "fedshield.client.supernode_launcher"]
+    assert command[command.index("--poll-min-s") + 1] == "0.2"
+    assert command[-1] == "--"
+
+
+def test_a_moved_flwr_loop_is_left_alone_and_named(monkeypatch):
+    module = importlib.import_module(FLWR_LOOP)
+    real_time = module.time
+    monkeypatch.setattr(launcher, "SUPPORTED_FLWR", ("9.9.",))
+    reason = launcher.install(launcher.PollSchedule(0.1, 3.0))
+    assert reason is not None and "is not one of 9.9.x" in reason
+    assert module.time is real_time  # nothing patched
+    # A loop without the 3 s wait (a future flwr) is named too.
+    monkeypatch.undo()
+    moved = types.ModuleType("moved")
+    moved.start_client_internal = moved._push_messages = _a_loop_that_waits_otherwise
+    assert "start_client_internal no longer calls" in launcher.incompatibility(moved)
+
+
+def _a_loop_that_waits_otherwise() -> None:
+    time.sleep(1)
+
+
+def test_launcher_hands_its_arguments_to_flower_supernode():
+    out = subprocess.run(
+        [sys.executable, "-m", "fedshield.client.supernode_launcher", "--poll-min-s", "0.2",
+         "--", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fedshield: Fleet poll 0.2-3 s" in out.stdout
+    assert "--auth-supernode-private-key" in out.stdout  # flwr's own parser answered
+
+
+class _SlowOwners:
+    """The environment of a ServerApp: a Grid whose replies arrive after a delay."""
+
+    def __init__(self, reply_after_s: float) -> None:
+        self.reply_after_s = reply_after_s
+        self.pushed: dict[str, object] = {}
+        self.pushed_at = 0.0
+
+    def push_messages(self, messages):
+        self.pushed_at = time.monotonic()
+        self.pushed = {m.metadata.message_id: m for m in messages}
+        return list(self.pushed)
+
+    def pull_messages(self, message_ids):
+        from flwr.app import Message, RecordDict
+
+        if time.monotonic() - self.pushed_at < self.reply_after_s:
+            return []
+        return [Message(RecordDict(), reply_to=self.pushed[i]) for i in message_ids]
+
+
+def _messages(count: int):
+    from flwr.app import Message, RecordDict
+
+    out = []
+    for i in range(count):
+        message = Message(RecordDict(), dst_node_id=i + 1, message_type="train")
+        message.metadata.__dict__["_message_id"] = f"m{i}"
+        out.append(message)
+    return out
+
+
+def test_replies_are_collected_within_one_short_interval(flower_task_identity):
+    from fedshield.server.poll import PromptGrid
+
+    owners = _SlowOwners(reply_after_s=0.3)
+    grid = PromptGrid(owners, interval_s=0.05)  # type: ignore[arg-type]
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(_messages(3), timeout=10))
+    took = time.monotonic() - started
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
+    assert 0.3 <= took < 0.3 + 0.5  # Flower's HttpGrid: up to 3 s more
+    # A timeout still ends the wait, with what has arrived.
+    late = PromptGrid(_SlowOwners(reply_after_s=60), interval_s=0.05)  # type: ignore[arg-type]
+    started = time.monotonic()
+    assert list(late.send_and_receive(_messages(2), timeout=0.4)) == []
+    assert time.monotonic() - started < 1.5
+
+
+def test_grid_poll_setting_is_checked(monkeypatch):
+    from fedshield.server.poll import PromptGrid
+
+    monkeypatch.setenv("FEDSHIELD_GRID_POLL_S", "0")
+    with pytest.raises(ConfigError, match="FEDSHIELD_GRID_POLL_S=0"):
+        PromptGrid(_SlowOwners(0))  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_launched_supernode_joins_a_tls_superlink_with_node_auth(tmp_path: Path):
+    """The launcher's SuperNode is Flower's: TLS, node authentication, through the gateway."""
+    from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
+    from fedshield.common.processes import ManagedProcess, flower_env, free_port
+    from fedshield.server.deployment import (
+        ServingSuperLink,
+        SuperLinkSettings,
+        online_nodes,
+        register_node_keys,
+    )
+
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    issue_server_certificate(pki, ["127.0.0.1"])
+    create_node_key(pki, "owner")
+    settings = SuperLinkSettings(
+        pki_dir=pki, state_dir=tmp_path / "state", port=free_port(), internal_port=free_port()
+    )
+    link = ServingSuperLink(settings)
+    node = None
+    try:
+        register_node_keys(settings, [pki / "owner.pub"])
+        node = ManagedProcess(
+            "supernode",
+            [
+                *launcher.supernode_program(),
+                "--superlink", settings.address,
+                "--root-certificates", str(pki / "ca.crt"),
+                "--auth-supernode-private-key", str(pki / "owner.key"),
+                "--isolation", "process",
+                "--host", "127.0.0.1",
+                "--port", str(free_port()),
+            ],
+            tmp_path / "supernode.log",
+            flower_env(),
+        )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while online_nodes(settings) < 1:
+            assert node.running, node.log_text()[-2000:]
+            assert time.monotonic() < deadline, node.log_text()[-2000:]
+            time.sleep(0.5)
+        log = node.log_text()
+        assert "fedshield: Fleet poll 0.1-3 s" in log
+        assert "WARNING" not in log.split("Fleet poll")[0]
+        assert link.refused_requests() == 0
+    finally:
+        if node is not None:
+            node.stop()
+        link.stop()
