@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from fedshield.common.model import ModelSpec
 
-# The format server/outputs.py writes (common must not import server; a test pins both).
+# The format of a saved model (server/outputs.py writes it with this constant).
 MODEL_FORMAT = "fedshield-model/2"
 EVALUATION_FORMAT = "fedshield-evaluation/1"
 PREDICTION_SUFFIXES = (".csv", ".jsonl")
@@ -76,32 +76,32 @@ class ModelCard:
         return {k: v for k, v in self.meta.items() if k not in _CARD_KEYS}
 
 
-def locate_model(path: str | Path) -> tuple[Path, Path]:
+def locate_model(path: str | Path, option: str = "--model") -> tuple[Path, Path]:
     """(model.json, model.pt) for a run folder, or for either file of a run."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelRefused(
-            f"--model {path}: no such folder or file; pass the folder of a finished run "
+            f"{option} {path}: no such folder or file; pass the folder of a finished run "
             "(it holds model.json and model.pt)"
         )
     folder = path if path.is_dir() else path.parent
     if path.is_file() and path.name not in ("model.json", "model.pt"):
         raise ModelRefused(
-            f"--model {path}: not a model file; pass the run folder, or its model.json"
+            f"{option} {path}: not a model file; pass the run folder, or its model.json"
         )
     json_path, weights_path = folder / "model.json", folder / "model.pt"
     missing = [p.name for p in (json_path, weights_path) if not p.is_file()]
     if missing:
         raise ModelRefused(
-            f"--model {folder}: {' and '.join(missing)} not found there; pass the folder of a "
+            f"{option} {folder}: {' and '.join(missing)} not found there; pass the folder of a "
             "finished run (a run with no accepted update saves no model)"
         )
     return json_path, weights_path
 
 
-def read_model_card(path: str | Path) -> ModelCard:
+def read_model_card(path: str | Path, option: str = "--model") -> ModelCard:
     """Locate the model, read model.json and verify model.pt's SHA-256 against it."""
-    json_path, weights_path = locate_model(path)
+    json_path, weights_path = locate_model(path, option)
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -52,7 +52,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_dict({**dict(context.run_config), **overrides})
-        run_federation(grid, config, on_round)
+        run_federation(grid, config, on_round, flower_run_id=context.run_id)
 
     return app
 
@@ -83,7 +83,12 @@ def run_outcome(history: list[dict], stopped_after: int | None) -> dict:
     return {"outcome": status, "rounds_with_updates": with_updates, "reasons": reasons}
 
 
-def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None = None) -> dict:
+def run_federation(
+    grid: Grid,
+    config: RunConfig,
+    on_round: RoundCallback | None = None,
+    flower_run_id: int | None = None,
+) -> dict:
     outputs = RunOutputs(
         Path(config.out_dir) if config.out_dir else default_out_dir(), resume=config.resume
     )
@@ -99,9 +104,13 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     lineage: list[dict] = []
     if config.continue_from:
         initial_arrays, lineage = load_parent_model(Path(config.continue_from), spec, classes)
+    checkpoint = ServerCheckpoint.load(outputs.out_dir) if config.resume else None
+    run_key = checkpoint.run_key if checkpoint else (config.run_key or uuid.uuid4().hex)
     audit.append(
         Event.RUN_START,
         **{
+            "run-key": run_key,
+            "flower-run-id": flower_run_id,
             "config": config.as_dict(),
             "classes": list(classes),
             "model": spec.describe(),
@@ -126,15 +135,12 @@ def run_federation(grid: Grid, config: RunConfig, on_round: RoundCallback | None
     )
     epsilon_so_far: dict[str, float] = {}
     history: list[dict] = []
-    run_key = config.run_key or uuid.uuid4().hex
-    if config.resume:
-        checkpoint = ServerCheckpoint.load(outputs.out_dir)
+    if checkpoint is not None:
         strategy.resume(checkpoint.server_round, checkpoint.momentum)
         initial_arrays = checkpoint.arrays
         epsilon_so_far.update(checkpoint.epsilon_so_far)
         history.extend(checkpoint.history)
         outputs.metrics["rounds"] = list(checkpoint.history)
-        run_key = checkpoint.run_key
         checkpoint.restore_random_state()
         audit.append(
             Event.RUN_RESUMED,

@@ -23,9 +23,8 @@ from flwr.app import ArrayRecord
 
 from fedshield.common.durable import write_atomic, write_bytes_atomic
 from fedshield.common.errors import ConfigError
+from fedshield.common.inference import MODEL_FORMAT, read_model_card
 from fedshield.common.model import ModelSpec
-
-MODEL_FORMAT = "fedshield-model/2"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -75,10 +74,6 @@ class RunOutputs:
         return path
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def resolve_continue_from(value: str, runs_dir: Path) -> Path:
     """The checked folder of the model to continue: ``latest`` = the newest run under
     ``runs_dir`` that saved a model; else the folder (or its model.pt/model.json) named."""
@@ -103,26 +98,7 @@ def resolve_continue_from(value: str, runs_dir: Path) -> Path:
 
 def verify_saved_model(folder: Path) -> dict:
     """model.json of a finished run, once model.pt is checked against it."""
-    meta_path, model_path = folder / "model.json", folder / "model.pt"
-    if not meta_path.is_file() or not model_path.is_file():
-        raise ConfigError(
-            f"continue-from {folder}: no model.json and model.pt there; name the folder of a "
-            "finished run (a run with no accepted update saves no model)"
-        )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != MODEL_FORMAT:
-        raise ConfigError(
-            f"continue-from {folder}: model format {meta.get('format')!r}, this fedshield "
-            f"reads {MODEL_FORMAT!r}; start from an untrained model"
-        )
-    digest = _sha256(model_path)
-    if digest != meta.get("model-sha256"):
-        raise ConfigError(
-            f"continue-from {folder}: model.pt's SHA-256 {digest} is not the "
-            f"{meta.get('model-sha256')} model.json recorded; the file changed after its run; "
-            "use an unchanged copy"
-        )
-    return meta
+    return read_model_card(folder, option="continue-from").meta
 
 
 def load_parent_model(

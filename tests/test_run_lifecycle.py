@@ -118,7 +118,7 @@ def test_runs_continue_a_model_and_a_refused_run_exits_non_zero(corpus, tmp_path
 
 def test_a_changed_or_mismatched_parent_model_is_refused_before_anything_starts(tmp_path):
     from fedshield.common.config import RunConfig
-    from fedshield.common.errors import ConfigError
+    from fedshield.common.errors import ConfigError, FedshieldError
     from fedshield.common.model import ModelSpec
     from fedshield.server.outputs import RunOutputs, check_continuation
 
@@ -139,9 +139,9 @@ def test_a_changed_or_mismatched_parent_model_is_refused_before_anything_starts(
     data = bytearray((changed / "model.pt").read_bytes())
     data[-1] ^= 1
     (changed / "model.pt").write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match="SHA-256"):
+    with pytest.raises(FedshieldError, match="SHA-256"):
         check_continuation(config.replace(continue_from=str(changed)), ("neg", "pos"))
-    with pytest.raises(ConfigError, match="no model.json"):
+    with pytest.raises(FedshieldError, match="not found there"):
         check_continuation(config.replace(continue_from=str(tmp_path)), ("neg", "pos"))
 
 
