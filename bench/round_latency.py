@@ -44,6 +44,44 @@ def round_seconds(metrics_path: Path) -> list[float]:
     return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
+def _events(path: Path) -> list[dict]:
+    from datetime import datetime
+
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for event in events:
+        event["t"] = datetime.fromisoformat(event["ts"]).timestamp()
+    return events
+
+
+def phases(server_audit: Path, owner_audits: list[Path]) -> dict[str, float]:
+    """Median seconds per round (rounds 2..N) of each phase, from the audit logs' times:
+    to owners (server samples -> last owner's ClientApp starts: push, Fleet poll, pull,
+    task start), owner compute (the slowest owner's ClientApp), back (last update
+    released -> server has every reply: SuperNode push, gateway, reply poll), server
+    (replies in -> next round sampled: aggregate, evaluate, checkpoint, configure)."""
+    server = _events(server_audit)
+    owners = [_events(p) for p in owner_audits]
+
+    def at(events, kind, rnd):
+        return [
+            e["t"] for e in events if e["type"] == kind and e["data"].get("server-round") == rnd
+        ]
+
+    rounds = sorted({e["data"]["server-round"] for e in server if e["type"] == "round-sampled"})
+    rows: dict[str, list[float]] = {"to owners": [], "owner compute": [], "back": [], "server": []}
+    for rnd in rounds[1:-1]:  # round 1 is start-up; the last has no next round to sample
+        sampled = at(server, "round-sampled", rnd)[0]
+        starts = [at(o, "round-start", rnd)[0] for o in owners]
+        released = [at(o, "update-released", rnd)[0] for o in owners]
+        received = min(at(server, "update-received", rnd))
+        following = at(server, "round-sampled", rnd + 1)[0]
+        rows["to owners"].append(max(starts) - sampled)
+        rows["owner compute"].append(max(r - s for s, r in zip(starts, released, strict=True)))
+        rows["back"].append(received - max(released))
+        rows["server"].append(following - received)
+    return {k: statistics.median(v) for k, v in rows.items() if v}
+
+
 def make_data(directory: Path) -> None:
     frame = pd.read_csv(builtin_csv_path())
     frame = frame[frame["source"] == "imdb"].sample(n=OWNERS * PER_OWNER + TEST, random_state=7)
@@ -198,6 +236,16 @@ def main() -> None:
         sim = simulate(work, args.rounds)
         dep = deploy(work, args.rounds)
         settings = reported_settings(work)
+        breakdown = {
+            "simulation": phases(
+                work / "sim" / "audit" / "server" / "audit.jsonl",
+                [work / "sim" / "audit" / f"client-{i}" / "audit.jsonl" for i in range(OWNERS)],
+            ),
+            "deployment": phases(
+                work / "dep" / "audit" / "server" / "audit.jsonl",
+                [work / f"owner-{i}" / "audit" / "audit.jsonl" for i in range(OWNERS)],
+            ),
+        }
     sim_median, dep_median = statistics.median(sim[1:]), statistics.median(dep[1:])
     ratio, excess = dep_median / sim_median, dep_median - sim_median
     met = ratio <= 1.5 or excess <= 1.0
@@ -217,6 +265,12 @@ def main() -> None:
         f"\ndeployed / simulated: {ratio:.2f}x, +{excess:.2f} s per round "
         f"(target: <= 1.5x or <= +1 s: {'met' if met else 'NOT met'})"
     )
+    names = list(breakdown["deployment"])
+    print(f"\n| median s per round, rounds 2-{args.rounds - 1} | {' | '.join(names)} |")
+    print("| --- |" + " --- |" * len(names))
+    for where, values in breakdown.items():
+        print(f"| {where} | " + " | ".join(f"{values.get(n, 0):.2f}" for n in names) + " |")
+    print()
     for key, value in settings.items():
         print(f"- {key}: {value}")
     print(f"- load average (1 min) at start: {load_before:.2f} on {os.cpu_count()} CPUs")
@@ -234,6 +288,7 @@ def main() -> None:
                 "excess_s": excess,
                 "target_met": met,
                 "settings": settings,
+                "phases_median_s": breakdown,
                 "rounds": args.rounds,
                 "owners": OWNERS,
                 "records_per_owner": PER_OWNER,

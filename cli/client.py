@@ -149,7 +149,10 @@ def client_start(
         warn_insecure()
     local = dep.check_local(settings)
     counts = ", ".join(f"{k}: {v}" for k, v in local.dataset.class_counts().items())
-    say = lambda line: console.print(line, highlight=False, markup=False)  # noqa: E731
+
+    def say(line: str) -> None:  # markup off: paths, hints ('[finetune]'), server text
+        console.print(line, highlight=False, markup=False)
+
     say(
         f"data {data}: {len(local.dataset)} records, classes {{{counts}}}, fingerprint {local.dataset.fingerprint}"
     )
@@ -172,7 +175,6 @@ def client_start(
     from fedshield.common import minilm
     from fedshield.common.model import resolve_device
 
-    # markup off: the hint's [finetune] is text, not a style
     say(
         f"compute: {resolve_device(device)}; models: hashed, "
         + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})")
@@ -184,15 +186,7 @@ def client_start(
             say(f"fedshield: {stopped}")
             raise typer.Exit(code=stopped.exit_code) from None
         say(f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}")
-        check = (
-            dep.compare_classes(ready.dataset, ready.federation, classes)
-            if ready.federation.classes
-            else None
-        )
-        for line in dep.class_report(ready.federation, check):
-            say(line)
-        if check is not None:
-            dep.refuse_class_mismatch(settings, check)
+        dep.check_federation_classes(settings, ready, say)
         if check_only:
             return
         config = dep.node_config(settings, ready)
@@ -200,5 +194,4 @@ def client_start(
         stop = dep.run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
         dep.record_node_stop(config, stop)
     say(f"fedshield: {stop.message}")
-    if stop.exit_code != 0:
-        raise typer.Exit(code=stop.exit_code)
+    dep.exit_at_once(stop.exit_code)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedshield.client.supernode_launcher import supernode_program
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import OwnerConfig, split_class_names
@@ -64,7 +65,7 @@ from fedshield.common.pki import (
     node_key_fingerprint,
     probe_tls_endpoint,
 )
-from fedshield.common.processes import die_with_parent, flower_binary, flower_env
+from fedshield.common.processes import die_with_parent, flower_env
 
 if TYPE_CHECKING:  # torch-free at import: the CLI checks its inputs before loading these
     from fedshield.common.data import TextDataset
@@ -552,6 +553,21 @@ def refuse_class_mismatch(settings: SuperNodeSettings, check: ClassCheck) -> Non
         )
 
 
+def check_federation_classes(
+    settings: SuperNodeSettings, readiness: Readiness, on_line: Callable[[str], None] = print
+) -> None:
+    """Print the federation's class list against the owner's labels; refuse to join when
+    every round would be refused."""
+    info = readiness.federation
+    check = (
+        compare_classes(readiness.dataset, info, settings.owner.classes) if info.classes else None
+    )
+    for line in class_report(info, check):
+        on_line(line)
+    if check is not None:
+        refuse_class_mismatch(settings, check)
+
+
 def connect(
     settings: SuperNodeSettings,
     local: LocalChecks,
@@ -621,7 +637,7 @@ def _node_config_argument(values: dict) -> str:
 def supernode_command(settings: SuperNodeSettings, config: dict, secret_file: Path) -> list[str]:
     """flower-supernode with process isolation: fedshield's warm executor runs the apps."""
     args = [
-        flower_binary("flower-supernode"),
+        *supernode_program(),
         "--superlink",
         settings.superlink,
         "--host",
@@ -714,6 +730,19 @@ def record_node_stop(config: dict, stop: NodeStop) -> None:
         **stop.details,
     )
     audit.checkpoint("node-stop")
+
+
+def exit_at_once(code: int) -> None:
+    """End ``client start`` once the node has stopped and its stop is recorded (fsynced).
+
+    Why not a normal exit: the interpreter's teardown with torch and Opacus loaded took
+    1-3 s more on the development machine, after the children were already gone; a
+    stopped node should give the shell back at once. Nothing is left to flush but the
+    standard streams.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def explain_failure(output: str, settings: SuperNodeSettings) -> str | None:

@@ -31,6 +31,7 @@ from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.outputs import RunOutputs, load_parent_model
+from fedshield.server.poll import prompt_grid
 from fedshield.server.strategy import build_strategy
 
 log = logging.getLogger("fedshield.server")
@@ -52,7 +53,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_dict({**dict(context.run_config), **overrides})
-        run_federation(grid, config, on_round, flower_run_id=context.run_id)
+        run_federation(prompt_grid(grid), config, on_round, flower_run_id=context.run_id)
 
     return app
 

@@ -236,7 +236,7 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
 
 
 @pytest.fixture()
-def superlink(pki, tmp_path, processes):
+def superlink(pki, data, tmp_path, processes):
     """A TLS SuperLink with node authentication that knows only owner-0's key."""
     port = free_port()
     start_server(
@@ -249,6 +249,10 @@ def superlink(pki, tmp_path, processes):
         str(pki / "owner-0.pub"),
         "--node-timeout-s",
         "600",
+        "--classes",
+        "0,1",
+        "--eval-data",
+        str(data / "eval.csv"),
     )
     return port
 
@@ -317,7 +321,18 @@ def test_an_expired_server_certificate_is_refused(pki, data, tmp_path, processes
     ):
         (expired / dst).write_bytes((pki / src).read_bytes())
     (expired / "server.key").chmod(0o600)
-    refused = run_client("server", "start", "--pki", str(expired), "--state", str(tmp_path / "s0"))
+    refused = run_client(
+        "server",
+        "start",
+        "--pki",
+        str(expired),
+        "--state",
+        str(tmp_path / "s0"),
+        "--classes",
+        "0,1",
+        "--eval-data",
+        str(data / "eval.csv"),
+    )
     assert refused.returncode == 2 and "certificate expired on" in refused.stderr
     # ... and a SuperNode refuses a SuperLink that serves it anyway.
     from fedshield.server.deployment import SuperLinkSettings, superlink_command

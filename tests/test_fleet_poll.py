@@ -147,6 +147,7 @@ def test_launched_supernode_joins_a_tls_superlink_with_node_auth(tmp_path: Path)
         SuperLinkSettings,
         online_nodes,
         register_node_keys,
+        write_connection_config,
     )
 
     pki = tmp_path / "pki"
@@ -156,6 +157,7 @@ def test_launched_supernode_joins_a_tls_superlink_with_node_auth(tmp_path: Path)
     settings = SuperLinkSettings(
         pki_dir=pki, state_dir=tmp_path / "state", port=free_port(), internal_port=free_port()
     )
+    write_connection_config(settings)
     link = ServingSuperLink(settings)
     node = None
     try:

@@ -141,7 +141,7 @@ def test_check_only_shows_the_class_list_and_flags_a_label_the_federation_lacks(
 ):
     port = free_port()
     _server(processes, pki, data, tmp_path / "server", port, "owner-0")
-    frame = pd.read_csv(data / "owner-0.csv")
+    frame = pd.read_csv(data / "owner-0.csv", dtype={"label": str})
     frame.loc[:9, "label"] = "spam"
     frame.to_csv(tmp_path / "three-labels.csv", index=False)
 
@@ -166,18 +166,26 @@ def test_check_only_shows_the_class_list_and_flags_a_label_the_federation_lacks(
     )
     assert not (tmp_path / "b" / "audit" / "audit.jsonl").exists()
 
+    (tmp_path / "server" / "federation.json").unlink()  # as before a server published one
+    unpublished = run_client(
+        *client_args(pki, port, "owner-0", data / "owner-0.csv", tmp_path / "c"), "--check-only"
+    )
+    assert unpublished.returncode == 0, unpublished.stderr
+    assert "federation classes: not checked: class list not published yet" in unpublished.stdout
+
 
 def test_owners_stop_within_seconds_on_sigterm_and_sigint_and_see_their_removal(
     pki, data, tmp_path, processes
 ):
     port = free_port()
     state = tmp_path / "server"
-    _server(processes, pki, data, state, port, "owner-0", "owner-1", "owner-2")
-    homes = {k: tmp_path / k for k in ("owner-0", "owner-1", "owner-2")}
+    server = _server(processes, pki, data, state, port, "owner-0", "owner-1", "owner-2", "stranger")
+    homes = {k: tmp_path / k for k in ("owner-0", "owner-1", "owner-2", "stranger")}
     ports = {}
     owners = {}
-    for key in ("owner-0", "owner-2"):
+    for key in ("owner-0", "owner-2", "stranger"):
         args = client_args(pki, port, key, data / "owner-0.csv", homes[key])
+        args = _with(args, "--max-retries", "1")
         ports[key] = int(args[args.index("--port") + 1])
         owners[key] = processes.start(key, *args)
     # owner-1 as a background job of a non-interactive shell starts it: SIGINT ignored.
@@ -198,6 +206,7 @@ def test_owners_stop_within_seconds_on_sigterm_and_sigint_and_see_their_removal(
             ("owner-0", owners["owner-0"].log_text),
             ("owner-1", lambda: log_1.read_text(errors="replace")),
             ("owner-2", owners["owner-2"].log_text),
+            ("stranger", owners["stranger"].log_text),
         ):
             _wait_for(lambda text=text: "SuperNode ID:" in text(), 300, f"{key} to join")
             assert _node_processes(ports[key]), key
@@ -247,6 +256,14 @@ def test_owners_stop_within_seconds_on_sigterm_and_sigint_and_see_their_removal(
         (stop,) = _entries(homes["owner-2"], "node-stop")
         assert stop["reason"] == "removed" and stop["exit-code"] == 77
         assert stop["operator-notice"]["reason"] == "consent withdrawn by the hospital board"
+
+        # The server goes away: with --max-retries 1, the last owner gives up and says so.
+        server.stop(grace_s=10)
+        assert owners["stranger"].wait(timeout_s=120) == 69
+        assert not _node_processes(ports["stranger"])
+        assert f"the SuperLink at 127.0.0.1:{port} went away" in owners["stranger"].log_text()
+        (stop,) = _entries(homes["stranger"], "node-stop")
+        assert stop["reason"] == "superlink-gone"
     finally:
         if sigint_ignored.poll() is None:
             os.killpg(sigint_ignored.pid, signal.SIGKILL)

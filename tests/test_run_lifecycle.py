@@ -188,3 +188,28 @@ def test_a_typo_answers_at_once(args, message, tmp_path):
     took = time.monotonic() - started
     assert proc.returncode == 2 and message in said(proc)
     assert took < 4.0, f"{took:.1f} s"  # about 0.5 s on the 2-core development machine
+
+
+def test_the_outcome_counts_rounds_with_accepted_updates():
+    from fedshield.server.app import run_outcome
+
+    def entry(n, participants=(), refusals=()):
+        return {
+            "round": n,
+            "participants": list(participants),
+            "refusals": list(refusals),
+            "rejected": [],
+        }
+
+    budget = "owner-a: the round would pass the owner's privacy budget"
+    untrained = entry(0)
+    ok = run_outcome([untrained, entry(1, ["a", "b"]), entry(2, ["a"])], None)
+    assert ok == {"outcome": "completed", "rounds_with_updates": 2, "reasons": []}
+    early = run_outcome([untrained, entry(1, ["a"]), entry(2, refusals=[budget])], 2)
+    assert early["outcome"] == "stopped-early" and early["rounds_with_updates"] == 1
+    assert (
+        early["reasons"][0].startswith("stopped after round 2")
+        and f"1 x {budget}" in early["reasons"]
+    )
+    silent = run_outcome([untrained, entry(1), entry(2)], None)
+    assert silent["outcome"] == "failed" and "2 round(s) without any reply" in silent["reasons"][0]
