@@ -191,7 +191,15 @@ def client_start(
             return
         config = dep.node_config(settings, ready)
         dep.record_node_start(settings, ready, config)
-        stop = dep.run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
+        try:
+            stop = dep.run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
+        except Exception as exc:  # the stop is recorded whatever went wrong
+            stop = dep.NodeStop(
+                dep.STOP_FAILED,
+                1,
+                f"fedshield failed while the node ran ({type(exc).__name__}: {exc}); see "
+                "the output above and start again",
+            )
         dep.record_node_stop(config, stop)
     say(f"fedshield: {stop.message}")
     dep.exit_at_once(stop.exit_code)

@@ -28,9 +28,11 @@ node config built here, never from the server.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING
 from fedshield.client.supernode_launcher import supernode_program
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.config import OwnerConfig, split_class_names
+from fedshield.common.config import CLASS_NAME, MAX_CLASSES, OwnerConfig, split_class_names
 from fedshield.common.errors import ConfigError, DataError, FedshieldError
 from fedshield.common.federation_info import (
     FEDERATION_FORMAT,
@@ -66,6 +68,7 @@ from fedshield.common.pki import (
     probe_tls_endpoint,
 )
 from fedshield.common.processes import die_with_parent, flower_env
+from fedshield.common.untrusted import printable
 
 if TYPE_CHECKING:  # torch-free at import: the CLI checks its inputs before loading these
     from fedshield.common.data import TextDataset
@@ -407,8 +410,36 @@ def get_published(settings: SuperNodeSettings, path: str) -> dict | None:
     federation's TLS, trusting only ``--ca``; None if the server answers 404.
 
     A bare GET: no query, no body, nothing about the owner's data. No proxy and no
-    redirect, as for the Fleet connection itself. Answers are capped in size.
+    redirect, as for the Fleet connection itself. Answers are capped in size, the whole
+    exchange in time (a server that drips bytes cannot hold the owner), and whatever
+    goes wrong (a malformed answer included) is one FedshieldError whose text has no
+    control characters.
     """
+    outcome: list = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(_get_published(settings, path))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True, name="fedshield-published")
+    worker.start()
+    worker.join(PUBLISHED_TIMEOUT_S + 5)
+    url = settings.public_url(path)
+    if not outcome:
+        raise FedshieldError(f"{url}: no complete answer within {PUBLISHED_TIMEOUT_S + 5:.0f} s")
+    result = outcome[0]
+    if isinstance(result, FedshieldError):
+        raise FedshieldError(_printable(result, 400)) from result
+    if isinstance(result, BaseException):
+        raise FedshieldError(
+            _printable(f"{url}: unreadable answer ({type(result).__name__}: {result})", 400)
+        ) from result
+    return result
+
+
+def _get_published(settings: SuperNodeSettings, path: str) -> dict | None:
     url = settings.public_url(path)
     handlers: list = [urllib.request.ProxyHandler({}), _NoRedirect()]
     if not settings.insecure:
@@ -433,8 +464,8 @@ def get_published(settings: SuperNodeSettings, path: str) -> dict | None:
         raise FedshieldError(f"{url}: answer larger than {PUBLISHED_MAX_BYTES} bytes")
     try:
         value = json.loads(body)
-    except ValueError as exc:
-        raise FedshieldError(f"{url}: not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise FedshieldError(f"{url}: not JSON ({type(exc).__name__})") from exc
     if not isinstance(value, dict):
         raise FedshieldError(f"{url}: not a JSON object")
     return value
@@ -442,8 +473,7 @@ def get_published(settings: SuperNodeSettings, path: str) -> dict | None:
 
 def _printable(text: object, limit: int = 200) -> str:
     """Text from the server, shown on the owner's terminal: no control characters."""
-    shown = "".join(c if c.isprintable() else "?" for c in str(text))
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+    return printable(text, limit)
 
 
 def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:
@@ -465,10 +495,15 @@ def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:
         )
     if (
         not isinstance(classes, list)
-        or not 2 <= len(classes) <= 10_000
-        or not all(isinstance(c, str) and c.strip() for c in classes)
+        or not 2 <= len(classes) <= MAX_CLASSES
+        or not all(isinstance(c, str) and CLASS_NAME.fullmatch(c.strip()) for c in classes)
     ):
-        return FederationInfo(url, None, problem="its 'classes' is not a list of class names")
+        return FederationInfo(
+            url,
+            None,
+            problem=f"its 'classes' is not a list of 2 to {MAX_CLASSES} class names (letters, "
+            "digits, spaces and ._-+&/ only, 1-100 characters each)",
+        )
     return FederationInfo(
         url,
         tuple(c.strip() for c in classes),
@@ -548,7 +583,8 @@ def refuse_class_mismatch(settings: SuperNodeSettings, check: ClassCheck) -> Non
     if check.declared_differs:
         raise ConfigError(
             f"--classes {','.join(check.declared)} differ from the federation's classes "
-            f"[{federation}], so every plan would be refused; pass --classes '{federation}' "
+            f"[{federation}], so every plan would be refused; pass --classes "
+            f"{shlex.quote(','.join(check.federation))} "
             "or leave --classes unset"
         )
 
@@ -760,8 +796,14 @@ def explain_failure(output: str, settings: SuperNodeSettings) -> str | None:
     return None
 
 
-def fetch_removal_notice(settings: SuperNodeSettings, fingerprint: str) -> dict | None:
-    """The operator's notice for this node key (``server remove-owner``), if any."""
+def fetch_removal_notice(
+    settings: SuperNodeSettings, fingerprint: str, not_before: str = ""
+) -> dict | None:
+    """The operator's notice for this node key (``server remove-owner``), if any.
+
+    ``not_before`` (ISO time, UTC): a notice written earlier is stale (the key was
+    registered again since) and ignored.
+    """
     if settings.insecure:
         return None  # no node key, so no notice addressed to this node
     try:
@@ -772,6 +814,7 @@ def fetch_removal_notice(settings: SuperNodeSettings, fingerprint: str) -> dict 
         notice is None
         or notice.get("format") != NOTICE_FORMAT
         or notice.get("fingerprint") != fingerprint
+        or str(notice.get("time", "")) < not_before
     ):
         return None
     return {
@@ -795,7 +838,11 @@ GAVE_UP_LINE = "Giving up reconnection after"
 
 
 def _why_supernode_ended(
-    settings: SuperNodeSettings, status: int | None, output: str, fingerprint: str
+    settings: SuperNodeSettings,
+    status: int | None,
+    output: str,
+    fingerprint: str,
+    started: str = "",
 ) -> NodeStop:
     """Why flower-supernode ended (``status`` None: it gave up a call and hung, stopped by us).
 
@@ -809,7 +856,10 @@ def _why_supernode_ended(
     then whether the SuperLink still answers, tell these apart.
     """
     if status in (0, None) or "Failed to activate SuperNode" in output:
-        notice = fetch_removal_notice(settings, fingerprint)
+        # A node that joined in this session was removed after ``started``; one refused at
+        # once may have been removed at any time before.
+        joined = CONNECTED_LINE in output
+        notice = fetch_removal_notice(settings, fingerprint, started if joined else "")
         if notice is not None:
             return NodeStop(
                 STOP_REMOVED,
@@ -909,6 +959,8 @@ def run_supernode(
     """
     if stops.received is not None:
         return NodeStop(STOP_SIGNAL, 128 + stops.received, f"stopped by {stops.name}")
+    # Same form as a notice's time (common/federation_info.py), so the two compare.
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     secret_dir = Path(tempfile.mkdtemp(prefix="fedshield-superexec-"))
     secret_file = secret_dir / "secret"
     secret_file.write_bytes(secrets.token_bytes(32))
@@ -1005,4 +1057,4 @@ def run_supernode(
             {"executor-status": executor_status},
         )
     status = None if gave_up.is_set() else proc.returncode
-    return _why_supernode_ended(settings, status, "".join(tail), fingerprint)
+    return _why_supernode_ended(settings, status, "".join(tail), fingerprint, started)

@@ -17,6 +17,12 @@ from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
 from fedshield.common.errors import ConfigError
+from fedshield.common.untrusted import OWNER_LABEL
+
+# The most classes a plan may have: the class count sets the model's size at an owner.
+MAX_CLASSES = 1000
+# A federation's class name: what an owner's terminal shows and its shell may be told to pass.
+CLASS_NAME = re.compile(r"[\w .&+/-]{1,100}")
 
 
 def _kebab(name: str) -> str:
@@ -344,6 +350,12 @@ class OwnerConfig(_KebabConfig):
     classes: str = ""  # the class list this owner accepts (comma-separated); "" = any
 
     def validate(self) -> None:
+        _require(
+            not self.owner_id or OWNER_LABEL.fullmatch(self.owner_id) is not None,
+            "owner-id",
+            self.owner_id,
+            "use 1-64 letters, digits, spaces and ._@:+/- (it is shown to the operator)",
+        )
         _require(bool(self.data_path), "data-path", self.data_path, "set the owner's data file")
         _require(
             self.evaluate_noise_multiplier >= 0.5,

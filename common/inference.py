@@ -134,6 +134,16 @@ def read_model_card(path: str | Path, option: str = "--model") -> ModelCard:
     return ModelCard(json_path, weights_path, meta, tuple(classes), digest)
 
 
+def model_differences(saved: dict, wanted: dict) -> list[str]:
+    """Each key of ``wanted`` (as JSON would hold it) whose value ``saved`` does not have."""
+    wanted = json.loads(json.dumps(wanted))
+    return [
+        f"{key}: {saved.get(key)!r} in model.json, {value!r} here"
+        for key, value in wanted.items()
+        if saved.get(key) != value
+    ]
+
+
 def spec_from_card(card: ModelCard) -> ModelSpec:
     """The ModelSpec that ``model.json`` describes, checked digest by digest."""
     from fedshield.common.featurize import FeaturizerSpec
@@ -161,12 +171,7 @@ def spec_from_card(card: ModelCard) -> ModelSpec:
             f"{card.json_path}: unknown model {name!r}; this fedshield builds 'hashed' or "
             "'minilm'; use the fedshield version that saved it"
         )
-    rebuilt = json.loads(json.dumps(spec.describe()))
-    differences = [
-        f"{key}: {description.get(key)!r} in model.json, {value!r} here"
-        for key, value in rebuilt.items()
-        if description.get(key) != value
-    ]
+    differences = model_differences(description, spec.describe())
     if differences:
         raise ModelRefused(
             f"{card.json_path}: the model this fedshield rebuilds differs from the one saved ("

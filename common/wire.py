@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedshield.common.config import RunConfig
+from fedshield.common.config import MAX_CLASSES, RunConfig
 from fedshield.common.errors import ConfigError
 
 ARRAYS = "arrays"
@@ -28,7 +28,6 @@ CLASSES = "classes"
 OWNER_ID = "owner-id"
 AUDIT_HEAD = "audit-head"
 SERVER_AUDIT_HEAD = "server-audit-head"
-MAX_CLASSES = 1000
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",

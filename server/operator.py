@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from fedshield.common.config import RunConfig
+from fedshield.common.config import CLASS_NAME, RunConfig
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.federation_info import write_federation_info
 from fedshield.server import deployment as dep
@@ -47,6 +47,12 @@ def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -
         raise ConfigError(
             "the federation's classes are not named: pass --classes with every label, "
             "comma-separated, in the model's order (owners check their labels against it)"
+        )
+    odd = [name for name in plan.class_names() if not CLASS_NAME.fullmatch(name)]
+    if odd:
+        raise ConfigError(
+            f"--classes: {odd!r} are not class names owners accept (letters, digits, spaces "
+            "and ._-+&/ only, 1-100 characters); relabel them in your data and evaluation file"
         )
     if not plan.eval_data:
         raise ConfigError(

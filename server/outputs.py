@@ -15,6 +15,7 @@ first, each with its SHA-256, so a model can be traced back to its untrained sta
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from flwr.app import ArrayRecord
 
 from fedshield.common.durable import write_atomic, write_bytes_atomic
 from fedshield.common.errors import ConfigError
-from fedshield.common.inference import MODEL_FORMAT, read_model_card
+from fedshield.common.inference import MODEL_FORMAT, model_differences, read_model_card
 from fedshield.common.model import ModelSpec
 
 
@@ -110,19 +111,17 @@ def load_parent_model(
     model.json (changed after the run), or a model of other classes or settings.
     """
     meta = verify_saved_model(folder)
-    wanted = json.loads(json.dumps({"classes": list(classes), **spec.describe()}))
-    differences = [
-        f"{key} ({meta.get(key)!r} there, {value!r} here)"
-        for key, value in wanted.items()
-        if meta.get(key) != value
-    ]
+    differences = model_differences(meta, {"classes": list(classes), **spec.describe()})
     if differences:
         raise ConfigError(
             f"continue-from {folder}: that model differs from this run's in "
             + "; ".join(differences)
             + "; use the same classes and model settings, or start from an untrained model"
         )
-    state = torch.load(folder / "model.pt", weights_only=True)
+    data = (folder / "model.pt").read_bytes()  # hashed and loaded from the same bytes
+    if hashlib.sha256(data).hexdigest() != meta["model-sha256"]:
+        raise ConfigError(f"continue-from {folder}: model.pt changed while it was read")
+    state = torch.load(io.BytesIO(data), weights_only=True)
     lineage = [
         {"run-dir": str(folder.resolve()), "model-sha256": meta["model-sha256"]},
         *meta.get("lineage", []),

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.untrusted import owner_label, printable
 from fedshield.server.validate import UpdateRejected, validate_update
 
 log = logging.getLogger("fedshield.server")
@@ -114,7 +115,9 @@ class ValidatingStrategy(Strategy):
         for reply in replies:
             node_id = reply.metadata.src_node_id
             if reply.has_error():
-                reason = reply.error.reason or f"node {node_id}: error {reply.error.code}"
+                reason = printable(
+                    reply.error.reason or f"node {node_id}: error {reply.error.code}", 300
+                )
                 record.refusals.append(reason)
                 record.refusal_codes.append(int(reply.error.code))
                 log.warning("round %d: %s", server_round, reason)
@@ -128,7 +131,7 @@ class ValidatingStrategy(Strategy):
                     },
                 )
                 continue
-            owner = self._owner_field(reply, wire.OWNER_ID) or f"node {node_id}"
+            owner = owner_label(self._owner_field(reply, wire.OWNER_ID)) or f"node {node_id}"
             try:
                 norm = validate_update(reply, self._global_arrays, self.max_update_norm)
             except UpdateRejected as exc:
@@ -155,7 +158,7 @@ class ValidatingStrategy(Strategy):
                     "update-bytes": size,
                     "update-l2-distance": norm,
                     "metrics": dict(reply.content[wire.METRICS]),
-                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD),
+                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD, 80),
                 },
             )
             record.participants.append(owner)
@@ -229,10 +232,11 @@ class ValidatingStrategy(Strategy):
         )
 
     @staticmethod
-    def _owner_field(reply: Message, key: str) -> str | None:
+    def _owner_field(reply: Message, key: str, limit: int = 200) -> str | None:
+        """A field the owner sent, shown and logged without control characters."""
         owner = reply.content.config_records.get(wire.OWNER)
         value = owner.get(key) if owner is not None else None
-        return str(value) if value else None
+        return printable(value, limit) if value else None
 
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")

@@ -213,3 +213,15 @@ def test_the_outcome_counts_rounds_with_accepted_updates():
     )
     silent = run_outcome([untrained, entry(1), entry(2)], None)
     assert silent["outcome"] == "failed" and "2 round(s) without any reply" in silent["reasons"][0]
+
+
+def test_the_server_start_help_example_names_only_real_options():
+    """Issue 13 bug: the help's example `--run-config ... data=eval.csv` failed as shown."""
+    import re
+
+    shown = said(fedshield("server", "start", "--help"))
+    example = shown[shown.index("Example:") : shown.index("Exit status")]
+    options = set(re.findall(r"(--[a-z-]+)", example))
+    assert {"--node-key", "--classes", "--eval-data", "--run-config"} <= options
+    assert all(option in shown.replace(example, "") for option in options)
+    assert "data=" not in example
