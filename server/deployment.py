@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -221,9 +222,16 @@ def fleet_gateway_command(settings: SuperLinkSettings) -> list[str]:
 
 class ServingSuperLink:
     """flower-superlink on loopback plus the Fleet-only gateway on the public address,
-    both serving when the constructor returns; ``stop()`` ends both."""
+    both serving when the constructor returns; ``stop()`` ends both.
 
-    def __init__(self, settings: SuperLinkSettings) -> None:
+    ``before_public`` runs once the SuperLink serves on loopback and before the gateway
+    opens the public port (the operator registers the owners' keys there), so an owner
+    that is already waiting never meets a SuperLink that does not know its key yet.
+    """
+
+    def __init__(
+        self, settings: SuperLinkSettings, before_public: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
         logs = settings.state_dir / "logs"
         self.refused_from = (
@@ -236,6 +244,8 @@ class ServingSuperLink:
         self.gateway: ManagedProcess | None = None
         try:
             wait_until_serving(settings, settings.superlink_address, self.superlink)
+            if before_public is not None:
+                before_public()
             self.gateway = ManagedProcess(
                 "fleet gateway", fleet_gateway_command(settings), logs / "gateway.log", env
             )

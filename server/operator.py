@@ -112,7 +112,13 @@ def serve_federation(
     publish_federation(settings, plan)
     say(f"classes: {', '.join(plan.class_names() or ())}; evaluation data: {plan.eval_data}")
     dep.write_connection_config(settings)
-    link = dep.ServingSuperLink(settings)
+    keys = request.node_keys
+    registered: list[dict] = []
+
+    def register() -> None:  # before the public port opens: no owner meets an unknown key
+        registered.extend(dep.register_node_keys(settings, keys) if keys else [])
+
+    link = dep.ServingSuperLink(settings, before_public=register)
     out = Path(values.get("out-dir") or runs / time.strftime("%Y%m%d-%H%M%S"))
     try:
         say(
@@ -120,8 +126,6 @@ def serve_federation(
             f"({'PLAINTEXT' if settings.insecure else 'TLS, node authentication on'}; Fleet API "
             f"only); SuperLink with the Control API on {settings.superlink_address} (loopback only)"
         )
-        keys = request.node_keys
-        registered = dep.register_node_keys(settings, keys) if keys else []
         for node in registered:
             say(f"registered {node['key']} ({node['fingerprint']}): node {node['node-id']}")
         expected = request.wait_nodes if request.wait_nodes is not None else len(keys)
