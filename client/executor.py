@@ -56,6 +56,7 @@ from pathlib import Path
 
 from fedshield.common.audit_events import Event
 from fedshield.common.errors import FedshieldError
+from fedshield.common.processes import die_with_parent
 
 log = logging.getLogger("fedshield.client")
 
@@ -191,13 +192,23 @@ def _run_task(spec: dict, owner_settings: dict | None) -> None:
         os._exit(code)
 
 
+def _follow(parent: int, sig: int) -> None:
+    """In a forked child: get ``sig`` when ``parent`` dies (even by SIGKILL), so that a
+    killed ``client start`` leaves no task training on; exit if it is already gone."""
+    die_with_parent(sig)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def _zygote(read_fd: int, owner_settings: dict | None) -> None:
     """Single-threaded loop: one JSON ExecutionSpec per line in, one fork per task."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
     with os.fdopen(read_fd, "r") as specs:
         for line in specs:
             spec = json.loads(line)
+            zygote = os.getpid()
             if os.fork() == 0:
+                _follow(zygote, signal.SIGKILL)  # a task never outlives the node's executor
                 _run_task(spec, owner_settings)
     os._exit(0)
 
@@ -221,9 +232,11 @@ class ZygoteExecutor:
 
     def __init__(self, owner_settings: dict | None = None) -> None:
         read_fd, write_fd = os.pipe()
+        executor = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(write_fd)
+            _follow(executor, signal.SIGTERM)
             _zygote(read_fd, owner_settings)
         os.close(read_fd)
         self._zygote_pid = pid

@@ -96,14 +96,14 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: on Linux, the child gets SIGTERM when the process that started it
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """``preexec_fn``: on Linux, the child gets ``sig`` when the process that started it
     dies, even by SIGKILL, so a killed launcher leaves no orphaned SuperNode behind."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, sig)
 
 
 def free_port() -> int:

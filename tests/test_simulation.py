@@ -139,7 +139,7 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
     assert all(len(led.entries()) == 6 for led in ledgers(ledger_dir).values())
 
     # A third run under a budget that the first round would pass: every owner refuses
-    # before training, the server reports it and finishes, and no ledger moves.
+    # before training, the server reports it and stops, and no ledger moves.
     budget = f"{max(after.values()) + 1e-3:.6f}"
     third = simulate(
         *SMALL,
@@ -154,8 +154,12 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         "--out",
         str(tmp_path / "run3"),
     )
-    assert third.returncode == 0, third.stderr[-3000:]
+    # It exits 6 (no accepted update), stops after the first round and saves no model.
+    assert third.returncode == 6, third.stderr[-3000:]
+    assert "no owner's update was accepted" in " ".join(third.stderr.split())
     metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
+    assert metrics["final"]["outcome"] == "failed" and len(metrics["rounds"]) == 2
+    assert not (tmp_path / "run3" / "model.pt").exists()
     for entry in metrics["rounds"][1:]:
         assert entry["participants"] == [] and len(entry["refusals"]) == 3
         assert all("privacy budget" in reason for reason in entry["refusals"])
