@@ -135,6 +135,7 @@ def serve_federation(
         values = {
             "min-train-nodes": max(expected, 1),
             **values,
+            "data": "",  # a deployed server holds no training data: the owners do
             "out-dir": str(out.resolve()),
             "transport": dep.transport_evidence(settings, registered),
         }
