@@ -197,6 +197,18 @@ def validate_frame(
     return texts_raw, labels, classes
 
 
+def read_table(path: Path):
+    """A CSV, JSON Lines or Parquet file as a DataFrame, refused if of another kind or empty."""
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported extension '{path.suffix}'; use one of "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    return _read_table(path)
+
+
 def load_dataset(
     path: str | Path,
     text_column: str = "text",
@@ -212,14 +224,7 @@ def load_dataset(
         raise DataError(f"{path}: no such file; check the path passed to --data")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass the data file itself")
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported extension '{path.suffix}'; use one of "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    frame = _read_table(path)
+    frame = read_table(path)
     texts, labels, classes = validate_frame(frame, str(path), text_column, label_column, classes)
     return TextDataset(texts, labels, classes, fingerprint_file(path), str(path))
 

@@ -263,17 +263,10 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
 
 def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
     """The texts of a CSV, JSON Lines or Parquet file (no label needed), checked."""
-    from fedshield.common.data import SUPPORTED_SUFFIXES, _read_table
+    from fedshield.common.data import read_table
 
     path = Path(path)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported extension '{path.suffix}'; use one of "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    frame = _read_table(path)
+    frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     if text_column not in columns:
         raise DataError(
