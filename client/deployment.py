@@ -431,10 +431,10 @@ def get_published(settings: SuperNodeSettings, path: str) -> dict | None:
         raise FedshieldError(f"{url}: no complete answer within {PUBLISHED_TIMEOUT_S + 5:.0f} s")
     result = outcome[0]
     if isinstance(result, FedshieldError):
-        raise FedshieldError(_printable(result, 400)) from result
+        raise FedshieldError(printable(result, 400)) from result
     if isinstance(result, BaseException):
         raise FedshieldError(
-            _printable(f"{url}: unreadable answer ({type(result).__name__}: {result})", 400)
+            printable(f"{url}: unreadable answer ({type(result).__name__}: {result})", 400)
         ) from result
     return result
 
@@ -471,11 +471,6 @@ def _get_published(settings: SuperNodeSettings, path: str) -> dict | None:
     return value
 
 
-def _printable(text: object, limit: int = 200) -> str:
-    """Text from the server, shown on the owner's terminal: no control characters."""
-    return printable(text, limit)
-
-
 def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:
     """The class list the operator publishes; never fatal (each round checks again)."""
     url = settings.public_url(FEDERATION_PATH)
@@ -490,7 +485,7 @@ def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:
         return FederationInfo(
             url,
             None,
-            problem=f"unknown format {_printable(published.get('format'), 60)!r} (expected "
+            problem=f"unknown format {printable(published.get('format'), 60)!r} (expected "
             f"{FEDERATION_FORMAT}); the server may run another fedshield version",
         )
     if (
@@ -507,7 +502,7 @@ def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:
     return FederationInfo(
         url,
         tuple(c.strip() for c in classes),
-        model=_printable(published.get("model", ""), 80),
+        model=printable(published.get("model", ""), 80),
     )
 
 
@@ -545,7 +540,7 @@ def class_report(info: FederationInfo, check: ClassCheck | None) -> list[str]:
     """What ``client start`` prints about the federation's classes."""
     if check is None:
         return [f"federation classes: not checked: {info.problem} ({info.url})"]
-    shown = ", ".join(_printable(c, 60) for c in check.federation[:50])
+    shown = ", ".join(printable(c, 60) for c in check.federation[:50])
     more = f", ... ({len(check.federation)} classes)" if len(check.federation) > 50 else ""
     lines = [
         f"federation classes ({len(check.federation)}, published by the operator at "
@@ -560,7 +555,7 @@ def class_report(info: FederationInfo, check: ClassCheck | None) -> list[str]:
             "list (names and order must match)"
         )
     if check.without_records:
-        names = ", ".join(_printable(c, 60) for c in check.without_records[:20])
+        names = ", ".join(printable(c, 60) for c in check.without_records[:20])
         lines.append(
             f"note: federation classes you have no records of: {names} (fine: you train on "
             "the classes you have)"
@@ -572,7 +567,7 @@ def class_report(info: FederationInfo, check: ClassCheck | None) -> list[str]:
 
 def refuse_class_mismatch(settings: SuperNodeSettings, check: ClassCheck) -> None:
     """Refuse to join a federation whose every round this owner would refuse."""
-    federation = ",".join(_printable(c, 60) for c in check.federation)
+    federation = ",".join(printable(c, 60) for c in check.federation)
     if check.unknown_labels:
         labels = ", ".join(check.unknown_labels)
         raise DataError(
@@ -818,9 +813,9 @@ def fetch_removal_notice(
     ):
         return None
     return {
-        "action": _printable(notice.get("action", "removed"), 40),
-        "time": _printable(notice.get("time", "an unknown time"), 40),
-        "reason": _printable(notice.get("reason", "") or "no reason given", 500),
+        "action": printable(notice.get("action", "removed"), 40),
+        "time": printable(notice.get("time", "an unknown time"), 40),
+        "reason": printable(notice.get("reason", "") or "no reason given", 500),
     }
 
 
