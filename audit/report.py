@@ -4,10 +4,11 @@ and map each data-security requirement to the evidence found.
 Guarantee: the report says when it was made, by which fedshield, from which inputs,
 and covers each run (ids, period, settings, outcome: audit/runs.py) and each owner
 (key fingerprint, budget history, charges, refusals with reasons: audit/owners.py), so
-a data-protection officer can sign it as it stands. The recomputation uses Google's
-``dp-accounting`` (RDP accountant), a second implementation independent of the Opacus
-accountant the owners use; a claim is flagged if the two differ by more than 1% or the
-claim is the lower one. Output: a self-contained ``report.html`` (plots embedded) and
+a data-protection officer can sign it as it stands. The recomputation does not use the
+owners' accountant (PLD, dp-accounting): the exact closed form for full-batch rounds,
+Opacus's PRV interval otherwise (audit/owners.py ``epsilon_interval``), with RDP as a
+looser cross-check; a claim is flagged if it is above the recomputation by more than
+1%, below it, or above RDP. Output: a self-contained ``report.html`` (plots embedded) and
 its twin ``report.json`` (audit/render.py).
 """
 
@@ -18,7 +19,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedshield.audit.owners import TOLERANCE, OwnerAudit, independent_epsilon, owner_audits
+from fedshield.audit.owners import (
+    RECOMPUTATION,
+    TOLERANCE,
+    OwnerAudit,
+    independent_epsilon,
+    owner_audits,
+)
 from fedshield.audit.runs import RunSummary, run_summaries
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
@@ -274,7 +281,10 @@ def build_report(
         "owners": [o.as_dict() for o in owners],
         "requirements": [asdict(r) for r in rows],
         "anchors": anchors,
-        "accountant": "dp-accounting RdpAccountant (independent of Opacus)",
+        "accountant": {
+            "guarantee-rests-on": "the owners' PLD figure (dp-accounting, pessimistic)",
+            "recomputation": RECOMPUTATION,
+        },
         "tolerance": TOLERANCE,
         "evaluation": evaluation,
         "ok": all(log.ok for log in logs) and all(r.status in ("pass", "n/a") for r in rows),

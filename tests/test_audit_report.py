@@ -37,12 +37,12 @@ from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.privacy import DpEvent, epsilon_spent
+from fedshield.common.privacy import ACCOUNTANT, DpEvent, epsilon_rdp, epsilon_spent
 from tests.conftest import FEDSHIELD
 
 DELTA = 1e-5
 EVENT = LoggedDpEvent(noise_multiplier=1.1, sample_rate=0.05, steps=20)
-# epsilon after 1, 2, 3 such events at DELTA: 2.00, 2.41, 2.74
+# epsilon after 1, 2, 3 such events at DELTA (PLD): 1.59, 2.00, 2.34
 NODE_KEY = "SHA256:q3ZmR0Yk5Q0n2cX8Jc1m8v0o1Jm8y3kqg4E2fH7dQ9s"
 CONFIG = {
     "dp": True,
@@ -85,6 +85,7 @@ def charged(
         "sample-rate": history[-1].sample_rate,
         "steps": history[-1].steps,
         "delta": DELTA,
+        "accountant": ACCOUNTANT,
         "epsilon-after": epsilon(history) if claimed is None else claimed,
         "epsilon-budget": budget,
         "ledger-events": [e.as_entry() for e in history],
@@ -221,6 +222,28 @@ def test_the_independent_accountant_agrees_with_the_owners_within_tolerance():
     )
 
 
+def test_a_ledger_charged_by_rdp_before_the_pld_switch_still_verifies(tmp_path):
+    """Entries that name no accountant were charged by RDP, and are judged by RDP."""
+    history = [EVENT] * 3
+    legacy = {k: v for k, v in charged(history).items() if k != "accountant"}
+    rdp = epsilon_rdp([DpEvent(e.noise_multiplier, e.sample_rate, e.steps) for e in history], DELTA)
+    legacy["epsilon-after"] = rdp
+    [owner] = owner_audits([owner_log(tmp_path, (Event.DP_CHARGED, legacy))])
+    assert owner.ok, owner.problems
+    assert owner.charges[-1].accountant == "rdp"
+    # The same RDP figure claimed as PLD is too high by RDP's slack: flagged.
+    relabelled = {**legacy, "accountant": ACCOUNTANT}
+    [owner] = owner_audits([owner_log(tmp_path / "b", (Event.DP_CHARGED, relabelled))])
+    assert not owner.ok and "outside the independently recomputed" in owner.problems[0]
+
+
+def test_a_pld_claim_below_the_independent_interval_is_flagged(tmp_path):
+    entry = charged([EVENT] * 3)
+    entry["epsilon-after"] *= 0.99
+    [owner] = owner_audits([owner_log(tmp_path, (Event.DP_CHARGED, entry))])
+    assert not owner.ok and "outside the independently recomputed" in owner.problems[0]
+
+
 def test_old_positional_dp_events_still_read_back():
     assert LoggedDpEvent.from_entry([1.1, 0.05, 20]) == EVENT
     assert LoggedDpEvent.from_entry(EVENT.as_entry()) == EVENT
@@ -270,32 +293,32 @@ def test_one_owner_over_two_runs_and_two_data_files_is_one_row_with_a_total(tmp_
 
 
 def test_refusals_are_a_json_list_with_code_meaning_and_the_owners_reason(tmp_path):
-    # budget 2.5: the first two rounds fit (2.41), the third is refused
-    folder = federated_run(tmp_path / "run", [Owner("hospital-a", 2.5, "L1")], rounds=3)
+    # budget 2.2: the first two rounds fit (2.00), the third is refused
+    folder = federated_run(tmp_path / "run", [Owner("hospital-a", 2.2, "L1")], rounds=3)
     _, json_path = write_report(report_for(folder), tmp_path / "out")
     owner = json.loads(json_path.read_text())["owners"][0]
     assert isinstance(owner["refusals"], list) and len(owner["refusals"]) == 1
     (refusal,) = owner["refusals"]
     assert refusal["code"] == wire.ERROR_BUDGET_EXCEEDED and refusal["server_round"] == 3
     assert refusal["meaning"] == wire.REFUSAL_REASONS[wire.ERROR_BUDGET_EXCEEDED]
-    assert "over the owner's budget 2.5" in refusal["reason"] and refusal["time"]
+    assert "over the owner's budget 2.2" in refusal["reason"] and refusal["time"]
 
 
 def test_a_budget_raised_after_a_refusal_is_listed_with_its_time_not_a_plain_ok(tmp_path):
-    owner = Owner("hospital-a", 2.5, "L1")
+    owner = Owner("hospital-a", 2.2, "L1")
     federated_run(tmp_path / "run1", [owner], rounds=3)  # round 3 refused
     owner.budget = 4.0
     federated_run(tmp_path / "run2", [owner], rounds=1, run_id=8)
     (row,) = report_for(tmp_path / "run1", tmp_path / "run2")["owners"]
     assert row["ok"], row["problems"]
     first, raised = row["budget_changes"]
-    assert first["old"] is None and first["new"] == 2.5
-    assert raised["old"] == 2.5 and raised["new"] == 4.0 and raised["raised_after_refusal"]
+    assert first["old"] is None and first["new"] == 2.2
+    assert raised["old"] == 2.2 and raised["new"] == 4.0 and raised["raised_after_refusal"]
     assert raised["time"] > row["refusals"][0]["time"]
-    assert "RAISED" in row["status"] and "2.5 to 4" in row["status"]
+    assert "RAISED" in row["status"] and "2.2 to 4" in row["status"]
     # each charge is judged against the budget in force when it was made
-    assert [c["budget_in_force"] for c in row["charges"]] == [2.5, 2.5, 4.0]
-    assert row["charges"][-1]["epsilon_claimed"] > 2.5
+    assert [c["budget_in_force"] for c in row["charges"]] == [2.2, 2.2, 4.0]
+    assert row["charges"][-1]["epsilon_claimed"] > 2.2
 
 
 def test_a_charge_above_the_budget_in_force_at_the_time_is_flagged(tmp_path):
@@ -336,7 +359,7 @@ def test_availability_counts_rounds_with_an_accepted_update_not_rounds_run(tmp_p
 
 
 def test_update_records_are_told_apart_released_by_owners_and_received_by_the_server(tmp_path):
-    owners = [Owner("hospital-a", 5.0, "L1"), Owner("hospital-b", 2.1, "L2")]  # b: 1 of 2
+    owners = [Owner("hospital-a", 5.0, "L1"), Owner("hospital-b", 1.8, "L2")]  # b: 1 of 2
     report = report_for(federated_run(tmp_path / "run", owners))
     rows = {r["name"]: r for r in report["requirements"]}
     evidence = rows["Data minimisation / desensitisation"]["evidence"]
@@ -467,7 +490,7 @@ BROWSER = find_browser()
 )
 def test_the_report_fits_1280_px_in_a_real_headless_browser(tmp_path):
     long_name = "hospital-" + "x" * 150  # long evidence, names and paths must wrap
-    owners = [Owner(long_name, 2.1, "L1", node_key=NODE_KEY), Owner("hospital-b", 5.0, "L2")]
+    owners = [Owner(long_name, 1.8, "L1", node_key=NODE_KEY), Owner("hospital-b", 5.0, "L2")]
     folder = federated_run(tmp_path / ("deep-folder-" + "y" * 120) / "run", owners)
     html_path, _ = write_report(report_for(folder), tmp_path / "out")
     width, height = measure_page(html_path)
