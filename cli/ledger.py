@@ -40,7 +40,11 @@ def ledger_show(
     for change in state.budgets:
         when = dt.datetime.fromtimestamp(change.recorded_at, dt.UTC).isoformat(timespec="seconds")
         console.print(f"budget {change.old} -> {change.new:g} at {when}")
+    from fedshield.common.privacy import epsilon_rdp
+
+    events = [e.event for e in state.entries]
     console.print(
         f"epsilon spent at delta {delta:g}: {ledger.epsilon(delta):.4f} "
-        f"({len(state.entries)} events, ledger {state.ledger_id})"
+        f"({len(state.entries)} events, ledger {state.ledger_id}; accountant: privacy loss "
+        f"distribution; RDP, looser, says {epsilon_rdp(events, delta):.4f})"
     )
