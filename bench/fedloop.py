@@ -35,14 +35,16 @@ def run_federation(
 ):
     """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
 
+    ``settings`` is one TrainSettings for every owner, or a list with one per owner.
     ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round.
     """
+    per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
     model = build_model(parts[0][0].shape[1], num_classes)
     velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     noise = {}
     for i, (x, _) in enumerate(parts):
-        if settings.dp:
-            probe = planned_dp_event(len(x), settings)
+        if per_owner[i].dp:
+            probe = planned_dp_event(len(x), per_owner[i])
             noise[i] = noise_for_target_epsilon(
                 epsilon, delta, probe.sample_rate, probe.steps * rounds
             )
@@ -56,7 +58,7 @@ def run_federation(
         for i, (x, y) in enumerate(parts):
             local = build_model(x.shape[1], num_classes)
             local.load_state_dict(global_state)
-            s = TrainSettings(**{**settings.__dict__, "noise_multiplier": noise.get(i, 0.0)})
+            s = TrainSettings(**{**per_owner[i].__dict__, "noise_multiplier": noise.get(i, 0.0)})
             out = train_locally(local, (x,), y, s, torch.device("cpu"))
             if out.dp_event:
                 eps.append(epsilon_spent([out.dp_event] * (rnd + 1), delta))

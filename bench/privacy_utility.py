@@ -112,7 +112,9 @@ def run_central(data: Data, seed: int) -> dict:
 
 def run_fed(data: Data, scheme: str, seed: int, epsilon: float | None) -> dict:
     cfg = RunConfig()
-    settings = dataclasses.replace(TrainSettings.from_plan(cfg), dp=epsilon is not None)
+    settings = dataclasses.replace(
+        TrainSettings.from_plan(cfg), dp=epsilon is not None, learning_rate=cfg.learning_rate_for(2)
+    )
     parts = data.parts(scheme, seed)
     x = data.features("train")
     # features are a pure function of the text: any row holding the same text will do

@@ -79,7 +79,10 @@ def simulate(
         ),
     ] = 0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    learning_rate: Annotated[float, typer.Option(help="Client SGD learning rate.")] = 5.0,
+    learning_rate: Annotated[
+        float,
+        typer.Option(help="Client SGD learning rate; 0 = 2.5 x the number of classes."),
+    ] = 0.0,
     server_momentum: Annotated[
         float, typer.Option(help="Server momentum (FedAvgM); 0 = FedAvg.")
     ] = 0.9,

@@ -15,6 +15,7 @@ owner's console and audit log only.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,13 +57,15 @@ def _derived_noise(target_epsilon: float, delta: float, sample_rate: float, step
     return noise_for_target_epsilon(target_epsilon, delta, sample_rate, steps)
 
 
-def training_settings(plan: RunConfig, owner: Owner) -> TrainSettings:
+def training_settings(plan: RunConfig, owner: Owner, num_classes: int) -> TrainSettings:
     """The round's settings; the noise multiplier is fixed or derived from the target.
 
     A target epsilon is met over the whole run: the noise is chosen so that
-    ``num-rounds`` rounds of this owner's training compose to at most the target.
+    ``num-rounds`` rounds of this owner's training compose to at most the target. The
+    learning rate is the plan's, or per class (``RunConfig.learning_rate_for``).
     """
     settings = TrainSettings.from_plan(plan)
+    settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
     if plan.dp and plan.noise_multiplier <= 0:
         one_round = planned_dp_event(len(owner.dataset), settings)
         sigma = _derived_noise(
@@ -144,7 +147,7 @@ def train_round(
             "(allow-no-dp)"
         )
     check_batch_fits(owner.dataset, plan.batch_size)
-    settings = training_settings(plan, owner)
+    settings = training_settings(plan, owner, len(classes))
     planned = planned_dp_event(len(owner.dataset), settings)
     record_budget_change(owner, audit)
     if plan.dp:

@@ -5,7 +5,7 @@ range, output size, seed). Nothing is fitted on text, so no vocabulary, frequenc
 other statistic of a data owner's records exists to leak. Every node that uses the same
 :class:`FeaturizerSpec` maps the same text to the same vector.
 
-Pipeline: word uni+bigrams hashed into ``n_buckets`` (scikit-learn's stateless
+Pipeline: word n-grams (unigrams by default, up to ``ngram_max``) hashed into ``n_buckets`` (scikit-learn's stateless
 ``HashingVectorizer``) -> log(1 + tf) -> L2 -> a fixed, seeded sparse random projection
 to ``out_dim`` dimensions -> L2. NOTES-stack.md records why: a DP head over these
 features keeps most of the non-private accuracy, where trained embeddings drown in noise.
@@ -28,7 +28,7 @@ class FeaturizerSpec:
     """Everything that defines the feature map; equal specs give equal features."""
 
     n_buckets: int = 2**18
-    ngram_max: int = 2
+    ngram_max: int = 1
     out_dim: int = 4096
     entries_per_bucket: int = 4
     seed: int = 0
