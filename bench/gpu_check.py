@@ -8,7 +8,10 @@ built-in IMDB reviews:
    autograd computation (clip each record's gradient, then sum);
 2. one global model trained for a round on the device and one on CPU send updates with
    the same keys, shapes and dtypes, on CPU (a mixed federation aggregates them);
-3. samples/s of the product's ``train_locally`` with and without DP.
+3. samples/s of the product's ``train_locally`` with and without DP, with the device
+   and the physical batch size it chose (``ModelSpec.training_device`` and
+   ``default_physical_batch_size``); on CUDA the hashed model's DP samples/s on CPU too,
+   to show the GPU is not slower for it.
 
 Installs nothing and reads no network. Without CUDA it runs everything on CPU and says
 so (the tests run it that way). Exit status 1 if a check fails.
@@ -33,6 +36,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, train_locally
 from fedshield.common.data import load_dataset, take
 from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
@@ -115,13 +119,13 @@ def max_relative_gap(a: dict, b: dict) -> float:
 
 
 def throughput(spec, num_classes, inputs, labels, device, dp: bool, batch: int) -> float:
+    """Samples/s of the product's ``train_locally`` (physical batch size its own choice)."""
     settings = TrainSettings(
         batch_size=batch,
         learning_rate=0.1,
         noise_multiplier=1.0,
         max_grad_norm=CLIP,
         dp=dp,
-        physical_batch_size=spec.default_physical_batch_size() or batch,
         model_spec=spec,
     )
     model = spec.build(num_classes)
@@ -133,14 +137,31 @@ def throughput(spec, num_classes, inputs, labels, device, dp: bool, batch: int) 
     return len(labels) / (time.perf_counter() - start)
 
 
+def training_choices(spec, num_classes, num_records, device, batch: int) -> tuple[str, int]:
+    """Where ``train_locally`` trains and its physical batch size, as it decides them."""
+    where = spec.training_device(device, expected_batch=batch)
+    model = spec.build(num_classes).to(where)
+    return str(where), spec.default_physical_batch_size(model, where, num_records)
+
+
+def noise_ms_per_step(spec, num_classes, device) -> float:
+    """Host time to draw one step's noise for every trained parameter (SecureRandom,
+    ChaCha20 + Box-Muller on the CPU, then one copy): a floor under each DP step."""
+    trained = sum(p.numel() for p in spec.build(num_classes).parameters() if p.requires_grad)
+    reference = torch.empty(trained, device=device)
+    rng = SecureRandom()
+    rng.normal_like(reference, 1.0)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(3):
+        rng.normal_like(reference, 1.0)
+    _sync(device)
+    return (time.perf_counter() - start) / 3 * 1000
+
+
 def mixed_round_ok(spec, num_classes, inputs, labels, device) -> bool:
     """Updates from a device-trained and a CPU-trained copy are interchangeable on the wire."""
-    settings = TrainSettings(
-        batch_size=0,
-        noise_multiplier=1.0,
-        physical_batch_size=spec.default_physical_batch_size(),
-        model_spec=spec,
-    )
+    settings = TrainSettings(batch_size=0, noise_multiplier=1.0, model_spec=spec)
     updates = []
     for where in (device, torch.device("cpu")):
         model = spec.build(num_classes)
@@ -204,9 +225,13 @@ def main() -> int:
         ok = gap_cpu < 1e-4 and gap_ref < 1e-4 and mixed
         failed |= not ok
         batch = min(256, speed_records)
+        trained_on, physical = training_choices(spec, len(data.classes), len(labels), device, batch)
         row = {
             "model": name,
             "device": str(device),
+            "trained on": trained_on,
+            "physical batch": physical,
+            "noise ms/step": noise_ms_per_step(spec, len(data.classes), device),
             "grad records": grad_records,
             "device vs cpu": gap_cpu,
             "device vs per-example": gap_ref,
@@ -221,20 +246,38 @@ def main() -> int:
             "batch": batch,
             "ok": ok,
         }
+        if device.type == "cuda" and not spec.fine_tunes_encoder:
+            # A linear head must not be slower on the GPU than on this host's CPU.
+            row["CPU samples/s DP"] = throughput(
+                spec, len(data.classes), inputs, labels, torch.device("cpu"), dp=True, batch=batch
+            )
         rows.append(row)
     print()
     print(
-        "| model | device | clipped-sum gap vs CPU | vs per-example autograd | mixed GPU/CPU round "
-        "| samples/s no DP | samples/s DP | DP cost | check |"
+        "| model | device | trained on | physical batch | noise ms/step | clipped-sum gap vs CPU "
+        "| vs per-example autograd | mixed GPU/CPU round | samples/s no DP | samples/s DP "
+        "| DP cost | check |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['model']} | {r['device']} | {r['device vs cpu']:.1e} | "
-            f"{r['device vs per-example']:.1e} | {'ok' if r['mixed round'] else 'FAILED'} | "
+            f"| {r['model']} | {r['device']} | {r['trained on']} | {r['physical batch']} | "
+            f"{r['noise ms/step']:.1f} | "
+            f"{r['device vs cpu']:.1e} | {r['device vs per-example']:.1e} | "
+            f"{'ok' if r['mixed round'] else 'FAILED'} | "
             f"{r['samples/s no DP']:.0f} | {r['samples/s DP']:.0f} | "
             f"{r['samples/s no DP'] / r['samples/s DP']:.1f}x | {'ok' if r['ok'] else 'FAILED'} |"
         )
+    for r in rows:
+        if "CPU samples/s DP" in r:
+            ratio = r["samples/s DP"] / r["CPU samples/s DP"]
+            verdict = (
+                "not slower" if ratio >= 1 else "SLOWER: raise ModelSpec.training_device's bar"
+            )
+            print(
+                f"{r['model']} DP on {r['trained on']}: {r['samples/s DP']:.0f} samples/s, "
+                f"on CPU {r['CPU samples/s DP']:.0f} ({ratio:.2f}x, {verdict})"
+            )
     print(
         f"\n{grad_records} records for the gradient checks (relative gap = max abs difference "
         f"/ max abs value, pass < 1e-4); {speed_records} records in batches of "

@@ -6,21 +6,28 @@ gradient is clipped to ``max_grad_norm`` (Opacus's ``GradSampleModule`` and DP
 optimizer) and Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added to
 each step's sum. Both the sampling and the noise come from :class:`SecureRandom`
 (ChaCha20, a fresh 256-bit key per call): nothing the server sends seeds them, and
-torch's generators are not used. The returned :class:`DpEvent` is read from Opacus's
-own accountant after training, so the ledger charges exactly what training did.
+torch's generators are not used. An empty sample is still a step (noise on a zero
+sum). The returned :class:`DpEvent` is read from Opacus's own accountant after
+training, so the ledger charges exactly what training did.
 
 This assembles what Opacus's ``PrivacyEngine.make_private`` does (its secure mode
 needs the unmaintained torchcsprng), with the noise and the sampler replaced.
 
-A logical batch larger than ``physical_batch_size`` is processed in passes of at most
-that many records (Opacus's ``BatchMemoryManager`` with DP, gradient accumulation
-without); one optimizer step, and one accountant step, per logical batch either way.
+The records move to the training device once per call; each step's sample is an index
+tensor, and each pass gathers its rows on the device (no per-record collation, no
+per-pass host copies). A logical batch larger than the physical batch size is
+processed in passes of at most that many records (the DP optimizer accumulates clipped
+sums across them, as Opacus's ``BatchMemoryManager`` has it; gradient accumulation
+without DP); one optimizer step, and one accountant step, per logical batch either way.
+Float32 matmuls run at full precision while training, so clipping is exact to float32
+rounding on every device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +36,9 @@ from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import Sampler
 
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common.config import RunConfig
@@ -52,7 +57,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     noise_multiplier: float = 1.0
     dp: bool = True
-    physical_batch_size: int = 0  # 0: the whole logical batch in one pass
+    physical_batch_size: int = 0  # 0: ModelSpec.default_physical_batch_size decides
     encoder_learning_rate: float = 0.0  # pretrained layers (minilm fine-tuning) only
     # The spec that built the model declares its parameter groups and clipping mode.
     model_spec: ModelSpec = ModelSpec()
@@ -68,8 +73,7 @@ class TrainSettings:
             max_grad_norm=plan.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
             dp=plan.dp,
-            physical_batch_size=plan.physical_batch_size
-            or ModelSpec.from_config(plan).default_physical_batch_size(),
+            physical_batch_size=plan.physical_batch_size,
             encoder_learning_rate=plan.encoder_learning_rate,
             model_spec=ModelSpec.from_config(plan),
         )
@@ -120,9 +124,15 @@ class PoissonBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def index_batches(self, device: torch.device) -> Iterator[torch.Tensor]:
+        """Each step's sampled record indices, ascending, as an int64 tensor on ``device``."""
         for _ in range(self.steps):
-            yield np.flatnonzero(self.rng.poisson_mask(self.num_records, self.sample_rate)).tolist()
+            drawn = np.flatnonzero(self.rng.poisson_mask(self.num_records, self.sample_rate))
+            yield torch.from_numpy(drawn).to(device)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices in self.index_batches(torch.device("cpu")):
+            yield indices.tolist()
 
 
 class _SecureNoise:
@@ -144,12 +154,18 @@ class _SecureNoise:
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
+        sums = [p.summed_grad for p in self.params]
+        for summed in sums:
             # Opacus's guard that no clipped sum is released twice.
-            _check_processed_flag(p.summed_grad)
-            noise = self.secure_random.normal_like(p.summed_grad, std)
-            p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
+            _check_processed_flag(summed)
+        # One draw (and one host-to-device copy) for every parameter: independent
+        # N(0, std^2) entries either way, without a call per tensor.
+        sizes = [summed.numel() for summed in sums]
+        flat = sums[0].new_empty(sum(sizes))
+        noises = self.secure_random.normal_like(flat, std).split(sizes)
+        for p, summed, noise in zip(self.params, sums, noises, strict=True):
+            p.grad = (summed + noise.view_as(summed)).view_as(p)
+            _mark_as_processed(summed)
 
 
 class SecureDPOptimizer(_SecureNoise, DPOptimizer):
@@ -161,14 +177,6 @@ class SecurePerLayerDPOptimizer(_SecureNoise, DPPerLayerOptimizer):
 
 
 _DP_OPTIMIZER_FOR = {"flat": SecureDPOptimizer, "per_layer": SecurePerLayerDPOptimizer}
-
-
-def _collate_or_empty(dataset: TensorDataset) -> Callable[[list], list[torch.Tensor]]:
-    def collate(records: list) -> list[torch.Tensor]:
-        # An empty Poisson batch: every input with its shape and dtype, zero rows.
-        return default_collate(records) if records else [t[:0] for t in dataset.tensors]
-
-    return collate
 
 
 def _zero_per_sample_gradients(optimizer: DPOptimizer) -> None:
@@ -185,26 +193,22 @@ def _zero_per_sample_gradients(optimizer: DPOptimizer) -> None:
 class _PrivateTraining:
     module: GradSampleModule
     optimizer: DPOptimizer
-    loader: DataLoader
+    sampler: PoissonBatchSampler
     accountant: RDPAccountant
 
 
 def _make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    dataset: TensorDataset,
+    num_records: int,
     settings: TrainSettings,
 ) -> _PrivateTraining:
     """Opacus's ``make_private`` (hooks, Poisson sampling, mean loss, RDP accountant),
     with every random draw from one fresh :class:`SecureRandom`."""
     rng = SecureRandom()
-    steps_per_epoch = _steps_per_epoch(len(dataset), settings)
+    steps_per_epoch = _steps_per_epoch(num_records, settings)
     sample_rate = 1.0 / steps_per_epoch  # exactly planned_dp_event's rate
-    loader = DataLoader(
-        dataset,
-        batch_sampler=PoissonBatchSampler(len(dataset), sample_rate, steps_per_epoch, rng),
-        collate_fn=_collate_or_empty(dataset),
-    )
+    sampler = PoissonBatchSampler(num_records, sample_rate, steps_per_epoch, rng)
     ModuleValidator.validate(model, strict=True)
     module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     module.forbid_grad_accumulation()
@@ -214,13 +218,93 @@ def _make_private(
         noise_multiplier=settings.noise_multiplier,
         max_grad_norm=clipping["max_grad_norm"],
         # Opacus truncates (int); round avoids 49 * (1 / 49) = 0.999... giving 0.
-        expected_batch_size=round(len(dataset) * sample_rate),
+        expected_batch_size=round(num_records * sample_rate),
         loss_reduction="mean",
         secure_random=rng,
     )
     accountant = RDPAccountant()
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return _PrivateTraining(module, dp_optimizer, loader, accountant)
+    return _PrivateTraining(module, dp_optimizer, sampler, accountant)
+
+
+@contextmanager
+def _full_precision_matmuls() -> Iterator[None]:
+    """Float32 matmuls without TF32 (10-bit mantissas) while training, whatever the process
+    set: per-sample norms, and so the clipping bound, stay exact to float32 rounding."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@dataclass(frozen=True)
+class _DeviceRecords:
+    """One owner's encoded records and labels, moved to the training device once."""
+
+    inputs: tuple[torch.Tensor, ...]
+    targets: torch.Tensor
+
+    @classmethod
+    def load(cls, inputs: ModelInputs, labels: np.ndarray, device: torch.device) -> _DeviceRecords:
+        return cls(
+            tuple(part.to(device) for part in as_tensors(inputs)),
+            torch.from_numpy(np.asarray(labels)).long().to(device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def rows(self, indices: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The records at ascending, distinct ``indices``, gathered on the device (all of
+        them, in order, without a copy)."""
+        if len(indices) == len(self):
+            return list(self.inputs), self.targets
+        return [part[indices] for part in self.inputs], self.targets[indices]
+
+
+def _passes(indices: torch.Tensor, physical_batch_size: int) -> tuple[torch.Tensor, ...]:
+    """A logical batch's indices in near-equal passes of at most ``physical_batch_size``;
+    an empty batch is one empty pass."""
+    return torch.tensor_split(indices, max(1, math.ceil(len(indices) / physical_batch_size)))
+
+
+def _train_logical_batch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    records: _DeviceRecords,
+    indices: torch.Tensor,
+    physical_batch_size: int,
+    dp: bool,
+) -> tuple[torch.Tensor, int]:
+    """One optimizer step on the records at ``indices``, in passes; returns the summed
+    loss (on the device: no synchronisation per pass) and the records seen.
+
+    With DP each pass's clipped per-sample gradients are added to the DP optimizer's sum,
+    and only the last pass's ``step`` adds noise and moves the weights (an empty batch
+    is one pass of zero gradients). Without DP the passes accumulate the batch's mean
+    gradient.
+    """
+    loss_sum, seen = torch.zeros((), device=records.targets.device), 0
+    passes = _passes(indices, physical_batch_size)
+    for number, part in enumerate(passes, start=1):
+        last = number == len(passes)
+        if dp:
+            optimizer.signal_skip_step(do_skip=not last)
+        if len(part):
+            inputs, targets = records.rows(part)
+            loss = nn.functional.cross_entropy(model(*inputs), targets)
+            # Opacus's per-sample gradients undo the mean whatever the pass's size.
+            (loss if dp or len(passes) == 1 else loss * (len(part) / len(indices))).backward()
+            loss_sum += loss.detach() * len(part)
+            seen += len(part)
+        else:
+            _zero_per_sample_gradients(optimizer)
+        if dp or last:
+            optimizer.step()
+            optimizer.zero_grad()
+    return loss_sum, seen
 
 
 def train_locally(
@@ -232,63 +316,48 @@ def train_locally(
 ) -> TrainOutcome:
     """Train ``model`` in place on (inputs, labels); returns loss and the DP event.
 
+    ``device`` is the owner's; a linear head with small logical batches trains on the
+    CPU instead (``ModelSpec.training_device``). A ``physical_batch_size`` of 0 is
+    chosen from that device and the model (``ModelSpec.default_physical_batch_size``).
+
     Takes no seed: a server that could predict a client's noise could subtract it, and
     one that knew which records were sampled would void the amplification the
     accountant assumes.
     """
-    dataset = TensorDataset(*as_tensors(inputs), torch.from_numpy(labels).long())
+    spec = settings.model_spec
+    num_records = len(labels)
+    logical_batch = effective_batch_size(num_records, settings)
+    device = spec.training_device(device, expected_batch=logical_batch)
+    records = _DeviceRecords.load(inputs, labels, device)
     model.to(device)
     model.train()
-    groups = settings.model_spec.param_groups(
-        model, settings.learning_rate, settings.encoder_learning_rate
+    physical = settings.physical_batch_size or spec.default_physical_batch_size(
+        model, device, num_records
     )
+    groups = spec.param_groups(model, settings.learning_rate, settings.encoder_learning_rate)
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
-    accountant = None
-    if settings.dp:
-        private = _make_private(model, optimizer, dataset, settings)
-        model, optimizer, loader = private.module, private.optimizer, private.loader
-        accountant = private.accountant
-    else:
-        # No DP claim without DP: torch's process-wide generator shuffles.
-        batch_size = effective_batch_size(len(labels), settings)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
-    criterion = nn.CrossEntropyLoss()
-    physical = settings.physical_batch_size
-    total_loss, seen = 0.0, 0
+    private = _make_private(model, optimizer, num_records, settings) if settings.dp else None
+    if private is not None:
+        model, optimizer = private.module, private.optimizer
 
-    def forward_backward(xs: list[torch.Tensor], y: torch.Tensor, weight: float) -> None:
-        nonlocal total_loss, seen
-        if not len(y):  # only Poisson sampling draws an empty batch
-            _zero_per_sample_gradients(optimizer)
-            return
-        loss = criterion(model(*[x.to(device) for x in xs]), y.to(device))
-        (loss * weight if weight != 1.0 else loss).backward()
-        total_loss += loss.item() * len(y)
-        seen += len(y)
+    def batches() -> Iterator[torch.Tensor]:
+        if private is not None:
+            return private.sampler.index_batches(device)
+        # No DP claim without DP: torch's process-wide generator shuffles. Sorting within
+        # a batch changes nothing but the order of a sum, and keeps gathers in order.
+        shuffled = torch.randperm(num_records, device=device).split(logical_batch)
+        return (batch.sort().values for batch in shuffled)
 
-    for _ in range(settings.local_epochs):
-        # Poisson sampling can draw an empty batch: it is still a step the accountant
-        # counts (noise on a zero sum), so it is not skipped.
-        if accountant is not None and physical:
-            # The DP optimizer skips its step until a logical batch's last pass.
-            with BatchMemoryManager(
-                data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer
-            ) as passes:
-                for *xs, y in passes:
-                    forward_backward(xs, y, 1.0)
-                    optimizer.step()
-                    optimizer.zero_grad()
-            continue
-        for *xs, y in loader:
-            size = physical or max(len(y), 1)
-            starts = range(0, max(len(y), 1), size)
-            for start in starts:
-                part = slice(start, start + size)
-                weight = 1.0 if len(starts) == 1 else len(y[part]) / len(y)
-                forward_backward([x[part] for x in xs], y[part], weight)
-            optimizer.step()
-            optimizer.zero_grad()
-    event = DpEvent.merge_history(accountant.history) if accountant is not None else None
+    total_loss, seen = torch.zeros((), device=device), 0
+    with _full_precision_matmuls():
+        for _ in range(settings.local_epochs):
+            for indices in batches():
+                loss_sum, count = _train_logical_batch(
+                    model, optimizer, records, indices, physical, private is not None
+                )
+                total_loss += loss_sum
+                seen += count
+    event = DpEvent.merge_history(private.accountant.history) if private is not None else None
     return TrainOutcome(
-        train_loss=total_loss / max(seen, 1), num_examples=len(labels), dp_event=event
+        train_loss=float(total_loss) / max(seen, 1), num_examples=num_records, dp_event=event
     )

