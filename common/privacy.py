@@ -14,8 +14,9 @@ Guarantees:
 - :func:`noise_for_target_epsilon` calibrates with the same accountant the ledger
   charges with, so a run planned for a target never exceeds it;
 - a history so loose that its epsilon is beyond any budget (over ``PLD_MAX_EPSILON`` by
-  RDP) is reported by RDP, a valid upper bound: a hostile plan with tiny noise cannot
-  make the owner build a PLD grid of billions of points.
+  RDP), or so long that PLD would take minutes (over ``PLD_MAX_STEPS`` steps), is
+  reported by RDP, a valid upper bound: a hostile plan with tiny noise or a billion
+  steps cannot make the owner compute for minutes or build a grid of billions of points.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ LEGACY_ACCOUNTANT = "rdp"  # entries written before the PLD switch carry no name
 # (tests/test_privacy.py) and an epsilon takes 0.03-0.3 s on one core.
 PLD_INTERVAL = 1e-3
 PLD_MAX_EPSILON = 100.0
+# PLD's cost grows with the number of composed steps (1e7 steps: 7 s, 1e8: minutes);
+# up to 1e6 it stays under about 2 s. A real run takes far fewer (100 rounds x 3,125
+# steps is 3e5); beyond, a hostile plan gets RDP, a valid upper bound, at once.
+PLD_MAX_STEPS = 10**6
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,8 @@ def _epsilon_pld(grouped: Grouped, delta: float) -> float:
     if not grouped:
         return 0.0
     rdp = _epsilon_rdp(grouped, delta)
-    if rdp > PLD_MAX_EPSILON:
-        return rdp  # beyond any budget: an upper bound is enough, and cheap
+    if rdp > PLD_MAX_EPSILON or sum(steps for *_, steps in grouped) > PLD_MAX_STEPS:
+        return rdp  # beyond any budget, or too long to compose: a cheap upper bound
     import dp_accounting
     from dp_accounting.pld import pld_privacy_accountant
 

@@ -110,6 +110,15 @@ def test_a_hostile_tiny_noise_is_answered_at_once_by_rdp_not_a_huge_grid():
     assert epsilon > 1e5 and time.monotonic() - started < 1.0
 
 
+def test_a_hostile_billion_steps_is_answered_at_once_by_rdp():
+    """PLD over 1e8 steps takes minutes; a plan cannot make the owner wait for it."""
+    huge = [DpEvent(5.0, 1e-4, 10**9)]
+    started = time.monotonic()
+    assert epsilon_spent(huge, DELTA) == epsilon_rdp(huge, DELTA)
+    sigma = noise_for_target_epsilon(50.0, DELTA, sample_rate=1e-4, steps=10**9)
+    assert time.monotonic() - started < 10.0 and sigma > 0
+
+
 def test_delta_at_or_above_one_over_n_is_refused():
     check_delta(1e-5, 2000)
     with pytest.raises(ConfigError, match=r"delta=0.001 must be > 0 and < 1/N = 0.0005 for N=2000"):
