@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from fedshield.audit.verify import Verification
@@ -71,17 +72,36 @@ def rdp_epsilon(events: list[LoggedDpEvent], delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
+class TooLongToRecompute(ValueError):
+    """A history beyond PLD's range: the owners compose it by RDP, and so does the audit."""
+
+
+def _pld_applies(events: list[LoggedDpEvent]) -> bool:
+    from fedshield.common.privacy import pld_applies
+
+    mechanisms = {(e.noise_multiplier, e.sample_rate) for e in events}
+    return pld_applies(sum(int(e.steps) for e in events), len(mechanisms))
+
+
 def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, float]:
     """An interval holding the true epsilon, computed without the owners' PLD accountant.
 
     Full-batch histories (sample rate 1): the exact closed form, a point. Otherwise
     Opacus's PRV accountant (Gopi, Lee, Wutschitz 2021): its discretised privacy loss
-    gives a lower and an upper bound, each within 0.01 of the truth.
+    gives a lower and an upper bound, each within 0.01 of the truth. A history beyond
+    PLD's range (``privacy.pld_applies``) raises :class:`TooLongToRecompute`: PRV's grid
+    grows with the steps (2e6 steps: over 20 GB), and a crafted log must not exhaust the
+    auditor.
     """
     from fedshield.common.privacy import epsilon_gaussian_exact
 
     if not events:
         return 0.0, 0.0
+    if not _pld_applies(events):
+        raise TooLongToRecompute(
+            f"{sum(int(e.steps) for e in events)} steps of "
+            f"{len({(e.noise_multiplier, e.sample_rate) for e in events})} mechanisms"
+        )
     if all(e.sample_rate >= 1.0 for e in events):
         exact = epsilon_gaussian_exact(_as_events(events), delta)
         return exact, exact
@@ -102,10 +122,11 @@ def independent_epsilon(
 ) -> float:
     """Epsilon recomputed without the code the owner ran: what a claim is judged against.
 
-    For a PLD claim, the upper end of :func:`epsilon_interval`; for a legacy RDP claim,
+    For a PLD claim, the upper end of :func:`epsilon_interval`; for an RDP claim (older
+    ledgers, or histories beyond PLD's range) and for histories beyond PLD's range,
     dp-accounting's RDP (:func:`rdp_epsilon`).
     """
-    if accountant == "rdp":
+    if accountant == "rdp" or not _pld_applies(events):
         return rdp_epsilon(events, delta)
     return epsilon_interval(events, delta)[1]
 
@@ -113,7 +134,29 @@ def independent_epsilon(
 def claim_problem(
     claimed: float, events: list[LoggedDpEvent], delta: float, accountant: str
 ) -> tuple[float, float, str | None]:
-    """(recomputed, RDP cross-check, problem or None) for one claimed epsilon."""
+    """(recomputed, RDP cross-check, problem or None) for one claimed epsilon.
+
+    Never raises on what a log holds: a history the auditor cannot recompute is a
+    problem on the report, not a crash of it.
+    """
+    try:
+        return _judge_claim(claimed, events, delta, accountant)
+    except TooLongToRecompute as exc:
+        return (
+            math.nan,
+            math.nan,
+            (
+                f"claims {accountant} for a history beyond PLD's range ({exc}); the owners "
+                "compose such histories by RDP and say so"
+            ),
+        )
+    except (ArithmeticError, MemoryError, ValueError) as exc:
+        return math.nan, math.nan, f"epsilon could not be recomputed from the log: {exc!r}"
+
+
+def _judge_claim(
+    claimed: float, events: list[LoggedDpEvent], delta: float, accountant: str
+) -> tuple[float, float, str | None]:
     rdp = rdp_epsilon(events, delta)
     if accountant == "rdp":
         recomputed = rdp
@@ -521,6 +564,13 @@ def _check_charge(
     return events
 
 
+def _epsilon_or_nan(events: list[LoggedDpEvent], delta: float) -> float:
+    try:
+        return independent_epsilon(events, delta)
+    except (ArithmeticError, MemoryError, ValueError):
+        return math.nan  # the charges themselves carry the problem
+
+
 def _data_files(charges: list[Charge], records: dict[str, int]) -> list[DataFile]:
     files: dict[str, list[Charge]] = {}
     for charge in charges:
@@ -530,7 +580,7 @@ def _data_files(charges: list[Charge], records: dict[str, int]) -> list[DataFile
             fingerprint=fingerprint,
             records=records.get(fingerprint),
             charges=len(group),
-            epsilon_alone=independent_epsilon(
+            epsilon_alone=_epsilon_or_nan(
                 [LoggedDpEvent(c.noise_multiplier, c.sample_rate, c.steps) for c in group],
                 group[-1].delta,
             ),

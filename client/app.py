@@ -50,6 +50,7 @@ from fedshield.common.model import ModelSpec, unwrapped_state_dict
 from fedshield.common.privacy import noise_for_target_epsilon
 
 log = logging.getLogger("fedshield.client")
+MAX_PLANNED_STEPS = 10**7
 
 
 @lru_cache(maxsize=64)
@@ -68,6 +69,15 @@ def training_settings(plan: RunConfig, owner: Owner, num_classes: int) -> TrainS
     settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
     if plan.dp and plan.noise_multiplier <= 0:
         one_round = planned_dp_event(len(owner.dataset), settings)
+        planned_steps = one_round.steps * plan.num_rounds
+        if planned_steps > MAX_PLANNED_STEPS:
+            # Calibrating noise for such a run costs minutes of the owner's CPU before
+            # any budget check; no real plan comes near (100 rounds x 2,000 steps).
+            raise PolicyRefusal(
+                f"the plan asks for {planned_steps} DP steps over the run ({plan.num_rounds} "
+                f"rounds x {one_round.steps}); this owner calibrates noise for at most "
+                f"{MAX_PLANNED_STEPS}"
+            )
         sigma = _derived_noise(
             plan.target_epsilon,
             owner.delta,

@@ -4,7 +4,8 @@ audit record before anything is released.
 Guarantee: ``charge_and_audit`` writes the ledger durably first (a crash after it can
 over-count, never under-count), then appends a ``dp-charged`` audit entry carrying the
 whole ledger history, from which an auditor recomputes epsilon independently, and the
-name of the accountant the figures rest on (``privacy.ACCOUNTANT``).
+name of the accountant the figures rest on (``privacy.accountant_used``: PLD, or RDP
+beyond PLD's range).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.model import ModelSpec
-from fedshield.common.privacy import ACCOUNTANT, DpEvent, epsilon_spent
+from fedshield.common.privacy import DpEvent, accountant_used, epsilon_spent
 
 
 def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
@@ -78,7 +79,7 @@ def charge_and_audit(
             "sample-rate": event.sample_rate,
             "steps": event.steps,
             "delta": owner.delta,
-            "accountant": ACCOUNTANT,
+            "accountant": accountant_used(history, owner.delta),
             "epsilon-before": epsilon_spent(history[:-1], owner.delta),
             "epsilon-after": epsilon,
             "epsilon-budget": owner.epsilon_budget,

@@ -14,9 +14,11 @@ Guarantees:
 - :func:`noise_for_target_epsilon` calibrates with the same accountant the ledger
   charges with, so a run planned for a target never exceeds it;
 - a history so loose that its epsilon is beyond any budget (over ``PLD_MAX_EPSILON`` by
-  RDP), or so long that PLD would take minutes (over ``PLD_MAX_STEPS`` steps), is
-  reported by RDP, a valid upper bound: a hostile plan with tiny noise or a billion
-  steps cannot make the owner compute for minutes or build a grid of billions of points.
+  RDP), so long or so varied that PLD would take minutes (``PLD_MAX_STEPS``,
+  ``PLD_MAX_MECHANISMS``), is composed by RDP, a valid upper bound, and
+  :func:`accountant_used` says so: a hostile plan cannot make the owner compute for
+  minutes or build a grid of billions of points, and the audit entry names the
+  accountant the figure actually rests on.
 """
 
 from __future__ import annotations
@@ -39,14 +41,21 @@ RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
 ACCOUNTANT = "pld"
 LEGACY_ACCOUNTANT = "rdp"  # entries written before the PLD switch carry no name
 # Discretisation of the privacy loss (nats). Pessimistic rounding keeps the result an
-# upper bound; at 1e-3 it is within 1e-4 of the exact figure on the demo's rounds
-# (tests/test_privacy.py) and an epsilon takes 0.03-0.3 s on one core.
+# upper bound, but its bias grows with the number of subsampled steps composed: 1e-3
+# is within 1e-4 of the exact figure on full-batch rounds and up to 1,000 steps; beyond,
+# 1e-4 (40,000 steps at rate 0.001: 1e-3 over-states by 4%, 1e-4 lies inside Opacus's
+# PRV interval). An epsilon takes 0.03-0.3 s at 1e-3, up to about 2 s at 1e-4.
 PLD_INTERVAL = 1e-3
-PLD_MAX_EPSILON = 100.0
-# PLD's cost grows with the number of composed steps (1e7 steps: 7 s, 1e8: minutes);
-# up to 1e6 it stays under about 2 s. A real run takes far fewer (100 rounds x 3,125
-# steps is 3e5); beyond, a hostile plan gets RDP, a valid upper bound, at once.
-PLD_MAX_STEPS = 10**6
+PLD_FINE_INTERVAL = 1e-4
+PLD_FINE_AFTER_STEPS = 1000
+# Beyond these, RDP (a valid upper bound, computed at once) is the accountant: epsilon
+# over any budget; more composed steps than a real run takes (100 rounds x 2,000 steps
+# is 2e5; PLD's cost grows with them: 1e7 steps take 7 s, 1e8 minutes); more distinct
+# mechanisms than a real ledger holds (each costs up to 35 ms, and a hostile plan that
+# nudged the noise every round would otherwise slow every later pre-flight).
+PLD_MAX_EPSILON = 50.0  # PLD's grid grows with epsilon (eps 6,000: 26 s)
+PLD_MAX_STEPS = 2 * 10**5
+PLD_MAX_MECHANISMS = 64
 
 
 @dataclass(frozen=True)
@@ -84,20 +93,33 @@ def _grouped(events: Iterable[DpEvent]) -> Grouped:
 
 
 def epsilon_spent(events: Iterable[DpEvent], delta: float) -> float:
-    """Epsilon at ``delta`` of all ``events`` composed, by the accountant of record (PLD)."""
-    return _epsilon_pld(_grouped(events), float(delta))
-
-
-def epsilon_by(accountant: str, events: Iterable[DpEvent], delta: float) -> float:
-    """Epsilon by the named accountant: how an auditor re-derives a logged claim."""
+    """Epsilon at ``delta`` of all ``events`` composed, by :func:`accountant_used`'s choice."""
     grouped = _grouped(events)
-    if accountant == ACCOUNTANT:
-        return _epsilon_pld(grouped, float(delta))
-    if accountant == LEGACY_ACCOUNTANT:
+    if _accountant(grouped, float(delta)) == LEGACY_ACCOUNTANT:
         return _epsilon_rdp(grouped, float(delta))
-    raise ConfigError(
-        f"unknown accountant {accountant!r}; known: {ACCOUNTANT}, {LEGACY_ACCOUNTANT}"
-    )
+    return _epsilon_pld(grouped, float(delta))
+
+
+def accountant_used(events: Iterable[DpEvent], delta: float) -> str:
+    """Which accountant :func:`epsilon_spent` rests on for ``events``: PLD, or RDP beyond
+    PLD's range (``PLD_MAX_*``). A charge's audit entry names it."""
+    return _accountant(_grouped(events), float(delta))
+
+
+def pld_applies(total_steps: int, mechanisms: int) -> bool:
+    """Whether a history this long and this varied is composed by PLD (else by RDP)."""
+    return total_steps <= PLD_MAX_STEPS and mechanisms <= PLD_MAX_MECHANISMS
+
+
+def _accountant(grouped: Grouped, delta: float) -> str:
+    if not pld_applies(sum(steps for *_, steps in grouped), len(grouped)):
+        return LEGACY_ACCOUNTANT
+    # Subsampling only lowers epsilon, so the same steps at rate 1 bound it from above,
+    # in closed form and at once (RDP is slow for large noise at rates near 0.5).
+    full_batch = tuple((sigma, 1.0, steps) for sigma, _, steps in grouped)
+    if _gaussian_exact(full_batch, delta) <= PLD_MAX_EPSILON:
+        return ACCOUNTANT
+    return LEGACY_ACCOUNTANT if _epsilon_rdp(grouped, delta) > PLD_MAX_EPSILON else ACCOUNTANT
 
 
 def epsilon_rdp(events: Iterable[DpEvent], delta: float) -> float:
@@ -121,23 +143,22 @@ def _epsilon_rdp(grouped: Grouped, delta: float) -> float:
 def _epsilon_pld(grouped: Grouped, delta: float) -> float:
     if not grouped:
         return 0.0
-    rdp = _epsilon_rdp(grouped, delta)
-    if rdp > PLD_MAX_EPSILON or sum(steps for *_, steps in grouped) > PLD_MAX_STEPS:
-        return rdp  # beyond any budget, or too long to compose: a cheap upper bound
     import dp_accounting
     from dp_accounting.pld import pld_privacy_accountant
 
     logging.getLogger("absl").setLevel(logging.ERROR)
+    subsampled_steps = sum(steps for _, q, steps in grouped if q < 1.0)
     accountant = pld_privacy_accountant.PLDAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-        value_discretization_interval=PLD_INTERVAL,
+        value_discretization_interval=(
+            PLD_FINE_INTERVAL if subsampled_steps > PLD_FINE_AFTER_STEPS else PLD_INTERVAL
+        ),
     )
     for sigma, q, steps in grouped:
         gaussian = dp_accounting.GaussianDpEvent(sigma)
         event = gaussian if q >= 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian)
         accountant.compose(event, steps)
-    # Never report more than RDP: both are upper bounds, and the smaller one holds.
-    return float(min(accountant.get_epsilon(delta), rdp))
+    return float(accountant.get_epsilon(delta))
 
 
 def epsilon_gaussian_exact(events: Iterable[DpEvent], delta: float) -> float:
@@ -149,12 +170,17 @@ def epsilon_gaussian_exact(events: Iterable[DpEvent], delta: float) -> float:
     delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)
     (Balle & Wang 2018, Thm 8). Returns the epsilon at which that equals ``delta``.
     """
-    from scipy.optimize import brentq
-    from scipy.stats import norm
-
     grouped = _grouped(events)
     if any(q < 1.0 for _, q, _ in grouped):
         raise ValueError("the closed form holds for sample rate 1 (full-batch rounds) only")
+    return _gaussian_exact(grouped, float(delta))
+
+
+@lru_cache(maxsize=4096)
+def _gaussian_exact(grouped: Grouped, delta: float) -> float:
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
     if not grouped:
         return 0.0
     mu = math.sqrt(sum(steps / sigma**2 for sigma, _, steps in grouped))

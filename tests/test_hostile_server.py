@@ -306,6 +306,25 @@ def test_hostile_plan_values_are_refused_before_the_data_is_touched(
     assert touched == [] and PrivacyLedger(tmp_path / "ledgers").entries() == []
 
 
+def test_a_plan_of_billions_of_steps_is_refused_before_any_noise_search(
+    owner_csv, tmp_path, monkeypatch
+):
+    """Calibrating noise for 1e15 steps would pin the owner's CPU for minutes."""
+    import time
+
+    from fedshield.client import app as client_module
+
+    touched = []
+    monkeypatch.setattr(client_module, "owner_inputs", lambda *a: touched.append(a))
+    message = train_message()
+    message.content[wire.CONFIG]["num-rounds"] = 10**12
+    message.content[wire.CONFIG]["batch-size"] = 1
+    started = time.monotonic()
+    reply = run_train(owner_context(owner_csv, tmp_path / "ledgers"), message)
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+    assert time.monotonic() - started < 10 and touched == []
+
+
 def test_a_round_refused_for_budget_never_featurises_the_text(owner_csv, tmp_path, monkeypatch):
     """Refusal time and memory must not depend on the records (lengths, contents)."""
     from fedshield.client import app as client_module
