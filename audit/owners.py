@@ -24,6 +24,13 @@ from dataclasses import dataclass, field
 from fedshield.audit.verify import Verification
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.privacy import (
+    ACCOUNTANT,
+    LEGACY_ACCOUNTANT,
+    DpEvent,
+    epsilon_gaussian_exact,
+    pld_applies,
+)
 
 TOLERANCE = 0.01
 # A claim below the independent figure by more than numerical noise between two
@@ -44,9 +51,7 @@ RECOMPUTATION = (
 )
 
 
-def _as_events(events: list[LoggedDpEvent]):
-    from fedshield.common.privacy import DpEvent
-
+def _as_events(events: list[LoggedDpEvent]) -> list[DpEvent]:
     return [DpEvent(e.noise_multiplier, e.sample_rate, int(e.steps)) for e in events]
 
 
@@ -77,10 +82,7 @@ class TooLongToRecompute(ValueError):
 
 
 def _pld_applies(events: list[LoggedDpEvent]) -> bool:
-    from fedshield.common.privacy import pld_applies
-
-    mechanisms = {(e.noise_multiplier, e.sample_rate) for e in events}
-    return pld_applies(sum(int(e.steps) for e in events), len(mechanisms))
+    return pld_applies(_as_events(events))
 
 
 def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, float]:
@@ -93,15 +95,10 @@ def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, 
     grows with the steps (2e6 steps: over 20 GB), and a crafted log must not exhaust the
     auditor.
     """
-    from fedshield.common.privacy import epsilon_gaussian_exact
-
     if not events:
         return 0.0, 0.0
     if not _pld_applies(events):
-        raise TooLongToRecompute(
-            f"{sum(int(e.steps) for e in events)} steps of "
-            f"{len({(e.noise_multiplier, e.sample_rate) for e in events})} mechanisms"
-        )
+        raise TooLongToRecompute(f"{sum(int(e.steps) for e in events)} steps")
     if all(e.sample_rate >= 1.0 for e in events):
         exact = epsilon_gaussian_exact(_as_events(events), delta)
         return exact, exact
@@ -118,7 +115,7 @@ def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, 
 
 
 def independent_epsilon(
-    events: list[LoggedDpEvent], delta: float, accountant: str = "pld"
+    events: list[LoggedDpEvent], delta: float, accountant: str = ACCOUNTANT
 ) -> float:
     """Epsilon recomputed without the code the owner ran: what a claim is judged against.
 
@@ -126,7 +123,7 @@ def independent_epsilon(
     ledgers, or histories beyond PLD's range) and for histories beyond PLD's range,
     dp-accounting's RDP (:func:`rdp_epsilon`).
     """
-    if accountant == "rdp" or not _pld_applies(events):
+    if accountant == LEGACY_ACCOUNTANT or not _pld_applies(events):
         return rdp_epsilon(events, delta)
     return epsilon_interval(events, delta)[1]
 
@@ -158,7 +155,7 @@ def _judge_claim(
     claimed: float, events: list[LoggedDpEvent], delta: float, accountant: str
 ) -> tuple[float, float, str | None]:
     rdp = rdp_epsilon(events, delta)
-    if accountant == "rdp":
+    if accountant == LEGACY_ACCOUNTANT:
         recomputed = rdp
         low, high = rdp * (1 - UNDER_CLAIM_TOLERANCE), rdp * (1 + TOLERANCE)
     else:
@@ -173,7 +170,7 @@ def _judge_claim(
                 f"recomputed [{low:.4f}, {high:.4f}]"
             ),
         )
-    if accountant != "rdp" and rdp < claimed * (1 - UNDER_CLAIM_TOLERANCE):
+    if accountant != LEGACY_ACCOUNTANT and rdp < claimed * (1 - UNDER_CLAIM_TOLERANCE):
         return (
             recomputed,
             rdp,
@@ -525,7 +522,8 @@ def _check_charge(
         )
     delta = float(data["delta"])
     claimed = float(data["epsilon-after"])
-    accountant = str(data.get("accountant", "rdp"))  # entries before the switch name none
+    # entries written before the PLD switch name no accountant: they were charged by RDP
+    accountant = str(data.get("accountant", LEGACY_ACCOUNTANT))
     recomputed, rdp, mismatch = claim_problem(claimed, events, delta, accountant)
     if mismatch:
         audit.problems.append(f"round {server_round}: {mismatch}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
+from fedshield.client.train import calibrated, train_locally
 from fedshield.common.model import build_model
-from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
+from fedshield.common.privacy import epsilon_spent
 
 
 def accuracy(model, x, y) -> float:
@@ -41,13 +41,10 @@ def run_federation(
     per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
     model = build_model(parts[0][0].shape[1], num_classes)
     velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    noise = {}
-    for i, (x, _) in enumerate(parts):
-        if per_owner[i].dp:
-            probe = planned_dp_event(len(x), per_owner[i])
-            noise[i] = noise_for_target_epsilon(
-                epsilon, delta, probe.sample_rate, probe.steps * rounds
-            )
+    per_owner = [
+        calibrated(s, len(x), rounds, epsilon, delta) if s.dp else s
+        for s, (x, _) in zip(per_owner, parts, strict=True)
+    ]
     curve = []
     eps = []
     for rnd in range(rounds):
@@ -58,8 +55,7 @@ def run_federation(
         for i, (x, y) in enumerate(parts):
             local = build_model(x.shape[1], num_classes)
             local.load_state_dict(global_state)
-            s = TrainSettings(**{**per_owner[i].__dict__, "noise_multiplier": noise.get(i, 0.0)})
-            out = train_locally(local, (x,), y, s, torch.device("cpu"))
+            out = train_locally(local, (x,), y, per_owner[i], torch.device("cpu"))
             if out.dp_event:
                 eps.append(epsilon_spent([out.dp_event] * (rnd + 1), delta))
             inner = getattr(local, "_module", local)

@@ -4,7 +4,7 @@ Built-in IMDB (25k reviews; ``--slice N`` takes a seeded N), split 80/20 into tr
 and held-out records (``split_holdout``), the training part split among ``--clients``
 Dirichlet(``--alpha``) owners (``partition``). Each owner's texts go through the
 product's ``ModelSpec.encode``; every round each owner trains the global model with
-the product's ``train_locally`` (DP-SGD, noise from ``noise_for_target_epsilon`` so
+the product's ``train_locally`` (DP-SGD, noise from ``train.calibrated`` so
 that ``--rounds`` rounds compose to ``--epsilon`` at ``--delta``), and the updates are
 aggregated like the server's FedAvgM (weighted mean, then server momentum and server
 learning rate; ``bench/fedloop.py`` does the same for the hashed model). Prints the
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
+from fedshield.client.train import TrainSettings, calibrated, train_locally
 from fedshield.common.config import RunConfig
 from fedshield.common.data import TextDataset, load_builtin, partition, split_holdout, take
 from fedshield.common.model import (
@@ -48,7 +48,7 @@ from fedshield.common.model import (
     resolve_device,
     unwrapped_state_dict,
 )
-from fedshield.common.privacy import epsilon_spent, noise_for_target_epsilon
+from fedshield.common.privacy import epsilon_spent
 
 NUM_CLASSES = 2
 # What --grid may vary, with the type of each value.
@@ -116,10 +116,10 @@ def federate(
     device: torch.device,
 ) -> dict:
     """``hyper.rounds`` rounds of DP FedAvgM; accuracy on ``evaluation`` after each."""
-    spec = ModelSpec(
-        name="minilm", finetune_layers=hyper.finetune_layers, max_tokens=hyper.max_tokens
-    )
-    base = TrainSettings(
+    plan = RunConfig().replace(
+        model="minilm",
+        finetune_layers=hyper.finetune_layers,
+        max_tokens=hyper.max_tokens,
         local_epochs=hyper.local_epochs,
         batch_size=hyper.batch_size,
         learning_rate=hyper.learning_rate,
@@ -127,15 +127,13 @@ def federate(
         max_grad_norm=hyper.max_grad_norm,
         physical_batch_size=hyper.physical_batch_size,
         encoder_learning_rate=hyper.encoder_learning_rate,
-        model_spec=spec,
     )
-    settings = []
-    for _, labels in owners:
-        one_round = planned_dp_event(len(labels), base)
-        sigma = noise_for_target_epsilon(
-            args.epsilon, args.delta, one_round.sample_rate, one_round.steps * hyper.rounds
-        )
-        settings.append(replace(base, noise_multiplier=sigma))
+    base = TrainSettings.from_plan(plan)  # the ClientApp's reading of a plan
+    spec = base.model_spec
+    settings = [
+        calibrated(base, len(labels), hyper.rounds, args.epsilon, args.delta)
+        for _, labels in owners
+    ]
     model = spec.build(NUM_CLASSES)
     state = unwrapped_state_dict(model)
     velocity = {k: torch.zeros_like(v) for k, v in state.items()}

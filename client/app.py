@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -34,7 +33,7 @@ from fedshield.client.owner import (
     resolve_owner,
 )
 from fedshield.client.releases import ReleasedUpdates
-from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
+from fedshield.client.train import TrainSettings, calibrated, planned_dp_event, train_locally
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
@@ -47,44 +46,24 @@ from fedshield.common.errors import (
     PrivacyBudgetExceeded,
 )
 from fedshield.common.model import ModelSpec, unwrapped_state_dict
-from fedshield.common.privacy import noise_for_target_epsilon
 
 log = logging.getLogger("fedshield.client")
-MAX_PLANNED_STEPS = 10**7
-
-
-@lru_cache(maxsize=64)
-def _derived_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    return noise_for_target_epsilon(target_epsilon, delta, sample_rate, steps)
 
 
 def training_settings(plan: RunConfig, owner: Owner, num_classes: int) -> TrainSettings:
     """The round's settings; the noise multiplier is fixed or derived from the target.
 
     A target epsilon is met over the whole run: the noise is chosen so that
-    ``num-rounds`` rounds of this owner's training compose to at most the target. The
-    learning rate is the plan's, or per class (``RunConfig.learning_rate_for``).
+    ``num-rounds`` rounds of this owner's training compose to at most the target
+    (``train.calibrated``, which refuses plans too long to calibrate). The learning rate
+    is the plan's, or per class (``RunConfig.learning_rate_for``).
     """
     settings = TrainSettings.from_plan(plan)
     settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
     if plan.dp and plan.noise_multiplier <= 0:
-        one_round = planned_dp_event(len(owner.dataset), settings)
-        planned_steps = one_round.steps * plan.num_rounds
-        if planned_steps > MAX_PLANNED_STEPS:
-            # Calibrating noise for such a run costs minutes of the owner's CPU before
-            # any budget check; no real plan comes near (100 rounds x 2,000 steps).
-            raise PolicyRefusal(
-                f"the plan asks for {planned_steps} DP steps over the run ({plan.num_rounds} "
-                f"rounds x {one_round.steps}); this owner calibrates noise for at most "
-                f"{MAX_PLANNED_STEPS}"
-            )
-        sigma = _derived_noise(
-            plan.target_epsilon,
-            owner.delta,
-            one_round.sample_rate,
-            one_round.steps * plan.num_rounds,
+        settings = calibrated(
+            settings, len(owner.dataset), plan.num_rounds, plan.target_epsilon, owner.delta
         )
-        settings = TrainSettings(**{**settings.__dict__, "noise_multiplier": sigma})
     return settings
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ from torch.utils.data import Sampler
 
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common.config import RunConfig
+from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
-from fedshield.common.privacy import DpEvent
+from fedshield.common.privacy import DpEvent, noise_for_target_epsilon
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,28 @@ def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
         sample_rate=1.0 / steps_per_epoch,
         steps=steps_per_epoch * settings.local_epochs,
     )
+
+
+# Noise for a run is calibrated once per owner before any budget check; beyond this many
+# steps that search costs minutes of the owner's CPU, and no real plan comes near
+# (100 rounds x 2,000 steps).
+MAX_PLANNED_STEPS = 10**7
+
+
+def calibrated(
+    settings: TrainSettings, num_records: int, rounds: int, target_epsilon: float, delta: float
+) -> TrainSettings:
+    """``settings`` with the smallest noise for which ``rounds`` rounds of this training on
+    ``num_records`` records compose to at most ``target_epsilon`` at ``delta``."""
+    one_round = planned_dp_event(num_records, settings)
+    planned_steps = one_round.steps * rounds
+    if planned_steps > MAX_PLANNED_STEPS:
+        raise PolicyRefusal(
+            f"the plan asks for {planned_steps} DP steps over the run ({rounds} rounds x "
+            f"{one_round.steps}); this owner calibrates noise for at most {MAX_PLANNED_STEPS}"
+        )
+    sigma = noise_for_target_epsilon(target_epsilon, delta, one_round.sample_rate, planned_steps)
+    return replace(settings, noise_multiplier=sigma)
 
 
 class PoissonBatchSampler(Sampler[list[int]]):

@@ -106,13 +106,19 @@ def accountant_used(events: Iterable[DpEvent], delta: float) -> str:
     return _accountant(_grouped(events), float(delta))
 
 
-def pld_applies(total_steps: int, mechanisms: int) -> bool:
-    """Whether a history this long and this varied is composed by PLD (else by RDP)."""
-    return total_steps <= PLD_MAX_STEPS and mechanisms <= PLD_MAX_MECHANISMS
+def pld_applies(events: Iterable[DpEvent]) -> bool:
+    """Whether a history is short and uniform enough to be composed by PLD at all (else
+    RDP): at most ``PLD_MAX_STEPS`` steps of at most ``PLD_MAX_MECHANISMS`` mechanisms."""
+    return _within_pld_range(_grouped(events))
+
+
+def _within_pld_range(grouped: Grouped) -> bool:
+    total_steps = sum(steps for *_, steps in grouped)
+    return total_steps <= PLD_MAX_STEPS and len(grouped) <= PLD_MAX_MECHANISMS
 
 
 def _accountant(grouped: Grouped, delta: float) -> str:
-    if not pld_applies(sum(steps for *_, steps in grouped), len(grouped)):
+    if not _within_pld_range(grouped):
         return LEGACY_ACCOUNTANT
     # Subsampling only lowers epsilon, so the same steps at rate 1 bound it from above,
     # in closed form and at once (RDP is slow for large noise at rates near 0.5).
