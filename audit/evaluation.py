@@ -19,16 +19,22 @@ class EvaluationFileError(FedshieldError):
     """The evaluation file given to the report is missing or not in the expected format."""
 
 
+def read_json_object(path: Path, hint: str, error: type[FedshieldError] = FedshieldError) -> dict:
+    """A JSON object from ``path``, or ``error`` naming the path, the fault and ``hint``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: not readable JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object; {hint}")
+    return data
+
+
 def load_evaluation(path: Path) -> dict:
     hint = "pass the evaluation.json that `fedshield evaluate` wrote"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvaluationFileError(f"{path}: no such file; {hint}") from None
-    except (OSError, ValueError) as exc:
-        raise EvaluationFileError(f"{path}: not readable JSON ({exc}); {hint}") from None
-    if not isinstance(data, dict):
-        raise EvaluationFileError(f"{path}: expected a JSON object; {hint}")
+    data = read_json_object(path, hint, EvaluationFileError)
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes:
         raise EvaluationFileError(f"{path}: 'classes' must be a non-empty list; {hint}")

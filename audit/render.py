@@ -455,6 +455,52 @@ def _evaluation_section(evaluation: dict | None, esc) -> str:
     )
 
 
+def _empirical_section(empirical: dict | None, esc) -> str:
+    """The one-run empirical audit, when given: the bound beside the claim, and what it
+    can and cannot show."""
+    if not empirical:
+        return ""
+    bound = empirical["lower-bound"]
+    claimed = empirical.get("claimed-epsilon")
+    recomputed = empirical.get("recomputed-epsilon")
+    above = claimed is not None and bound["epsilon_lower_bound"] > claimed
+    verdict = esc(str(empirical.get("verdict", "")))
+    return (
+        "<h2>Empirical privacy test (one run with canaries)</h2>"
+        + _kv(
+            [
+                ("File", f"<code>{esc(empirical['file'])}</code>"),
+                ("Run", esc(str(empirical.get("run-in-these-logs", "-")))),
+                (
+                    "Data, owners, rounds",
+                    esc(
+                        f"{empirical.get('data')}, {empirical.get('owners')}, {empirical.get('rounds')}"
+                    ),
+                ),
+                (
+                    "Claimed epsilon (max over owners)",
+                    "none (no DP)" if claimed is None else f"{claimed:.4f}",
+                ),
+                ("Recomputed epsilon", "-" if recomputed is None else f"{recomputed:.4f}"),
+                (
+                    f"Empirical lower bound ({bound['confidence']:.0%} confidence, delta {bound['delta']:g})",
+                    f"<b class='{'fail' if above else 'pass'}'>{bound['epsilon_lower_bound']:.4f}</b>",
+                ),
+                (
+                    "Evidence",
+                    esc(
+                        f"{bound['correct']} of {bound['guesses']} guesses correct on "
+                        f"{bound['canaries']} canaries ({bound['included']} included); score "
+                        f"'{bound['score']}', best of {bound['tests']} tests (union bound)"
+                    ),
+                ),
+                ("Verdict", f"<span class='{'fail' if above else 'pass'}'>{verdict}</span>"),
+            ]
+        )
+        + f"<div class='explain'><p>{esc(str(empirical.get('what-it-shows', '')))}</p></div>"
+    )
+
+
 def render_html(report: dict) -> str:
     esc = html.escape
     requirements = "".join(
@@ -510,6 +556,7 @@ recomputation by more than {report["tolerance"]:.0%}, below it, or above RDP.</p
 <table><colgroup>{cols}</colgroup><tr>{owner_head}</tr>{owners}</table>
 <h2>Owners in detail</h2>{"".join(_owner_details(o, esc) for o in report["owners"])}
 {_evaluation_section(report.get("evaluation"), esc)}
+{_empirical_section(report.get("empirical"), esc)}
 <h2>Logs verified</h2><ul>{logs}</ul>
 <h2>Signature</h2>{_kv([("Reviewed by (name, role)", "&nbsp;"), ("Date", "&nbsp;"), ("Signature", "&nbsp;<br>&nbsp;")])}
 </body></html>"""

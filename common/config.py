@@ -155,6 +155,10 @@ class RunConfig(_KebabConfig):
     # A finished run's folder (model.pt + model.json) whose global model this run starts
     # from: public, so no privacy cost; "" = an untrained model.
     continue_from: str = ""
+    # Simulation only: the empirical audit's included canaries (audit/canaries.py), added
+    # to the simulated owners' data. A deployed owner reads its data from its own node
+    # config and never looks at this key.
+    audit_canaries: str = ""
     num_clients: int = 0
     device: str = "auto"
     model: str = "hashed"

@@ -10,10 +10,25 @@ that file, whole, and the owners train on all of ``data``; a deployed server has
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
 
 from fedshield.common.config import RunConfig
-from fedshield.common.data import TextDataset, load_dataset, partition, split_holdout, take
+from fedshield.common.data import (
+    TextDataset,
+    fingerprint_records,
+    load_dataset,
+    partition,
+    split_holdout,
+    take,
+)
+from fedshield.common.errors import ConfigError
+
+# The empirical audit's file of included canaries (audit/canaries.py writes it).
+CANARY_FORMAT = "fedshield-canaries/1"
 
 
 @lru_cache(maxsize=2)
@@ -56,5 +71,34 @@ def _partitions(config: RunConfig, num_partitions: int) -> list[TextDataset]:
     return partition(train, num_partitions, config.partition, config.alpha, config.seed)
 
 
+@lru_cache(maxsize=2)
+def _canaries(path: str) -> dict[int, list[dict]]:
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"audit-canaries {path}: cannot read it ({exc})") from exc
+    if not isinstance(content, dict) or content.get("format") != CANARY_FORMAT:
+        raise ConfigError(f"audit-canaries {path}: not a {CANARY_FORMAT} file")
+    return {int(owner): records for owner, records in content["owners"].items()}
+
+
 def simulated_owner_data(config: RunConfig, partition_id: int, num_partitions: int) -> TextDataset:
-    return _partitions(config, num_partitions)[partition_id]
+    """Simulated owner ``partition_id``'s records: its partition, plus, in an empirical
+    audit run (``audit-canaries``), the canaries its coins put in."""
+    data = _partitions(config, num_partitions)[partition_id]
+    if not config.audit_canaries:
+        return data
+    extra = _canaries(config.audit_canaries).get(partition_id, [])
+    index = {name: i for i, name in enumerate(data.classes)}
+    unknown = sorted({r["label"] for r in extra} - set(index))
+    if unknown:
+        raise ConfigError(f"audit-canaries: labels {unknown} are not among {list(data.classes)}")
+    texts = data.texts + [r["text"] for r in extra]
+    labels = np.concatenate([data.labels, np.array([index[r["label"]] for r in extra], dtype=int)])
+    return TextDataset(
+        texts=texts,
+        labels=labels.astype(data.labels.dtype),
+        classes=data.classes,
+        fingerprint=fingerprint_records(texts, labels),
+        source=f"{data.source} + {len(extra)} canaries",
+    )

@@ -32,7 +32,7 @@ from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.poll import prompt_grid
-from fedshield.server.strategy import build_strategy
+from fedshield.server.strategy import UpdateObserver, build_strategy
 
 log = logging.getLogger("fedshield.server")
 
@@ -44,16 +44,22 @@ def default_out_dir() -> Path:
 
 
 def make_server_app(
-    run_overrides: dict | None = None, on_round: RoundCallback | None = None
+    run_overrides: dict | None = None,
+    on_round: RoundCallback | None = None,
+    on_update: UpdateObserver | None = None,
 ) -> ServerApp:
-    """A ServerApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass."""
+    """A ServerApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass.
+
+    ``on_update`` sees every accepted update (server/strategy.py ``UpdateObserver``)."""
     overrides = dict(run_overrides or {})
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_dict({**dict(context.run_config), **overrides})
-        run_federation(prompt_grid(grid), config, on_round, flower_run_id=context.run_id)
+        run_federation(
+            prompt_grid(grid), config, on_round, flower_run_id=context.run_id, on_update=on_update
+        )
 
     return app
 
@@ -89,6 +95,7 @@ def run_federation(
     config: RunConfig,
     on_round: RoundCallback | None = None,
     flower_run_id: int | None = None,
+    on_update: UpdateObserver | None = None,
 ) -> dict:
     outputs = RunOutputs(
         Path(config.out_dir) if config.out_dir else default_out_dir(), resume=config.resume
@@ -133,6 +140,7 @@ def run_federation(
         min_available_nodes=config.min_train_nodes,
         server_learning_rate=config.server_learning_rate,
         server_momentum=config.server_momentum,
+        observer=on_update,
     )
     epsilon_so_far: dict[str, float] = {}
     history: list[dict] = []

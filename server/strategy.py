@@ -15,7 +15,7 @@ post-processing of DP updates, so every choice keeps the owners' guarantees.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,10 @@ from fedshield.common.untrusted import owner_label, printable
 from fedshield.server.validate import UpdateRejected, validate_update
 
 log = logging.getLogger("fedshield.server")
+
+# Called with (server round, owner, global model sent, update received) for every
+# accepted update: what the server sees, e.g. for the empirical audit's canary scores.
+UpdateObserver = Callable[[int, str, ArrayRecord, ArrayRecord], None]
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ValidatingStrategy(Strategy):
         max_update_norm: float = 0.0,
         server_learning_rate: float = 1.0,
         server_momentum: float = 0.0,
+        observer: UpdateObserver | None = None,
     ) -> None:
         if server_learning_rate <= 0:
             raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate}")
@@ -67,6 +72,7 @@ class ValidatingStrategy(Strategy):
         self.max_update_norm = max_update_norm
         self.server_learning_rate = server_learning_rate
         self.server_momentum = server_momentum
+        self.observer = observer
         self.momentum: list[np.ndarray] | None = None
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
@@ -164,6 +170,8 @@ class ValidatingStrategy(Strategy):
             record.participants.append(owner)
             record.epsilon[owner] = float(reply.content[wire.METRICS]["epsilon"])
             accepted.append(reply)
+            if self.observer is not None:
+                self.observer(server_round, owner, self._global_arrays, reply.content[wire.ARRAYS])
         replied = {r.metadata.src_node_id for r in replies}
         record.dropped = [n for n in self._sampled if n not in replied]
         if record.dropped:
@@ -250,6 +258,7 @@ def build_strategy(
     server_learning_rate: float,
     server_momentum: float,
     trim_fraction: float,
+    observer: UpdateObserver | None = None,
     **sampling,
 ) -> ValidatingStrategy:
     """Flower's strategy named by ``aggregation`` (one of AGGREGATIONS), wrapped.
@@ -273,4 +282,5 @@ def build_strategy(
         max_update_norm=max_update_norm,
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum,
+        observer=observer,
     )

@@ -16,6 +16,7 @@ import warnings
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError
 from fedshield.server.app import RoundCallback
+from fedshield.server.strategy import UpdateObserver
 
 log = logging.getLogger("fedshield.server")
 
@@ -57,9 +58,14 @@ def check_inputs(config: RunConfig, num_clients: int) -> tuple[list[int], int]:
 
 
 def run_simulation(
-    config: RunConfig, num_clients: int, on_round: RoundCallback | None = None
+    config: RunConfig,
+    num_clients: int,
+    on_round: RoundCallback | None = None,
+    on_update: UpdateObserver | None = None,
 ) -> None:
-    """Run ``config.num_rounds`` rounds with ``num_clients`` simulated owners; blocks."""
+    """Run ``config.num_rounds`` rounds with ``num_clients`` simulated owners; blocks.
+
+    ``on_round`` gets each round's metrics; ``on_update`` every accepted update."""
     from fedshield.client.app import make_client_app
     from fedshield.server.app import make_server_app
 
@@ -71,7 +77,7 @@ def run_simulation(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         flower_run_simulation(
-            server_app=make_server_app(overrides, on_round),
+            server_app=make_server_app(overrides, on_round, on_update),
             client_app=make_client_app(overrides),
             num_supernodes=num_clients,
             backend_config=backend_config(num_clients, config.device),

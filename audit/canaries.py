@@ -1,0 +1,144 @@
+"""Canaries for the one-run empirical audit, and how the hostile server scores them.
+
+What a canary is, and why this kind: a record of random made-up words (eight random
+letters each) with a random label, dealt to one simulated owner and put into that
+owner's data with probability 1/2. Random words carry no meaning the data could teach,
+so the model can only learn a canary's label by fitting that very record, which is what
+differential privacy limits; and they enter through the owner's real path (the same
+featuriser, DP-SGD with clipping, noise, Poisson sampling and ledger), so the audit tests
+the mechanism as built rather than a model of it. The gradient-space canaries of Andrew
+et al. (ICLR 2024) would need a hook inside the owner's training, i.e. a second code
+path; input-space canaries need none.
+
+How they are scored: the way the server, the adversary of the threat model, can. It
+sees every owner's update every round; for each canary of owner k it records
+
+* ``loss-drop``: the sum over rounds of how much owner k's update lowered the canary's
+  loss (the global model's loss minus the loss after owner k's update), a white-box
+  statistic that adds up a trace of the canary across every release; and
+* ``fit``: the sum over rounds of minus the canary's loss under owner k's update, i.e.
+  how well the owner's models fit it (memorisation); summing over rounds averages out
+  the accidental fit of a random canary, which changes from round to round.
+
+The scorer is given texts, labels and owners only: which canaries were included is
+never passed to it (audit/one_run.py counts correct guesses at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedshield.common.durable import write_bytes_atomic
+from fedshield.common.model import ModelSpec, as_tensors
+from fedshield.common.simulation_split import CANARY_FORMAT
+
+WORDS_PER_CANARY = 20
+LETTERS_PER_WORD = 8
+SCORES = ("loss-drop", "fit")
+
+
+@dataclass(frozen=True)
+class Canary:
+    owner: int  # simulated owner (partition id) whose data may carry it
+    text: str
+    label: str
+    included: bool
+
+
+def draw_canaries(
+    total: int, owners: int, classes: tuple[str, ...], seed: int | None = None
+) -> list[Canary]:
+    """``total`` canaries dealt evenly to ``owners``, each included with probability 1/2.
+
+    ``seed`` None draws from the OS (the default: an audit's coins must be unpredictable
+    to the code under test); a seed makes a test reproducible.
+    """
+    if total < 2:
+        raise ValueError(f"--canaries must be >= 2, got {total}")
+    if owners < 1 or len(classes) < 2:
+        raise ValueError("need at least one owner and two classes")
+    rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+    letters = np.array(list(string.ascii_lowercase))
+    canaries = []
+    for i in range(total):
+        words = rng.choice(letters, size=(WORDS_PER_CANARY, LETTERS_PER_WORD))
+        canaries.append(
+            Canary(
+                owner=i % owners,
+                text=" ".join("".join(w) for w in words),
+                label=classes[int(rng.integers(len(classes)))],
+                included=bool(rng.random() < 0.5),
+            )
+        )
+    return canaries
+
+
+def write_canaries(canaries: list[Canary], folder: Path) -> Path:
+    """Write every canary with its coin (``canaries.json``, the auditor's record) and the
+    included ones per owner (``included.json``, read by the simulated owners); returns
+    the latter's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(
+        folder / "canaries.json",
+        json.dumps({"canaries": [asdict(c) for c in canaries]}, indent=1).encode(),
+    )
+    owners: dict[str, list[dict]] = {}
+    for canary in canaries:
+        if canary.included:
+            owners.setdefault(str(canary.owner), []).append(
+                {"text": canary.text, "label": canary.label}
+            )
+    included = folder / "included.json"
+    write_bytes_atomic(included, json.dumps({"format": CANARY_FORMAT, "owners": owners}).encode())
+    return included
+
+
+class CanaryScorer:
+    """Scores canaries from what the server receives: one call per accepted update."""
+
+    def __init__(self, spec: ModelSpec, classes: tuple[str, ...], canaries: list[Canary]):
+        self.spec = spec
+        self.model = spec.build(len(classes))
+        self.model.eval()
+        self._groups: dict[int, np.ndarray] = {}  # owner -> indices into the canary list
+        for owner in sorted({c.owner for c in canaries}):
+            self._groups[owner] = np.array([i for i, c in enumerate(canaries) if c.owner == owner])
+        index = {name: i for i, name in enumerate(classes)}
+        self._labels = torch.tensor([index[c.label] for c in canaries], dtype=torch.long)
+        self._inputs = as_tensors(spec.encode([c.text for c in canaries], torch.device("cpu")))
+        self.loss_drop = np.zeros(len(canaries))
+        self.fit = np.zeros(len(canaries))
+        self.updates_seen = 0
+
+    def _losses(self, arrays, rows: np.ndarray) -> np.ndarray:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        index = torch.from_numpy(rows)
+        with torch.no_grad():
+            logits = self.model(*(t[index] for t in self._inputs))
+            losses = torch.nn.functional.cross_entropy(
+                logits.double(), self._labels[index], reduction="none"
+            )
+        return torch.nan_to_num(losses, nan=1e6, posinf=1e6).numpy()
+
+    def observe(self, server_round: int, owner: str, global_arrays, update_arrays) -> None:
+        """The server accepted ``update_arrays`` from ``owner`` against ``global_arrays``."""
+        prefix = "client-"
+        if not owner.startswith(prefix) or not owner[len(prefix) :].isdigit():
+            return
+        rows = self._groups.get(int(owner[len(prefix) :]))
+        if rows is None:
+            return
+        after = self._losses(update_arrays, rows)
+        self.loss_drop[rows] += self._losses(global_arrays, rows) - after
+        self.fit[rows] -= after
+        self.updates_seen += 1
+
+    def scores(self) -> dict[str, np.ndarray]:
+        return {"loss-drop": self.loss_drop.copy(), "fit": self.fit.copy()}
