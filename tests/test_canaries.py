@@ -1,0 +1,93 @@
+"""Canaries of the empirical audit (audit/canaries.py): drawn fairly, written so that the
+owners see only theirs, added to exactly their owner's data, and scored from updates
+without the coins."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from fedshield.audit.canaries import CanaryScorer, draw_canaries, write_canaries
+from fedshield.common.config import RunConfig
+from fedshield.common.errors import ConfigError
+from fedshield.common.featurize import featurize
+from fedshield.common.model import ModelSpec
+from fedshield.common.simulation_split import simulated_owner_data
+
+CLASSES = ("neg", "pos", "neutral")
+
+
+def test_canaries_are_dealt_evenly_with_fair_coins_and_random_labels():
+    canaries = draw_canaries(3000, 4, CLASSES, seed=1)
+    assert [sum(c.owner == k for c in canaries) for k in range(4)] == [750] * 4
+    assert 1400 < sum(c.included for c in canaries) < 1600
+    assert {c.label for c in canaries} == set(CLASSES)
+    assert len({c.text for c in canaries}) == 3000  # no two alike
+    assert all(len(c.text.split()) == 20 for c in canaries)
+    # Unseeded draws come from the OS: two audits never share coins.
+    first, second = draw_canaries(200, 2, CLASSES), draw_canaries(200, 2, CLASSES)
+    assert [c.text for c in first] != [c.text for c in second]
+
+
+@pytest.mark.parametrize("total,owners", [(1, 1), (10, 0)])
+def test_impossible_canary_counts_are_refused(total, owners):
+    with pytest.raises(ValueError):
+        draw_canaries(total, owners, CLASSES)
+
+
+def test_each_simulated_owner_gets_exactly_its_included_canaries(tmp_path, owner_csv):
+    canaries = draw_canaries(40, 2, ("0", "1"), seed=3)
+    included = write_canaries(canaries, tmp_path / "canaries")
+    owners_file = json.loads(included.read_text())
+    assert "included" not in json.dumps(owners_file)  # no coins in what owners read
+    record = json.loads((tmp_path / "canaries" / "canaries.json").read_text())["canaries"]
+    assert [c["included"] for c in record] == [c.included for c in canaries]
+
+    plain = RunConfig(data=str(owner_csv), partition="iid", test_fraction=0.2)
+    config = replace(plain, audit_canaries=str(included))
+    for owner in range(2):
+        base = simulated_owner_data(plain, owner, 2)
+        data = simulated_owner_data(config, owner, 2)
+        mine = [c for c in canaries if c.owner == owner and c.included]
+        assert data.texts == base.texts + [c.text for c in mine]
+        assert [data.classes[i] for i in data.labels[len(base) :]] == [c.label for c in mine]
+        assert data.fingerprint != base.fingerprint
+
+
+def test_a_canary_file_of_another_kind_is_refused(tmp_path, owner_csv):
+    bogus = tmp_path / "included.json"
+    bogus.write_text(json.dumps({"owners": {"0": [{"text": "x", "label": "pos"}]}}))
+    config = RunConfig(data=str(owner_csv), partition="iid", audit_canaries=str(bogus))
+    with pytest.raises(ConfigError, match="fedshield-canaries/1"):
+        simulated_owner_data(config, 0, 2)
+
+
+def test_scores_follow_updates_of_the_canarys_own_owner_only():
+    canaries = draw_canaries(8, 2, ("neg", "pos"), seed=5)
+    spec = ModelSpec()
+    scorer = CanaryScorer(spec, ("neg", "pos"), canaries)
+    model = spec.build(2)
+    before = ArrayRecord(model.state_dict())
+    # An "update" that fits owner 0's canaries (their features toward their labels).
+    mine = [c for c in canaries if c.owner == 0]
+    x = torch.from_numpy(featurize([c.text for c in mine]))
+    target = torch.tensor([0 if c.label == "neg" else 1 for c in mine])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = state["weight"]
+    for row, label in zip(x, target, strict=True):
+        weight[label] += 5 * row
+        weight[1 - label] -= 5 * row
+    after = ArrayRecord(state)
+    scorer.observe(1, "client-0", before, after)
+    scorer.observe(1, "node 77", before, after)  # not a simulated owner: ignored
+    scores = scorer.scores()
+    zero = np.array([c.owner == 1 for c in canaries])
+    assert scorer.updates_seen == 1
+    assert np.all(scores["loss-drop"][~zero] > 0) and np.all(scores["loss-drop"][zero] == 0)
+    # Fitted: better than chance (-log 2); never observed: no score at all.
+    assert np.all(scores["fit"][~zero] > -np.log(2)) and np.all(scores["fit"][zero] == 0)
