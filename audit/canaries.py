@@ -20,6 +20,12 @@ sees every owner's update every round; for each canary of owner k it records
   how well the owner's models fit it (memorisation); summing over rounds averages out
   the accidental fit of a random canary, which changes from round to round.
 
+Each score is then centred on its median within the canaries of the same owner and
+label: an owner's data moves the model's bias and its label's direction for all such
+canaries alike (label skew, the data's own gradient), which would otherwise rank whole
+labels above others. Owners and labels are the auditor's own choices, so the guesses
+still depend on the output alone.
+
 The scorer is given texts, labels and owners only: which canaries were included is
 never passed to it (audit/one_run.py counts correct guesses at the end).
 """
@@ -112,6 +118,10 @@ class CanaryScorer:
             self._groups[owner] = np.array([i for i, c in enumerate(canaries) if c.owner == owner])
         index = {name: i for i, name in enumerate(classes)}
         self._labels = torch.tensor([index[c.label] for c in canaries], dtype=torch.long)
+        self._cells = [
+            np.array([i for i, c in enumerate(canaries) if (c.owner, c.label) == cell])
+            for cell in sorted({(c.owner, c.label) for c in canaries})
+        ]
         self._inputs = as_tensors(spec.encode([c.text for c in canaries], torch.device("cpu")))
         self.loss_drop = np.zeros(len(canaries))
         self.fit = np.zeros(len(canaries))
@@ -141,4 +151,9 @@ class CanaryScorer:
         self.updates_seen += 1
 
     def scores(self) -> dict[str, np.ndarray]:
-        return {"loss-drop": self.loss_drop.copy(), "fit": self.fit.copy()}
+        """Each score centred on its median within every (owner, label) cell."""
+        centred = {"loss-drop": self.loss_drop.copy(), "fit": self.fit.copy()}
+        for values in centred.values():
+            for rows in self._cells:
+                values[rows] -= np.median(values[rows])
+        return centred

@@ -35,7 +35,9 @@ def run(setting: str, canaries: int, out: Path, extra: list[str]) -> tuple[dict,
     seconds = time.time() - start
     result = out / "empirical.json"
     if not result.exists():
-        raise SystemExit(f"setting {setting}: no result\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise SystemExit(
+            f"setting {setting}: no result\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     return json.loads(result.read_text()), seconds
 
 

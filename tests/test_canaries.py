@@ -85,9 +85,17 @@ def test_scores_follow_updates_of_the_canarys_own_owner_only():
     after = ArrayRecord(state)
     scorer.observe(1, "client-0", before, after)
     scorer.observe(1, "node 77", before, after)  # not a simulated owner: ignored
-    scores = scorer.scores()
     zero = np.array([c.owner == 1 for c in canaries])
     assert scorer.updates_seen == 1
-    assert np.all(scores["loss-drop"][~zero] > 0) and np.all(scores["loss-drop"][zero] == 0)
+    raw_drop, raw_fit = scorer.loss_drop, scorer.fit
+    assert np.all(raw_drop[~zero] > 0) and np.all(raw_drop[zero] == 0)
     # Fitted: better than chance (-log 2); never observed: no score at all.
-    assert np.all(scores["fit"][~zero] > -np.log(2)) and np.all(scores["fit"][zero] == 0)
+    assert np.all(raw_fit[~zero] > -np.log(2)) and np.all(raw_fit[zero] == 0)
+    # The scores guessed from are centred within each (owner, label) cell.
+    scores = scorer.scores()
+    for owner in (0, 1):
+        for label in ("neg", "pos"):
+            cell = [i for i, c in enumerate(canaries) if (c.owner, c.label) == (owner, label)]
+            if cell:
+                assert np.median(scores["fit"][cell]) == pytest.approx(0.0, abs=1e-12)
+                assert np.allclose(scores["fit"][cell] - raw_fit[cell], -np.median(raw_fit[cell]))
