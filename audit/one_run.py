@@ -102,6 +102,7 @@ class AuditResult:
     guesses: int  # r there
     correct: int  # v there
     tests: int  # (score, r) pairs tried; each ran at (1 - confidence) / tests
+    max_detectable: float  # the bound if every guess were right: the audit's ceiling
     grid: list[dict]  # every pair: score, guesses, correct, bound
 
     def as_dict(self) -> dict:
@@ -171,16 +172,73 @@ def audit_guesses(
         guesses=best["guesses"],
         correct=best["correct"],
         tests=tests,
+        max_detectable=max_detectable(m, delta, beta),
         grid=grid,
     )
 
 
+def max_detectable(m: int, delta: float, beta: float) -> float:
+    """The largest bound the guess grid can ever give on ``m`` canaries at level ``beta``
+    per test: every guess right. A claim at or above it cannot be contradicted by this
+    audit, whatever the implementation does; the audit is then inconclusive."""
+    return max((epsilon_lower_bound(m, r, r, delta, beta) for r in guess_sizes(m)), default=0.0)
+
+
+def verdict(bound: float, claimed: float | None, ceiling: float, confidence: float) -> str:
+    """The result in words, from the numbers alone."""
+    if claimed is None:
+        return (
+            f"no DP claim; the run is not ({bound:.3g}, delta)-DP with {confidence:.0%} confidence"
+        )
+    if bound > claimed:
+        return (
+            f"LEAKS MORE THAN CLAIMED: the lower bound {bound:.3g} is above the claimed "
+            f"epsilon {claimed:.3g} ({confidence:.0%} confidence)"
+        )
+    if ceiling <= claimed:
+        return (
+            f"INCONCLUSIVE: with these canaries the audit cannot show a bound above "
+            f"{ceiling:.3g}, and the claim is {claimed:.3g}; use more canaries"
+        )
+    return f"consistent with the claim: lower bound {bound:.3g} <= claimed {claimed:.3g}"
+
+
 EMPIRICAL_FORMAT = "fedshield-empirical-audit/1"
+
+WHAT_IT_SHOWS = (
+    "Canaries (records of random words with a random label) were dealt to the simulated "
+    "owners and each was put into its owner's data on a coin flip. After one training "
+    "run, the server's view (every owner's update, every round) was used to guess which "
+    "canaries were trained on. Many correct guesses are impossible for a mechanism that "
+    "really is (epsilon, delta)-DP with a small epsilon (Steinke, Nasr and Jagielski, "
+    "NeurIPS 2023, Theorem 3.1); the lower bound is the largest epsilon the guesses rule "
+    "out at the stated confidence. A lower bound ABOVE the claimed epsilon proves, at "
+    "that confidence, that the implementation leaks more than it claims (noise switched "
+    "off, clipping that does not clip, an update that bypasses the optimizer). A lower "
+    "bound BELOW the claim is consistent with the claim but does not prove it: one run "
+    "with these canaries and these scores is a weak attacker, so the bound is usually far "
+    "below the true epsilon; it tests this run, this data and these settings only."
+)
+
+
+def _number(value, name: str, low: float, high: float, path, hint: str) -> float:
+    from fedshield.common.errors import FedshieldError
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FedshieldError(f"{path}: {name} must be a number, got {value!r}; {hint}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise FedshieldError(f"{path}: {name} = {value!r} is outside [{low}, {high}]; {hint}")
+    return float(value)
 
 
 def load_empirical(path) -> dict:
-    """Read ``fedshield audit empirical``'s ``empirical.json`` for the report; a file that
-    is not that format is refused with the path and the fix."""
+    """Read ``fedshield audit empirical``'s ``empirical.json`` for the report.
+
+    A file that is not that format, or whose numbers are missing, not finite or out of
+    range, is refused with the path, the field and the fix. The report does not take the
+    file's word for the claim or the bound: it checks them against the signed logs and
+    the file's own evidence (``check_empirical``).
+    """
     from fedshield.audit.evaluation import read_json_object
     from fedshield.common.errors import FedshieldError
 
@@ -189,15 +247,71 @@ def load_empirical(path) -> dict:
     if data.get("format") != EMPIRICAL_FORMAT:
         raise FedshieldError(f"{path}: not a {EMPIRICAL_FORMAT} file; {hint}")
     bound = data.get("lower-bound")
-    if not isinstance(bound, dict) or not isinstance(bound.get("epsilon_lower_bound"), int | float):
-        raise FedshieldError(f"{path}: 'lower-bound.epsilon_lower_bound' missing; {hint}")
-    claimed = data.get("claimed-epsilon")
-    if claimed is not None and not isinstance(claimed, int | float):
-        raise FedshieldError(f"{path}: 'claimed-epsilon' must be a number or null; {hint}")
+    if not isinstance(bound, dict):
+        raise FedshieldError(f"{path}: 'lower-bound' missing; {hint}")
+    _number(bound.get("epsilon_lower_bound"), "lower-bound.epsilon_lower_bound", 0, 1e3, path, hint)
+    _number(bound.get("confidence"), "lower-bound.confidence", 0.5, 1 - 1e-12, path, hint)
+    _number(bound.get("delta"), "lower-bound.delta", 0, 1, path, hint)
+    for key in ("canaries", "guesses", "correct", "tests", "included"):
+        value = bound.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FedshieldError(f"{path}: lower-bound.{key} must be a count, got {value!r}")
+    if not 0 <= bound["correct"] <= bound["guesses"] <= bound["canaries"] or bound["tests"] < 1:
+        raise FedshieldError(
+            f"{path}: lower-bound needs 0 <= correct <= guesses <= canaries and tests >= 1; {hint}"
+        )
+    if not isinstance(data.get("run-keys"), list) or not all(
+        isinstance(k, str) for k in data["run-keys"]
+    ):
+        raise FedshieldError(f"{path}: 'run-keys' must be a list of run keys; {hint}")
+    if not isinstance(data.get("dp"), bool):
+        raise FedshieldError(f"{path}: 'dp' must be true or false; {hint}")
     return {**data, "file": str(path)}
 
 
-def exceeds_claim(empirical: dict) -> bool:
-    """True when the empirical lower bound is above the epsilon the run claimed."""
-    claimed = empirical.get("claimed-epsilon")
-    return claimed is not None and empirical["lower-bound"]["epsilon_lower_bound"] > claimed
+def check_empirical(empirical: dict, run_keys: set[str], charges: list) -> dict:
+    """What the report concludes from an empirical result, not trusting the file.
+
+    ``run_keys`` are the runs found in the verified logs; ``charges`` the owners' verified
+    charges (audit/owners.py ``Charge``). The claim is the largest epsilon the owners'
+    signed logs record for the tested run; the bound is recomputed from the file's own
+    evidence (canaries, guesses, correct, tests) at the logs' delta.
+    """
+    bound = empirical["lower-bound"]
+    keys = set(empirical["run-keys"]) & run_keys
+    problems = []
+    if not keys:
+        problems.append(
+            "the empirical result is of a run that is not in these logs (run keys "
+            f"{sorted(empirical['run-keys'])}); pass that run's audit folder"
+        )
+    tested = [c for c in charges if c.run_key in keys]
+    claimed = max((c.epsilon_claimed for c in tested), default=None)
+    deltas = {c.delta for c in tested}
+    delta = max(deltas) if deltas else float(bound["delta"])
+    if empirical["dp"] and keys and claimed is None:
+        problems.append("the result says DP, but no owner charged any epsilon in that run")
+    if bound["tests"] < len(bound.get("grid") or []):
+        problems.append(f"tests = {bound['tests']} is fewer than the {len(bound['grid'])} tried")
+    beta = (1.0 - bound["confidence"]) / bound["tests"]
+    recomputed = epsilon_lower_bound(
+        bound["canaries"], bound["guesses"], bound["correct"], delta, beta
+    )
+    if abs(recomputed - bound["epsilon_lower_bound"]) > 1e-6 * max(1.0, recomputed):
+        problems.append(
+            f"the file states a bound of {bound['epsilon_lower_bound']:.6g}; its evidence "
+            f"supports {recomputed:.6g} at the logs' delta {delta:g}"
+        )
+    ceiling = max_detectable(bound["canaries"], delta, beta)
+    exceeds = claimed is not None and recomputed > claimed
+    return {
+        "run-in-these-logs": sorted(keys),
+        "claimed-from-logs": claimed,
+        "delta-from-logs": delta,
+        "bound-recomputed": recomputed,
+        "max-detectable": ceiling,
+        "exceeds-claim": exceeds,
+        "problems": problems,
+        "verdict": verdict(recomputed, claimed, ceiling, bound["confidence"]),
+        "ok": not problems and not exceeds,
+    }

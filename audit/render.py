@@ -456,48 +456,46 @@ def _evaluation_section(evaluation: dict | None, esc) -> str:
 
 
 def _empirical_section(empirical: dict | None, esc) -> str:
-    """The one-run empirical audit, when given: the bound beside the claim, and what it
-    can and cannot show."""
+    """The one-run empirical audit, when given: the bound beside the claim (both as the
+    report checked them: audit/one_run.py ``check_empirical``), and what it can and
+    cannot show."""
     if not empirical:
         return ""
-    bound = empirical["lower-bound"]
-    claimed = empirical.get("claimed-epsilon")
-    recomputed = empirical.get("recomputed-epsilon")
-    above = claimed is not None and bound["epsilon_lower_bound"] > claimed
-    verdict = esc(str(empirical.get("verdict", "")))
+    from fedshield.audit.one_run import WHAT_IT_SHOWS
+
+    bound, check = empirical["lower-bound"], empirical["check"]
+    claimed = check["claimed-from-logs"]
+    css = "pass" if check["ok"] else "fail"
+    problems = "".join(f"<li class='fail'>{esc(p)}</li>" for p in check["problems"])
     return (
         "<h2>Empirical privacy test (one run with canaries)</h2>"
         + _kv(
             [
-                ("File", f"<code>{esc(empirical['file'])}</code>"),
-                ("Run", esc(str(empirical.get("run-in-these-logs", "-")))),
+                ("File", f"<code>{esc(str(empirical['file']))}</code>"),
+                ("Run tested", esc(", ".join(check["run-in-these-logs"]) or "not in these logs")),
                 (
-                    "Data, owners, rounds",
-                    esc(
-                        f"{empirical.get('data')}, {empirical.get('owners')}, {empirical.get('rounds')}"
-                    ),
-                ),
-                (
-                    "Claimed epsilon (max over owners)",
+                    "Claimed epsilon (owners' signed logs, max)",
                     "none (no DP)" if claimed is None else f"{claimed:.4f}",
                 ),
-                ("Recomputed epsilon", "-" if recomputed is None else f"{recomputed:.4f}"),
                 (
-                    f"Empirical lower bound ({bound['confidence']:.0%} confidence, delta {bound['delta']:g})",
-                    f"<b class='{'fail' if above else 'pass'}'>{bound['epsilon_lower_bound']:.4f}</b>",
+                    f"Empirical lower bound ({bound['confidence']:.0%} confidence, delta "
+                    f"{check['delta-from-logs']:g}; recomputed from the evidence)",
+                    f"<b class='{css}'>{check['bound-recomputed']:.4f}</b>",
                 ),
+                ("Largest bound these canaries can show", f"{check['max-detectable']:.4f}"),
                 (
                     "Evidence",
                     esc(
                         f"{bound['correct']} of {bound['guesses']} guesses correct on "
-                        f"{bound['canaries']} canaries ({bound['included']} included); score "
-                        f"'{bound['score']}', best of {bound['tests']} tests (union bound)"
+                        f"{bound['canaries']} canaries ({bound['included']} included); best of "
+                        f"{bound['tests']} tests (union bound)"
                     ),
                 ),
-                ("Verdict", f"<span class='{'fail' if above else 'pass'}'>{verdict}</span>"),
+                ("Verdict", f"<span class='{css}'>{esc(check['verdict'])}</span>"),
             ]
         )
-        + f"<div class='explain'><p>{esc(str(empirical.get('what-it-shows', '')))}</p></div>"
+        + (f"<ul>{problems}</ul>" if problems else "")
+        + f"<div class='explain'><p>{esc(WHAT_IT_SHOWS)}</p></div>"
     )
 
 

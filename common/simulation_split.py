@@ -79,7 +79,25 @@ def _canaries(path: str) -> dict[int, list[dict]]:
         raise ConfigError(f"audit-canaries {path}: cannot read it ({exc})") from exc
     if not isinstance(content, dict) or content.get("format") != CANARY_FORMAT:
         raise ConfigError(f"audit-canaries {path}: not a {CANARY_FORMAT} file")
-    return {int(owner): records for owner, records in content["owners"].items()}
+    owners = content.get("owners")
+    well_formed = isinstance(owners, dict) and all(
+        isinstance(key, str)
+        and key.isdigit()
+        and isinstance(records, list)
+        and all(
+            isinstance(r, dict)
+            and isinstance(r.get("text"), str)
+            and isinstance(r.get("label"), str)
+            for r in records
+        )
+        for key, records in owners.items()
+    )
+    if not well_formed:
+        raise ConfigError(
+            f"audit-canaries {path}: 'owners' must map owner numbers to lists of "
+            "{text, label} records; write it with fedshield audit empirical"
+        )
+    return {int(owner): records for owner, records in owners.items()}
 
 
 def simulated_owner_data(config: RunConfig, partition_id: int, num_partitions: int) -> TextDataset:

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.audit.canaries import Canary, CanaryScorer, draw_canaries, write_canaries
-from fedshield.audit.one_run import EMPIRICAL_FORMAT, audit_guesses, exceeds_claim
+from fedshield.audit.canaries import SCORES, Canary, CanaryScorer, draw_canaries, write_canaries
+from fedshield.audit.one_run import (
+    EMPIRICAL_FORMAT,
+    WHAT_IT_SHOWS,
+    audit_guesses,
+    guess_sizes,
+    max_detectable,
+    verdict,
+)
 from fedshield.common.config import RunConfig
 from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import ConfigError
@@ -28,21 +35,6 @@ from fedshield.common.simulation_split import class_names
 
 RESULT_FILE = "empirical.json"
 
-WHAT_IT_SHOWS = (
-    "Canaries (records of random words with a random label) were dealt to the simulated "
-    "owners and each was put into its owner's data on a coin flip. After one training "
-    "run, the server's view (every owner's update, every round) was used to guess which "
-    "canaries were trained on. Many correct guesses are impossible for a mechanism that "
-    "really is (epsilon, delta)-DP with a small epsilon (Steinke, Nasr and Jagielski, "
-    "NeurIPS 2023, Theorem 3.1); the lower bound is the largest epsilon the guesses rule "
-    "out at the stated confidence. A lower bound ABOVE the claimed epsilon proves, at "
-    "that confidence, that the implementation leaks more than it claims (noise switched "
-    "off, clipping that does not clip, an update that bypasses the optimizer). A lower "
-    "bound BELOW the claim is consistent with the claim but does not prove it: one run "
-    "with these canaries and these scores is a weak attacker, so the bound is usually far "
-    "below the true epsilon; it tests this run, this data and these settings only."
-)
-
 
 @dataclass(frozen=True)
 class EmpiricalAudit:
@@ -50,6 +42,9 @@ class EmpiricalAudit:
     canaries: list[Canary]
     scorer: CanaryScorer
     confidence: float
+    # The largest bound these canaries can give (every guess right): a claim at or above
+    # it cannot be contradicted by this audit.
+    ceiling: float
 
 
 def prepare(
@@ -65,12 +60,20 @@ def prepare(
         raise ConfigError(f"--confidence {confidence}: must be in [0.5, 1), e.g. 0.95")
     if config.resume or config.continue_from:
         raise ConfigError("an empirical audit is one fresh run: drop --resume / --continue-from")
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"--out {out_dir}: not empty; an empirical audit needs a fresh folder (its "
+            "ledgers and logs must hold this run alone)"
+        )
     classes = class_names(config)
     canaries = draw_canaries(num_canaries, num_clients, classes)
     included = write_canaries(canaries, Path(config.out_dir) / "canaries")
     config = config.replace(audit_canaries=str(included.resolve()))
     scorer = CanaryScorer(ModelSpec.from_config(config), classes, canaries)
-    return EmpiricalAudit(config, canaries, scorer, confidence)
+    beta = (1.0 - confidence) / (len(SCORES) * len(guess_sizes(num_canaries)))
+    ceiling = max_detectable(num_canaries, config.delta, beta)
+    return EmpiricalAudit(config, canaries, scorer, confidence, ceiling)
 
 
 def _claims(out_dir: Path) -> tuple[float | None, float | None, list[dict], list[str]]:
@@ -112,20 +115,7 @@ def finish(audit: EmpiricalAudit) -> dict:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     rounds = metrics.get("rounds", [])
     bound = result.epsilon_lower_bound
-    if not config.dp:
-        verdict = (
-            f"no DP claim (--no-dp); the run is not ({bound:.3g}, {config.delta:g})-DP "
-            f"with {audit.confidence:.0%} confidence"
-        )
-    elif claimed is None:
-        verdict = "no owner charged any epsilon; nothing to compare"
-    elif bound > claimed:
-        verdict = (
-            f"LEAKS MORE THAN CLAIMED: the lower bound {bound:.3g} is above the claimed "
-            f"epsilon {claimed:.3g} ({audit.confidence:.0%} confidence)"
-        )
-    else:
-        verdict = f"consistent with the claim: lower bound {bound:.3g} <= claimed {claimed:.3g}"
+    said = verdict(bound, claimed if config.dp else None, result.max_detectable, result.confidence)
     summary = {
         "format": EMPIRICAL_FORMAT,
         "generated-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -146,9 +136,9 @@ def finish(audit: EmpiricalAudit) -> dict:
         "canaries-file": str((out_dir / "canaries" / "canaries.json").resolve()),
         "method": "Steinke, Nasr, Jagielski 2023 (arXiv:2305.08846), Theorem 3.1; "
         "union bound over scores x guess counts",
-        "verdict": verdict,
+        "verdict": said,
+        "exceeds-claim": claimed is not None and config.dp and bound > claimed,
         "what-it-shows": WHAT_IT_SHOWS,
     }
-    summary["exceeds-claim"] = exceeds_claim(summary)
     write_bytes_atomic(out_dir / RESULT_FILE, json.dumps(summary, indent=1).encode())
     return summary

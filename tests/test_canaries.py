@@ -59,11 +59,24 @@ def test_each_simulated_owner_gets_exactly_its_included_canaries(tmp_path, owner
         assert data.fingerprint != base.fingerprint
 
 
-def test_a_canary_file_of_another_kind_is_refused(tmp_path, owner_csv):
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"owners": {"0": [{"text": "x", "label": "1"}]}}, "fedshield-canaries/1"),
+        ({"format": "fedshield-canaries/1", "owners": {"-1": []}}, "owner numbers"),
+        (
+            {"format": "fedshield-canaries/1", "owners": {"0": [{"text": 5, "label": "1"}]}},
+            "records",
+        ),
+        ({"format": "fedshield-canaries/1", "owners": {"0": [{"text": "x"}]}}, "records"),
+        ({"format": "fedshield-canaries/1"}, "owners"),
+    ],
+)
+def test_a_malformed_canary_file_is_refused(tmp_path, owner_csv, content, message):
     bogus = tmp_path / "included.json"
-    bogus.write_text(json.dumps({"owners": {"0": [{"text": "x", "label": "pos"}]}}))
+    bogus.write_text(json.dumps(content))
     config = RunConfig(data=str(owner_csv), partition="iid", audit_canaries=str(bogus))
-    with pytest.raises(ConfigError, match="fedshield-canaries/1"):
+    with pytest.raises(ConfigError, match=message):
         simulated_owner_data(config, 0, 2)
 
 

@@ -115,9 +115,28 @@ def test_a_planted_defect_is_caught(tmp_path):
     proc = budget_report(out, report_dir, out / "empirical.json")
     assert proc.returncode == 1
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["empirical"]["exceeds-claim"] and not report["ok"]
-    assert report["empirical"]["run-in-these-logs"] != "no run in these logs"
+    check = report["empirical"]["check"]
+    assert check["exceeds-claim"] and not check["ok"] and not report["ok"]
+    assert check["run-in-these-logs"] == summary["run-keys"] and not check["problems"]
+    assert check["claimed-from-logs"] == pytest.approx(summary["claimed-epsilon"])
     assert "LEAKS MORE THAN CLAIMED" in (report_dir / "report.html").read_text()
+
+    # The report does not take the file's word: forging the claim, the bound or the run
+    # does not turn this failing test into a pass.
+    honest = json.loads((out / "empirical.json").read_text())
+    forgeries = {
+        "no claim": {**honest, "claimed-epsilon": None},
+        "huge claim": {**honest, "claimed-epsilon": 1e9, "exceeds-claim": False},
+        "small bound": {
+            **honest,
+            "lower-bound": {**honest["lower-bound"], "epsilon_lower_bound": 0.0},
+        },
+    }
+    for name, forged in forgeries.items():
+        path = tmp_path / f"forged-{name.replace(' ', '-')}.json"
+        path.write_text(json.dumps(forged))
+        proc = budget_report(out, tmp_path / f"report-{name.replace(' ', '-')}", path)
+        assert proc.returncode == 1, name
 
 
 def test_the_report_shows_a_passing_empirical_test(private_run, tmp_path):
@@ -126,8 +145,45 @@ def test_the_report_shows_a_passing_empirical_test(private_run, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ok"] and report["empirical"]["lower-bound"]["canaries"] == 200
+    check = report["empirical"]["check"]
+    assert check["ok"] and check["bound-recomputed"] == pytest.approx(
+        result(out)["lower-bound"]["epsilon_lower_bound"], rel=1e-6, abs=1e-9
+    )
     page = (tmp_path / "report.html").read_text()
     assert "Empirical privacy test" in page and "does not prove it" in page
+
+
+@pytest.mark.parametrize(
+    "change,refused",
+    [
+        ({"run-keys": ["deadbeef"]}, False),  # another run's result: the report fails
+        ({"lower-bound": "NaN"}, True),
+        ({"dp": "yes"}, True),
+    ],
+)
+def test_a_result_of_another_run_or_a_broken_file_does_not_pass(
+    private_run, tmp_path, change, refused
+):
+    out, _ = private_run
+    honest = json.loads((out / "empirical.json").read_text())
+    path = tmp_path / "empirical.json"
+    path.write_text(json.dumps({**honest, **change}))
+    proc = budget_report(out, tmp_path / "report", path)
+    assert proc.returncode == (2 if refused else 1)  # 2: bad input, 1: the report fails
+    assert ("Traceback" not in proc.stderr) and (refused == (not (tmp_path / "report").exists()))
+
+
+def test_a_nan_bound_is_refused(private_run, tmp_path):
+    out, _ = private_run
+    text = (out / "empirical.json").read_text()
+    honest = json.loads(text)
+    bound = honest["lower-bound"]["epsilon_lower_bound"]
+    path = tmp_path / "empirical.json"
+    path.write_text(
+        text.replace(f'"epsilon_lower_bound": {json.dumps(bound)}', '"epsilon_lower_bound": NaN', 1)
+    )
+    proc = budget_report(out, tmp_path / "report", path)
+    assert proc.returncode == 2 and "epsilon_lower_bound" in proc.stdout + proc.stderr
 
 
 def test_a_file_that_is_not_an_empirical_result_is_refused(tmp_path, private_run):
@@ -142,3 +198,8 @@ def test_bad_audit_settings_are_refused_before_any_run(tmp_path):
     proc = audit_empirical(tmp_path / "run", "--canaries", "3")
     assert proc.returncode != 0 and "--canaries 3" in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+    # A folder that already holds something (a crashed run's ledgers) is refused.
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "ledgers").mkdir()
+    proc = audit_empirical(tmp_path / "used")
+    assert proc.returncode != 0 and "not empty" in proc.stdout + proc.stderr

@@ -14,7 +14,9 @@ from fedshield.audit.one_run import (
     correct_guesses,
     epsilon_lower_bound,
     guess_sizes,
+    max_detectable,
     p_value,
+    verdict,
 )
 
 
@@ -121,3 +123,15 @@ def test_scores_must_be_finite_and_complete():
         audit_guesses({"a": np.array([1.0, np.nan, 0.0, 0.0])}, included, 0.0)
     with pytest.raises(ValueError, match="expected 4"):
         audit_guesses({"a": np.zeros(3)}, included, 0.0)
+
+
+def test_the_ceiling_is_the_all_correct_bound_and_makes_small_audits_inconclusive():
+    beta = 0.05 / 12
+    ceiling = max_detectable(200, 1e-5, beta)
+    assert ceiling == pytest.approx(epsilon_lower_bound(200, 200, 200, 1e-5, beta))
+    assert max_detectable(1000, 1e-5, beta) > ceiling  # more canaries, higher ceiling
+    assert 3 < ceiling < 4  # 200 canaries cannot contradict a claim of 4
+    assert verdict(0.1, ceiling + 0.5, ceiling, 0.95).startswith("INCONCLUSIVE")
+    assert verdict(0.1, ceiling - 0.5, ceiling, 0.95).startswith("consistent")
+    assert verdict(2.0, 1.0, ceiling, 0.95).startswith("LEAKS MORE THAN CLAIMED")
+    assert verdict(2.0, None, ceiling, 0.95).startswith("no DP claim")
