@@ -184,11 +184,14 @@ def max_detectable(m: int, delta: float, beta: float) -> float:
     return max((epsilon_lower_bound(m, r, r, delta, beta) for r in guess_sizes(m)), default=0.0)
 
 
-def verdict(bound: float, claimed: float | None, ceiling: float, confidence: float) -> str:
+def verdict(
+    bound: float, claimed: float | None, ceiling: float, confidence: float, delta: float
+) -> str:
     """The result in words, from the numbers alone."""
     if claimed is None:
         return (
-            f"no DP claim; the run is not ({bound:.3g}, delta)-DP with {confidence:.0%} confidence"
+            f"no DP claim; the run is not ({bound:.3g}, {delta:g})-DP with {confidence:.0%} "
+            "confidence"
         )
     if bound > claimed:
         return (
@@ -312,6 +315,6 @@ def check_empirical(empirical: dict, run_keys: set[str], charges: list) -> dict:
         "max-detectable": ceiling,
         "exceeds-claim": exceeds,
         "problems": problems,
-        "verdict": verdict(recomputed, claimed, ceiling, bound["confidence"]),
+        "verdict": verdict(recomputed, claimed, ceiling, bound["confidence"], delta),
         "ok": not problems and not exceeds,
     }

@@ -115,7 +115,13 @@ def finish(audit: EmpiricalAudit) -> dict:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     rounds = metrics.get("rounds", [])
     bound = result.epsilon_lower_bound
-    said = verdict(bound, claimed if config.dp else None, result.max_detectable, result.confidence)
+    said = verdict(
+        bound,
+        claimed if config.dp else None,
+        result.max_detectable,
+        result.confidence,
+        config.delta,
+    )
     summary = {
         "format": EMPIRICAL_FORMAT,
         "generated-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -131,7 +131,7 @@ def test_the_ceiling_is_the_all_correct_bound_and_makes_small_audits_inconclusiv
     assert ceiling == pytest.approx(epsilon_lower_bound(200, 200, 200, 1e-5, beta))
     assert max_detectable(1000, 1e-5, beta) > ceiling  # more canaries, higher ceiling
     assert 3 < ceiling < 4  # 200 canaries cannot contradict a claim of 4
-    assert verdict(0.1, ceiling + 0.5, ceiling, 0.95).startswith("INCONCLUSIVE")
-    assert verdict(0.1, ceiling - 0.5, ceiling, 0.95).startswith("consistent")
-    assert verdict(2.0, 1.0, ceiling, 0.95).startswith("LEAKS MORE THAN CLAIMED")
-    assert verdict(2.0, None, ceiling, 0.95).startswith("no DP claim")
+    assert verdict(0.1, ceiling + 0.5, ceiling, 0.95, 1e-5).startswith("INCONCLUSIVE")
+    assert verdict(0.1, ceiling - 0.5, ceiling, 0.95, 1e-5).startswith("consistent")
+    assert verdict(2.0, 1.0, ceiling, 0.95, 1e-5).startswith("LEAKS MORE THAN CLAIMED")
+    assert verdict(2.0, None, ceiling, 0.95, 1e-5).startswith("no DP claim")
