@@ -188,6 +188,11 @@ def verdict(
     bound: float, claimed: float | None, ceiling: float, confidence: float, delta: float
 ) -> str:
     """The result in words, from the numbers alone."""
+    if claimed is None and bound <= 0:
+        return (
+            "no DP claim, and no leak found (bound 0): in these settings one record moves the "
+            "updates too little for these scores; the audit cannot judge them"
+        )
     if claimed is None:
         return (
             f"no DP claim; the run is not ({bound:.3g}, {delta:g})-DP with {confidence:.0%} "

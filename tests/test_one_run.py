@@ -134,4 +134,5 @@ def test_the_ceiling_is_the_all_correct_bound_and_makes_small_audits_inconclusiv
     assert verdict(0.1, ceiling + 0.5, ceiling, 0.95, 1e-5).startswith("INCONCLUSIVE")
     assert verdict(0.1, ceiling - 0.5, ceiling, 0.95, 1e-5).startswith("consistent")
     assert verdict(2.0, 1.0, ceiling, 0.95, 1e-5).startswith("LEAKS MORE THAN CLAIMED")
-    assert verdict(2.0, None, ceiling, 0.95, 1e-5).startswith("no DP claim")
+    assert verdict(2.0, None, ceiling, 0.95, 1e-5).startswith("no DP claim; the run is not (2,")
+    assert "no leak found" in verdict(0.0, None, ceiling, 0.95, 1e-5)
