@@ -314,6 +314,8 @@ def _train_logical_batch(
     for number, part in enumerate(passes, start=1):
         last = number == len(passes)
         if dp:
+            # Opacus's "skip" here means "accumulate, no noise yet" for every pass but the
+            # last: one logical batch is one noisy step, as the accountant counts it.
             optimizer.signal_skip_step(do_skip=not last)
         if len(part):
             inputs, targets = records.rows(part)

@@ -101,6 +101,8 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
     real_step = train_module.SecureDPOptimizer.step
 
     def counting(self, *args, **kwargs):
+        # Opacus's own flag (read without consuming it): True would be an accumulating
+        # pass, False a real noisy step; the test asserts every call is a real step.
         steps.append(self._check_skip_next_step(pop_next=False))
         return real_step(self, *args, **kwargs)
 

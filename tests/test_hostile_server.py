@@ -349,3 +349,23 @@ def test_released_updates_are_named_by_a_hash_of_the_run_key(tmp_path):
     releases = ReleasedUpdates(tmp_path / "ledgers", "f" * 64)
     path = releases._path("run-1", 3)
     assert path.parent == releases.directory and "run-1" not in path.name
+
+
+def test_a_plan_or_run_config_naming_canaries_adds_no_record_to_a_deployed_owner(
+    owner_csv, tmp_path
+):
+    """The empirical audit's simulation-only key, set by a hostile server in the plan and
+    in the run config, neither adds records nor reads the named file at a deployed owner."""
+    from fedshield.common.simulation_split import CANARY_FORMAT
+
+    canaries = tmp_path / "included.json"
+    records = [{"text": f"zzcanary{i} words", "label": CLASSES[0]} for i in range(50)]
+    canaries.write_text(json.dumps({"format": CANARY_FORMAT, "owners": {"0": records}}))
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.run_config["audit-canaries"] = str(canaries)
+    reply = run_train(context, train_message(PLAN.replace(audit_canaries=str(canaries))))
+    assert not reply.has_error(), reply.error
+    own_records = len(pd.read_csv(owner_csv))
+    assert reply.content[wire.METRICS]["num-examples"] == own_records
+    started = audit_entries(tmp_path, "round-start")[-1]["data"]
+    assert started["records"] == own_records
