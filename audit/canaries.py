@@ -110,7 +110,6 @@ class CanaryScorer:
     """Scores canaries from what the server receives: one call per accepted update."""
 
     def __init__(self, spec: ModelSpec, classes: tuple[str, ...], canaries: list[Canary]):
-        self.spec = spec
         self.model = spec.build(len(classes))
         self.model.eval()
         self._groups: dict[int, np.ndarray] = {}  # owner -> indices into the canary list

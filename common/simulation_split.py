@@ -100,23 +100,33 @@ def _canaries(path: str) -> dict[int, list[dict]]:
     return {int(owner): records for owner, records in owners.items()}
 
 
-def simulated_owner_data(config: RunConfig, partition_id: int, num_partitions: int) -> TextDataset:
-    """Simulated owner ``partition_id``'s records: its partition, plus, in an empirical
-    audit run (``audit-canaries``), the canaries its coins put in."""
-    data = _partitions(config, num_partitions)[partition_id]
-    if not config.audit_canaries:
-        return data
-    extra = _canaries(config.audit_canaries).get(partition_id, [])
+def _with_canaries(data: TextDataset, extra: list[dict]) -> TextDataset:
     index = {name: i for i, name in enumerate(data.classes)}
     unknown = sorted({r["label"] for r in extra} - set(index))
     if unknown:
         raise ConfigError(f"audit-canaries: labels {unknown} are not among {list(data.classes)}")
     texts = data.texts + [r["text"] for r in extra]
-    labels = np.concatenate([data.labels, np.array([index[r["label"]] for r in extra], dtype=int)])
+    added = np.array([index[r["label"]] for r in extra], dtype=data.labels.dtype)
+    labels = np.concatenate([data.labels, added])
     return TextDataset(
         texts=texts,
-        labels=labels.astype(data.labels.dtype),
+        labels=labels,
         classes=data.classes,
         fingerprint=fingerprint_records(texts, labels),
         source=f"{data.source} + {len(extra)} canaries",
     )
+
+
+@lru_cache(maxsize=2)
+def _owner_datasets(config: RunConfig, num_partitions: int) -> list[TextDataset]:
+    parts = _partitions(config, num_partitions)
+    if not config.audit_canaries:
+        return parts
+    canaries = _canaries(config.audit_canaries)
+    return [_with_canaries(part, canaries.get(i, [])) for i, part in enumerate(parts)]
+
+
+def simulated_owner_data(config: RunConfig, partition_id: int, num_partitions: int) -> TextDataset:
+    """Simulated owner ``partition_id``'s records: its partition, plus, in an empirical
+    audit run (``audit-canaries``), the canaries its coins put in (built once per run)."""
+    return _owner_datasets(config, num_partitions)[partition_id]

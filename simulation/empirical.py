@@ -68,7 +68,7 @@ def prepare(
         )
     classes = class_names(config)
     canaries = draw_canaries(num_canaries, num_clients, classes)
-    included = write_canaries(canaries, Path(config.out_dir) / "canaries")
+    included = write_canaries(canaries, out_dir / "canaries")
     config = config.replace(audit_canaries=str(included.resolve()))
     scorer = CanaryScorer(ModelSpec.from_config(config), classes, canaries)
     beta = (1.0 - confidence) / (len(SCORES) * len(guess_sizes(num_canaries)))
