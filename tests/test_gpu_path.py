@@ -107,7 +107,9 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(train_module.SecureDPOptimizer, "step", counting)
-    x, y = blobs(60, dim=32)
+    # 2 x 512 weights: the std estimate's relative error is about 1/sqrt(2 * 1024) = 2%,
+    # so the 20% band below cannot fail by chance (with 2 x 32 it did, once in CI).
+    x, y = blobs(60, dim=512)
     noise_multiplier, clip, lr = 1.0, 2.0, 1.0
     settings = TrainSettings(
         batch_size=15,
@@ -116,7 +118,7 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
         max_grad_norm=clip,
         physical_batch_size=physical,
     )
-    model = build_model(32, 2)
+    model = build_model(512, 2)
     outcome = train_locally(model, (x,), y, settings, CPU)
     assert outcome.dp_event == planned_dp_event(60, settings)
     assert outcome.train_loss == 0.0  # no record was seen
