@@ -21,7 +21,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedshield.client.accept import check_message_records, check_plan_record
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
+from fedshield.client.count import RecordCount, count_event, released_record_count
 from fedshield.client.evaluate import evaluate_round
 from fedshield.client.ledger import KIND_TRAIN
 from fedshield.client.owner import (
@@ -38,33 +40,54 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
-from fedshield.common.data import check_batch_fits
 from fedshield.common.errors import (
+    DataError,
     FedshieldError,
     LedgerCorrupted,
     PolicyRefusal,
     PrivacyBudgetExceeded,
 )
 from fedshield.common.model import ModelSpec, unwrapped_state_dict
+from fedshield.common.privacy import ADD_REMOVE, accounted_event, check_delta
 
 log = logging.getLogger("fedshield.client")
 
 
-def training_settings(plan: RunConfig, owner: Owner, num_classes: int) -> TrainSettings:
+def training_settings(
+    plan: RunConfig, owner: Owner, num_classes: int, count: RecordCount
+) -> TrainSettings:
     """The round's settings; the noise multiplier is fixed or derived from the target.
 
     A target epsilon is met over the whole run: the noise is chosen so that
-    ``num-rounds`` rounds of this owner's training compose to at most the target
-    (``train.calibrated``, which refuses plans too long to calibrate). The learning rate
-    is the plan's, or per class (``RunConfig.learning_rate_for``).
+    ``num-rounds`` rounds of this owner's training, with its count release, compose to
+    at most the target (``train.calibrated``, which refuses plans too long to
+    calibrate). Calibrated on the released count, never the exact one. The learning
+    rate is the plan's, or per class (``RunConfig.learning_rate_for``).
     """
     settings = TrainSettings.from_plan(plan)
     settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
     if plan.dp and plan.noise_multiplier <= 0:
         settings = calibrated(
-            settings, len(owner.dataset), plan.num_rounds, plan.target_epsilon, owner.delta
+            settings,
+            count.value,
+            plan.num_rounds,
+            plan.target_epsilon,
+            owner.delta,
+            with_events=(count_event(owner),) if count.relation == ADD_REMOVE else (),
+            relation=count.relation,
         )
     return settings
+
+
+def check_batch_fits(count: RecordCount, batch_size: int) -> None:
+    """Refuse a batch larger than the released count (0 = full batch always fits).
+
+    On the released count, never N: the answer is post-processing of a DP release."""
+    if count.value < batch_size:
+        raise DataError(
+            f"the owner's released record count {count.value} is below the plan's batch size "
+            f"{batch_size}; the operator must lower batch-size"
+        )
 
 
 def _local_run_config(context: Context, overrides: dict) -> RunConfig:
@@ -101,6 +124,10 @@ def train_round(
     audit: AuditLog,
 ) -> Message:
     """One round at one owner: data -> features -> pre-flight -> DP-SGD -> charge -> reply."""
+    spec = ModelSpec.from_config(plan)
+    # The server's model is checked (client/accept.py) before anything is logged,
+    # charged or trained: a bad model costs nothing.
+    model = load_global_model(msg, spec, len(classes))
     audit.append(
         Event.ROUND_START,
         **{
@@ -109,6 +136,7 @@ def train_round(
             "server-round": server_round,
             "data-fingerprint": owner.dataset.fingerprint,
             "records": len(owner.dataset),
+            "records-left-out": owner.dataset.left_out,
             "class-counts": owner.dataset.class_counts(),
             "plan": dict(msg.content[wire.CONFIG]),
             "device": str(owner.device),
@@ -128,33 +156,46 @@ def train_round(
                 "reason": "the server re-sent a round already answered; same update, no new charge",
             },
         )
-        return _reply(msg, owner, arrays, metrics, audit, server_round)
+        return _reply(msg, owner, arrays, metrics, audit, server_round, owner.relation(plan.dp))
     if not plan.dp and not owner.allow_no_dp:
         # The owner decides: a plan cannot switch DP off for an owner that did not opt in.
         raise PolicyRefusal(
             "the plan asks for a non-private round (dp=false); this owner did not opt in "
             "(allow-no-dp)"
         )
-    check_batch_fits(owner.dataset, plan.batch_size)
-    settings = training_settings(plan, owner, len(classes))
-    planned = planned_dp_event(len(owner.dataset), settings)
     record_budget_change(owner, audit)
+    # Everything below that can leave (weights, rates, steps, noise, the update's divisor,
+    # refusals) derives from the released count, never from len(owner.dataset).
+    count = released_record_count(owner, audit, context, server_round, plan.dp)
+    check_batch_fits(count, plan.batch_size)
+    settings = training_settings(plan, owner, len(classes), count)
+    planned = planned_dp_event(count.value, settings)
+    accounted = accounted_event(planned, count.relation) if plan.dp else planned
     if plan.dp:
-        # Refuse before touching the text: the pre-flight needs only N and the plan, so a
-        # refused round costs the same time and memory whatever the records hold.
+        check_delta(owner.delta, count.at_least_one)
+        # Refuse before touching the text: the pre-flight needs only the released count
+        # and the plan, so a refused round costs the same whatever the records hold.
         owner.ledger.check_budget(
-            planned, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
+            accounted, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
         )
-    spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
-    model = load_global_model(msg, spec, len(classes))
-    outcome = train_locally(model, inputs, owner.dataset.labels, settings, owner.device)
+    outcome = train_locally(
+        model, inputs, owner.dataset.labels, settings, owner.device, released_count=count.value
+    )
     epsilon = 0.0
     if plan.dp:
         if outcome.dp_event != planned:
             raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
         epsilon = charge_and_audit(
-            owner, audit, planned, context, server_round, KIND_TRAIN, settings.max_grad_norm
+            owner,
+            audit,
+            accounted,
+            context,
+            server_round,
+            KIND_TRAIN,
+            settings.max_grad_norm,
+            relation=count.relation,
+            trained=planned,
         )
     else:
         audit.append(
@@ -168,7 +209,7 @@ def train_round(
     arrays = ArrayRecord(unwrapped_state_dict(model))
     metrics = MetricRecord(
         {
-            "num-examples": outcome.num_examples,
+            "num-examples": count.value,
             "epsilon": epsilon,
             "epsilon-budget": owner.epsilon_budget if plan.dp else 0.0,
             "noise-multiplier": settings.noise_multiplier if plan.dp else 0.0,
@@ -179,7 +220,7 @@ def train_round(
         }
     )
     releases.remember(plan.run_key, server_round, global_sha256, arrays, metrics)
-    return _reply(msg, owner, arrays, metrics, audit, server_round)
+    return _reply(msg, owner, arrays, metrics, audit, server_round, count.relation)
 
 
 def _reply(
@@ -189,8 +230,10 @@ def _reply(
     metrics: MetricRecord,
     audit: AuditLog,
     server_round: int,
+    relation: str,
 ) -> Message:
-    """Log the release, then build the reply (arrays, aggregate metrics, owner record)."""
+    """Log the release, then build the reply (arrays, aggregate metrics, owner record
+    with the privacy definition the update was released under)."""
     digest, size = wire.arrays_digest(arrays)
     released = audit.append(
         Event.UPDATE_RELEASED,
@@ -202,7 +245,13 @@ def _reply(
             "metrics": dict(metrics),
         },
     )
-    owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
+    owner_record = ConfigRecord(
+        {
+            wire.OWNER_ID: owner.owner_id,
+            wire.AUDIT_HEAD: released["hash"],
+            wire.PRIVACY_DEFINITION: relation,
+        }
+    )
     content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.OWNER: owner_record})
     wire.check_reply_fields("train", content)
     return Message(content=content, reply_to=msg)
@@ -234,6 +283,9 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
     server_round = 0
     local = None
     try:
+        # Judge the server's input before anything reads, logs or decodes it.
+        check_message_records(msg.content)
+        check_plan_record(msg.content[wire.CONFIG])
         server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
         local = _local_run_config(context, overrides)
         plan, classes, server_round = wire.decode_train_plan(msg.content[wire.CONFIG])

@@ -13,18 +13,22 @@ from __future__ import annotations
 import torch
 from flwr.app import Context, Message
 
+from fedshield.client.accept import check_model_arrays
 from fedshield.client.owner import Owner
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.model import ModelSpec
-from fedshield.common.privacy import DpEvent, accountant_used, epsilon_spent
+from fedshield.common.privacy import ADD_REMOVE, DpEvent, accountant_used, epsilon_spent
 
 
 def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
-    """The server's model, into the architecture the plan names (keys and shapes strict)."""
+    """The server's model, into the architecture the plan names (keys, shapes, dtypes
+    strict, values finite: ``accept.check_model_arrays``, before anything is converted)."""
     model = spec.build(num_classes)
-    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    arrays = msg.content[wire.ARRAYS]
+    check_model_arrays(arrays, model.state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
 
@@ -51,8 +55,16 @@ def charge_and_audit(
     server_round: int,
     kind: str,
     max_grad_norm: float,
+    *,
+    relation: str = ADD_REMOVE,
+    released: int | None = None,
+    trained: DpEvent | None = None,
 ) -> float:
-    """Charge the ledger durably, then record the charge with the whole history."""
+    """Charge the ledger durably, then record the charge with the whole history.
+
+    ``event`` is what the accountant composes (``privacy.accounted_event`` of the
+    ``trained`` event under ``relation``); ``released`` is a count release's value.
+    """
     # Charge before release: a crash after this line over-counts, never under-counts.
     epsilon = owner.ledger.charge_ledger_before_release(
         event,
@@ -64,6 +76,8 @@ def charge_and_audit(
         data_fingerprint=owner.dataset.fingerprint,
         records=len(owner.dataset),
         run_epsilon_cap=owner.run_epsilon_cap,
+        relation=relation,
+        released=released,
     )
     state = owner.ledger.state()  # one read: this charge is last
     history = [e.event for e in state.entries]
@@ -79,6 +93,16 @@ def charge_and_audit(
             "sample-rate": event.sample_rate,
             "steps": event.steps,
             "delta": owner.delta,
+            "relation": relation,
+            **({"released-count": released} if released is not None else {}),
+            **(
+                {
+                    "trained-noise-multiplier": trained.noise_multiplier,
+                    "trained-sample-rate": trained.sample_rate,
+                }
+                if trained is not None and trained != event
+                else {}
+            ),
             "accountant": accountant_used(history, owner.delta),
             "epsilon-before": epsilon_spent(history[:-1], owner.delta),
             "epsilon-after": epsilon,

@@ -645,8 +645,18 @@ def node_config(settings: SuperNodeSettings, readiness: Readiness) -> dict:
         "allow-evaluate": owner.allow_evaluate,
         "evaluate-noise-multiplier": owner.evaluate_noise_multiplier,
         "run-epsilon-cap": owner.run_epsilon_cap,
-        "classes": owner.classes,
+        # Settled now, not per round: the owner's --classes, else the federation's
+        # published list (the mismatch was shown on this console only). A round's class
+        # check is then a comparison of settings, never a question about the records.
+        "classes": owner.classes or _published_classes(readiness),
+        "count-noise": owner.count_noise,
+        "public-record-count": owner.public_record_count,
     }
+
+
+def _published_classes(readiness: Readiness) -> str:
+    federation = readiness.federation
+    return ",".join(federation.classes) if federation and federation.classes else ""
 
 
 def _default_owner_id(node_key_fingerprint: str) -> str:

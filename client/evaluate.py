@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
+from fedshield.client.count import released_record_count
 from fedshield.client.ledger import KIND_EVALUATE
 from fedshield.client.owner import Owner, owner_inputs
 from fedshield.client.secure_random import SecureRandom
@@ -48,28 +49,41 @@ def evaluate_round(
     server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
     if not owner.allow_evaluate:
         raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
+    spec = ModelSpec.from_config(plan)
+    model = load_global_model(msg, spec, len(classes))  # checked before any charge
     event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)
     record_budget_change(owner, audit)
+    # The answer is divided by the released count, never N (client/count.py).
+    count = released_record_count(owner, audit, context, server_round, dp=True)
     owner.ledger.check_budget(
         event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
     )
-    spec = ModelSpec.from_config(plan)
     inputs = owner_inputs(owner, spec)
-    model = load_global_model(msg, spec, len(classes))
     mean_loss, accuracy = evaluate_model(
         model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
     )
-    count = len(owner.dataset)
-    exact = np.array([accuracy * count, mean_loss * count / EVALUATE_LOSS_CLIP])
-    epsilon = charge_and_audit(
-        owner, audit, event, context, server_round, KIND_EVALUATE, math.sqrt(2)
+    # Sums over the records (no count in them): each record moves each by at most 1
+    # under add/remove and under replace-one alike.
+    exact = np.array(
+        [accuracy * len(owner.dataset), mean_loss * len(owner.dataset) / EVALUATE_LOSS_CLIP]
     )
+    epsilon = charge_and_audit(
+        owner,
+        audit,
+        event,
+        context,
+        server_round,
+        KIND_EVALUATE,
+        math.sqrt(2),
+        relation=count.relation,
+    )
+    divisor = count.at_least_one
     noisy = exact + SecureRandom().standard_normal(2) * event.noise_multiplier * math.sqrt(2)
     metrics = MetricRecord(
         {
-            "num-examples": count,
-            "accuracy": float(np.clip(noisy[0] / count, 0.0, 1.0)),
-            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / count),
+            "num-examples": count.value,
+            "accuracy": float(np.clip(noisy[0] / divisor, 0.0, 1.0)),
+            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / divisor),
             "epsilon": epsilon,
             "noise-multiplier": event.noise_multiplier,
         }

@@ -37,13 +37,14 @@ from pathlib import Path
 
 from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
-from fedshield.common.privacy import DpEvent, epsilon_spent
+from fedshield.common.privacy import ADD_REMOVE, DpEvent, epsilon_spent
 
 LEDGER_FORMAT = 2
 LEGACY_FORMAT = 1
 LEDGER_FILE = "ledger.json"
 KIND_TRAIN = "train"
 KIND_EVALUATE = "evaluate"
+KIND_COUNT = "count"  # the DP release of a data version's record count (client/count.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class LedgerEntry:
     kind: str = KIND_TRAIN
     data_fingerprint: str = ""
     records: int = 0
+    # The neighbouring relation the event was accounted under (``event`` is already the
+    # accounted event: privacy.accounted_event).
+    relation: str = ADD_REMOVE
+    # KIND_COUNT only: the noisy count released, reused by every later round on the same
+    # data version so that one version costs one count release.
+    released: int | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -69,6 +76,8 @@ class LedgerEntry:
             "kind": self.kind,
             "data-fingerprint": self.data_fingerprint,
             "records": self.records,
+            "relation": self.relation,
+            "released": self.released,
         }
 
     @classmethod
@@ -86,6 +95,8 @@ class LedgerEntry:
             kind=str(data.get("kind", KIND_TRAIN)),
             data_fingerprint=str(data.get("data-fingerprint", "")),
             records=int(data.get("records", 0)),
+            relation=str(data.get("relation", ADD_REMOVE)),
+            released=None if data.get("released") is None else int(data["released"]),
         )
 
 
@@ -217,6 +228,13 @@ class PrivacyLedger:
     def entries(self) -> list[LedgerEntry]:
         return self.state().entries
 
+    def released_count(self, data_fingerprint: str) -> int | None:
+        """The count already released for this data version, if any (the first one)."""
+        for entry in self.entries():
+            if entry.kind == KIND_COUNT and entry.data_fingerprint == data_fingerprint:
+                return entry.released
+        return None
+
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` composed over every event recorded so far."""
         return epsilon_spent((e.event for e in self.entries()), delta)
@@ -291,6 +309,8 @@ class PrivacyLedger:
         data_fingerprint: str = "",
         records: int = 0,
         run_epsilon_cap: float = 0.0,
+        relation: str = ADD_REMOVE,
+        released: int | None = None,
     ) -> float:
         """Durably append ``event``; returns epsilon composed over all events after it.
 
@@ -309,7 +329,16 @@ class PrivacyLedger:
                 "at charge (another run charged since the pre-flight check)",
             )
             entry = LedgerEntry(
-                event, delta, run_id, server_round, time.time(), kind, data_fingerprint, records
+                event,
+                delta,
+                run_id,
+                server_round,
+                time.time(),
+                kind,
+                data_fingerprint,
+                records,
+                relation,
+                released,
             )
             self._write(
                 LedgerState(

@@ -24,8 +24,10 @@ from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.durable import write_atomic
 from fedshield.common.errors import ConfigError, PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
-from fedshield.common.privacy import check_delta
+from fedshield.common.privacy import ADD_REMOVE, REPLACE_ONE
 from fedshield.common.simulation_split import simulated_owner_data
+
+NO_DP = "none"  # a non-private round the owner opted in to: no definition holds
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
@@ -51,6 +53,14 @@ class Owner:
     allow_evaluate: bool = False
     evaluate_noise_multiplier: float = 10.0
     run_epsilon_cap: float = 0.0
+    count_noise: float = 20.0  # std of the record count's DP release (client/count.py)
+    public_record_count: bool = False
+
+    def relation(self, dp: bool) -> str:
+        """The neighbouring relation this owner's releases satisfy ("none" without DP)."""
+        if not dp:
+            return NO_DP
+        return REPLACE_ONE if self.public_record_count else ADD_REMOVE
 
 
 def owner_label(node_config: dict) -> str:
@@ -67,15 +77,25 @@ def owner_allows_evaluate(node_config: dict, run_config: RunConfig) -> bool:
     return OwnerConfig.from_dict(dict(node_config)).allow_evaluate
 
 
-def check_plan_classes(config: OwnerConfig, classes: tuple[str, ...] | None) -> None:
-    """An owner that declared its classes accepts only that class list (decided on config,
-    not on data, so the answer tells the server nothing about the records)."""
+def accepted_classes(config: OwnerConfig, classes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The class list this owner trains on, settled on its settings, never on its data.
+
+    An owner's declared list (``client start`` fills in the federation's published list
+    when the owner gave none) must equal the plan's, else the round is refused: decided
+    on config alone, so the answer tells the server nothing about the records. An owner
+    with no list at all (a hand-configured SuperNode) takes the plan's; rows with other
+    labels are left out, never refused (``load_dataset(usable_rows_only=True)``).
+    """
     accepted = split_class_names(config.classes)
     if accepted is not None and classes is not None and tuple(classes) != accepted:
         raise PolicyRefusal(
             f"the plan's classes {list(classes)} differ from the classes this owner accepts "
-            f"{list(accepted)} (--classes)"
+            f"{list(accepted)} (--classes, or the federation's list at client start)"
         )
+    chosen = accepted or classes
+    if chosen is None:
+        raise PolicyRefusal("neither the owner nor the plan names the class list")
+    return tuple(chosen)
 
 
 def resolve_owner(
@@ -110,15 +130,17 @@ def resolve_owner(
             cache_dir=base / "cache",
             allow_no_dp=not run_config.dp,
             allow_evaluate=run_config.fraction_evaluate > 0,
+            count_noise=run_config.count_noise,
+            public_record_count=run_config.public_record_count,
         )
     else:
         config = OwnerConfig.from_dict(dict(node_config))
-        check_plan_classes(config, classes)
         dataset = load_dataset(
             config.data_path,
             config.text_column,
             config.label_column,
-            classes or split_class_names(config.classes),
+            accepted_classes(config, classes),
+            usable_rows_only=True,
         )
         owner = Owner(
             owner_id=config.owner_id or "owner",
@@ -133,8 +155,11 @@ def resolve_owner(
             allow_evaluate=config.allow_evaluate,
             evaluate_noise_multiplier=config.evaluate_noise_multiplier,
             run_epsilon_cap=config.run_epsilon_cap,
+            count_noise=config.count_noise,
+            public_record_count=config.public_record_count,
         )
-    check_delta(owner.delta, len(owner.dataset))
+    # No check of delta against N here: it would refuse on the exact count. The round
+    # checks it against the released count (client/app.py), the owner's start against N.
     return owner
 
 

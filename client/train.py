@@ -44,7 +44,7 @@ from fedshield.client.secure_random import SecureRandom
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
-from fedshield.common.privacy import DpEvent, noise_for_target_epsilon
+from fedshield.common.privacy import ADD_REMOVE, DpEvent, noise_for_target_epsilon
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class TrainOutcome:
 
 
 def effective_batch_size(num_examples: int, settings: TrainSettings) -> int:
-    return settings.batch_size if settings.batch_size > 0 else num_examples
+    return settings.batch_size if settings.batch_size > 0 else max(num_examples, 1)
 
 
 def _steps_per_epoch(num_examples: int, settings: TrainSettings) -> int:
@@ -118,18 +118,34 @@ MAX_PLANNED_STEPS = 10**7
 
 
 def calibrated(
-    settings: TrainSettings, num_records: int, rounds: int, target_epsilon: float, delta: float
+    settings: TrainSettings,
+    released_count: int,
+    rounds: int,
+    target_epsilon: float,
+    delta: float,
+    *,
+    with_events: tuple[DpEvent, ...] = (),
+    relation: str = ADD_REMOVE,
 ) -> TrainSettings:
-    """``settings`` with the smallest noise for which ``rounds`` rounds of this training on
-    ``num_records`` records compose to at most ``target_epsilon`` at ``delta``."""
-    one_round = planned_dp_event(num_records, settings)
+    """``settings`` with the smallest noise for which ``rounds`` rounds of this training,
+    planned on ``released_count`` records (the owner's count as it may leave) and
+    accounted under ``relation``, compose with ``with_events`` (the count's release) to
+    at most ``target_epsilon`` at ``delta``."""
+    one_round = planned_dp_event(released_count, settings)
     planned_steps = one_round.steps * rounds
     if planned_steps > MAX_PLANNED_STEPS:
         raise PolicyRefusal(
             f"the plan asks for {planned_steps} DP steps over the run ({rounds} rounds x "
             f"{one_round.steps}); this owner calibrates noise for at most {MAX_PLANNED_STEPS}"
         )
-    sigma = noise_for_target_epsilon(target_epsilon, delta, one_round.sample_rate, planned_steps)
+    sigma = noise_for_target_epsilon(
+        target_epsilon,
+        delta,
+        one_round.sample_rate,
+        planned_steps,
+        with_events=with_events,
+        relation=relation,
+    )
     return replace(settings, noise_multiplier=sigma)
 
 
@@ -224,12 +240,19 @@ def _make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     num_records: int,
+    released_count: int,
     settings: TrainSettings,
 ) -> _PrivateTraining:
     """Opacus's ``make_private`` (hooks, Poisson sampling, mean loss, RDP accountant),
-    with every random draw from one fresh :class:`SecureRandom`."""
+    with every random draw from one fresh :class:`SecureRandom`.
+
+    The sample rate, the step count and the mean's divisor come from ``released_count``
+    (the owner's DP count), never from ``num_records``: an update divided by the exact
+    count would tell D from D minus one record. Each of the ``num_records`` records is
+    still sampled independently at that rate, as the accountant assumes.
+    """
     rng = SecureRandom()
-    steps_per_epoch = _steps_per_epoch(num_records, settings)
+    steps_per_epoch = _steps_per_epoch(released_count, settings)
     sample_rate = 1.0 / steps_per_epoch  # exactly planned_dp_event's rate
     sampler = PoissonBatchSampler(num_records, sample_rate, steps_per_epoch, rng)
     ModuleValidator.validate(model, strict=True)
@@ -241,7 +264,7 @@ def _make_private(
         noise_multiplier=settings.noise_multiplier,
         max_grad_norm=clipping["max_grad_norm"],
         # Opacus truncates (int); round avoids 49 * (1 / 49) = 0.999... giving 0.
-        expected_batch_size=round(num_records * sample_rate),
+        expected_batch_size=max(1, round(released_count * sample_rate)),
         loss_reduction="mean",
         secure_random=rng,
     )
@@ -338,8 +361,13 @@ def train_locally(
     labels: np.ndarray,
     settings: TrainSettings,
     device: torch.device,
+    released_count: int | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place on (inputs, labels); returns loss and the DP event.
+
+    With DP, ``released_count`` (the owner's count as it may leave, client/count.py)
+    sets the sample rate, the steps and the mean's divisor; None: the exact count (a
+    non-private round, or a bench that releases nothing).
 
     ``device`` is the owner's; a linear head with small logical batches trains on the
     CPU instead (``ModelSpec.training_device``). A ``physical_batch_size`` of 0 is
@@ -361,7 +389,10 @@ def train_locally(
     )
     groups = spec.param_groups(model, settings.learning_rate, settings.encoder_learning_rate)
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
-    private = _make_private(model, optimizer, num_records, settings) if settings.dp else None
+    planned_on = num_records if released_count is None else released_count
+    private = (
+        _make_private(model, optimizer, num_records, planned_on, settings) if settings.dp else None
+    )
     if private is not None:
         model, optimizer = private.module, private.optimizer
 

@@ -13,7 +13,10 @@ Guarantees:
   a crash loses at most the entry being written, which the verifier reports as a partial
   last line;
 - nothing passed in is stored unless the caller names it; callers log digests, sizes,
-  counts and DP parameters, never text (tests plant a marker to check).
+  counts and DP parameters, never text (tests plant a marker to check);
+- no entry can wedge the log: an entry over ``MAX_ENTRY_BYTES`` is refused before
+  anything is written, and the writer finds the chain's head however long the last
+  entry is (it reads back from the end until it holds a whole line).
 
 Keys: ``audit-key.pem`` (PKCS#8, 0600) beside the log, made on first use, or one given.
 Hand-written chaining, not a library: the format must be verifiable by anyone with a
@@ -43,6 +46,10 @@ LOG_FORMAT = "fedshield-audit/1"
 CHECKPOINT = Event.CHECKPOINT
 LOG_START = Event.LOG_START
 TAIL_WINDOW_BYTES = 256 * 1024
+# A dp-charged entry carries the whole ledger history (~80 bytes a charge): 4 MiB holds
+# ~50,000 charges, far past any budget; a bigger entry is a bug or an attack. Refused, not
+# stored as a digest: a log that silently drops what its caller named is weaker evidence.
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
 class AuditLogError(FedshieldError):
@@ -124,10 +131,7 @@ class AuditLog:
         """
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0, GENESIS, 0
-        with open(self.path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_WINDOW_BYTES))
-            window = handle.read()
+        window, whole_file = self._tail_window()
         if not window.endswith(b"\n"):
             raise AuditLogError(
                 f"{self.path}: last line is incomplete (a crash mid-write); keep the file as "
@@ -135,16 +139,49 @@ class AuditLog:
                 "audit folder"
             )
         lines = window.split(b"\n")[:-1]
-        if size > TAIL_WINDOW_BYTES:
+        if not whole_file:
             lines = lines[1:]  # the first line in the window may be cut
         entries = [json.loads(line) for line in lines]
         last = entries[-1]
-        since = len(entries) if size <= TAIL_WINDOW_BYTES else self.checkpoint_every
+        since = len(entries) if whole_file else self.checkpoint_every
         for back, entry in enumerate(reversed(entries)):
             if entry.get("type") == CHECKPOINT:
                 since = back
                 break
         return int(last["seq"]) + 1, str(last["hash"]), since
+
+    def _tail_window(self) -> tuple[bytes, bool]:
+        """The file's last bytes, holding at least one whole line; True if the whole file.
+
+        Starts with ``TAIL_WINDOW_BYTES`` and doubles back while the window holds no line
+        break before its last one, so an entry longer than the window cannot hide the head.
+        """
+        with open(self.path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            span = TAIL_WINDOW_BYTES
+            while True:
+                start = max(0, size - span)
+                handle.seek(start)
+                window = handle.read()
+                if start == 0 or b"\n" in window[:-1]:
+                    return window, start == 0
+                span *= 2
+
+    def _refuse_oversized(self, event_type: str, data: dict[str, Any]) -> None:
+        """Refuse an entry over ``MAX_ENTRY_BYTES`` before anything is written."""
+        # seq, ts, prev and hash have bounded lengths: stand-ins of their longest forms.
+        probe = {"seq": 2**63, "ts": "0" * 32, "type": event_type, "actor": self.actor}
+        size = len(canonical({**probe, "data": data, "prev": GENESIS, "hash": GENESIS}))
+        if size > MAX_ENTRY_BYTES:
+            largest = sorted(data, key=lambda k: len(canonical({k: data[k]})), reverse=True)
+            fields = ", ".join(
+                f"{k!r}: {len(canonical({k: data[k]})):,} bytes" for k in largest[:3]
+            )
+            raise AuditLogError(
+                f"{self.path}: a {event_type!r} entry of {size:,} bytes is over the "
+                f"{MAX_ENTRY_BYTES:,} an audit entry may take (largest fields: {fields}); "
+                "nothing was written; log a digest and a size of a large value instead"
+            )
 
     def _write(self, fd: int, entry: dict[str, Any]) -> None:
         os.write(fd, canonical(entry) + b"\n")
@@ -152,6 +189,7 @@ class AuditLog:
 
     def append(self, event_type: str, **data: Any) -> dict[str, Any]:
         """Append one entry (and a checkpoint when one is due); returns the entry."""
+        self._refuse_oversized(event_type, data)
         with self._locked() as fd:
             seq, prev, since = self._tail()
             if seq == 0 and event_type != LOG_START:

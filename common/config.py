@@ -159,6 +159,10 @@ class RunConfig(_KebabConfig):
     # to the simulated owners' data. A deployed owner reads its data from its own node
     # config and never looks at this key.
     audit_canaries: str = ""
+    # Simulation only: the simulated owners' count policy (OwnerConfig's keys of the
+    # same names); a deployed owner sets its own, never from the plan.
+    count_noise: float = 20.0
+    public_record_count: bool = False
     num_clients: int = 0
     device: str = "auto"
     model: str = "hashed"
@@ -190,6 +194,7 @@ class RunConfig(_KebabConfig):
         )
         _require(self.max_records >= 0, "max-records", self.max_records, "must be >= 0 (0 = all)")
         _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        validate_count_noise(self.count_noise)
         # Bounds an owner applies to any plan: outside them a hostile plan could hang the
         # owner (a target epsilon the noise search never reaches), make featurising cost
         # grow with a record's length before the budget check (huge n-grams), or push the
@@ -366,6 +371,11 @@ class OwnerConfig(_KebabConfig):
     evaluate_noise_multiplier: float = 10.0  # noise / sensitivity of a DP evaluate answer
     run_epsilon_cap: float = 0.0  # most epsilon one run may spend; 0: the whole budget
     classes: str = ""  # the class list this owner accepts (comma-separated); "" = any
+    # The record count leaves only as a DP release with noise of this std (records),
+    # charged once per data version (client/count.py); or, declared public, as itself,
+    # with training accounted under replace-one adjacency.
+    count_noise: float = 20.0
+    public_record_count: bool = False
 
     def validate(self) -> None:
         _require(
@@ -394,7 +404,17 @@ class OwnerConfig(_KebabConfig):
             "set the owner's privacy budget, e.g. epsilon-budget=3",
         )
         _require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        validate_count_noise(self.count_noise)
         validate_device(self.device, "device")
+
+
+def validate_count_noise(count_noise: float) -> None:
+    _require(
+        1.0 <= count_noise <= 1e6,
+        "count-noise",
+        count_noise,
+        "must be in [1, 1e6] records (the record count's DP noise; 20 is the default)",
+    )
 
 
 def validate_device(device: str, key: str) -> None:

@@ -37,6 +37,8 @@ class TextDataset:
     classes: tuple[str, ...]
     fingerprint: str
     source: str
+    # Rows a per-round load left out (``usable_rows_only``): the owner's own to see.
+    left_out: int = 0
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -137,14 +139,8 @@ def _label_text(value: object) -> str:
     return str(value).strip()
 
 
-def validate_frame(
-    frame: pd.DataFrame,
-    origin: str,
-    text_column: str,
-    label_column: str,
-    classes: tuple[str, ...] | None,
-) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
-    """Check columns, text and labels; return texts, label ids and the class list."""
+def _check_columns(frame: pd.DataFrame, origin: str, text_column: str, label_column: str) -> None:
+    """The file's schema (the same with or without any one record)."""
     columns = [str(c) for c in frame.columns]
     if len(set(columns)) != len(columns):
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
@@ -158,6 +154,34 @@ def validate_frame(
                 f"{origin}: {role} column '{name}' not found (columns: {_shown(columns)}); "
                 f"pass {flag}"
             )
+
+
+def _usable_rows(
+    frame: pd.DataFrame, text_column: str, label_column: str, classes: tuple[str, ...]
+) -> tuple[list[str], np.ndarray, int]:
+    """Texts and label ids of the rows with text and a label among ``classes``; the
+    number of rows left out."""
+    index = {name: i for i, name in enumerate(classes)}
+    texts, labels = [], []
+    for text, label in zip(frame[text_column].tolist(), frame[label_column].tolist(), strict=True):
+        usable_text = isinstance(text, str) and bool(text.strip())
+        missing = label is None or (isinstance(label, float) and np.isnan(label))
+        name = None if missing else _label_text(label)
+        if usable_text and name in index:
+            texts.append(text)
+            labels.append(index[name])
+    return texts, np.asarray(labels, dtype=np.int64), len(frame) - len(texts)
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    origin: str,
+    text_column: str,
+    label_column: str,
+    classes: tuple[str, ...] | None,
+) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """Check columns, text and labels; return texts, label ids and the class list."""
+    _check_columns(frame, origin, text_column, label_column)
     if len(frame) == 0:
         raise DataError(f"{origin}: no records; the file has a header but no rows")
     texts_raw = frame[text_column].tolist()
@@ -214,8 +238,19 @@ def load_dataset(
     text_column: str = "text",
     label_column: str = "label",
     classes: tuple[str, ...] | None = None,
+    *,
+    usable_rows_only: bool = False,
 ) -> TextDataset:
-    """Load a CSV, JSON Lines or Parquet file, or a built-in name (see BUILTIN_DATASETS)."""
+    """Load a CSV, JSON Lines or Parquet file, or a built-in name (see BUILTIN_DATASETS).
+
+    ``usable_rows_only`` (a round at an owner, with ``classes`` settled by the owner):
+    rows without text, without a label or with a label outside ``classes`` are left out
+    instead of refused, and no record-level check (at least one row, two classes) runs.
+    Why: a refusal that depends on one record tells a server whether that record is
+    there; those checks ran when the owner started (``client start``, ``data check``),
+    on its own console. Filtering keeps add/remove neighbours neighbours (one record
+    removed removes at most one usable row).
+    """
     name = str(path)
     if name in BUILTIN_DATASETS:
         return load_builtin(name)
@@ -224,6 +259,20 @@ def load_dataset(
         raise DataError(f"{path}: no such file; check the path passed to --data")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass the data file itself")
+    if usable_rows_only:
+        if not classes:
+            raise ValueError("usable_rows_only needs the owner's settled class list")
+        # A JSON Lines file without its only record is empty: zero records, not a refusal.
+        empty = path.suffix.lower() in SUPPORTED_SUFFIXES and path.stat().st_size == 0
+        frame = pd.DataFrame(columns=[text_column, label_column]) if empty else read_table(path)
+        _check_columns(frame, str(path), text_column, label_column)
+        texts, labels, left_out = _usable_rows(frame, text_column, label_column, classes)
+        # The data version is the file read with this class list: another list keeps other
+        # rows, so it has its own count release and its own encodings.
+        version = hashlib.sha256(
+            f"{fingerprint_file(path)}\n{','.join(classes)}".encode()
+        ).hexdigest()
+        return TextDataset(texts, labels, classes, version, str(path), left_out)
     frame = read_table(path)
     texts, labels, classes = validate_frame(frame, str(path), text_column, label_column, classes)
     return TextDataset(texts, labels, classes, fingerprint_file(path), str(path))

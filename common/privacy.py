@@ -57,6 +57,14 @@ PLD_MAX_EPSILON = 50.0  # PLD's grid grows with epsilon (eps 6,000: 26 s)
 PLD_MAX_STEPS = 2 * 10**5
 PLD_MAX_MECHANISMS = 64
 
+# Neighbouring relations (README, "Privacy semantics"). Add/remove one record is the
+# default: it protects whether a record is there at all, so the record count N is
+# private and leaves only as a DP release. Replace-one applies when the owner declares N
+# public; then the clipped-gradient sum moves by 2C, not C.
+ADD_REMOVE = "add-remove"
+REPLACE_ONE = "replace-one"
+RELATIONS = (ADD_REMOVE, REPLACE_ONE)
+
 
 @dataclass(frozen=True)
 class DpEvent:
@@ -76,6 +84,22 @@ class DpEvent:
             raise ValueError(f"one round must use one (sigma, q), got history {history}")
         sigma, q, _ = history[0]
         return cls(noise_multiplier=sigma, sample_rate=q, steps=sum(s for *_, s in history))
+
+
+def accounted_event(event: DpEvent, relation: str) -> DpEvent:
+    """The event the accountant composes for a training release under ``relation``.
+
+    Add/remove: the event itself. Replace-one: the sum's sensitivity is 2C, so each step
+    is a Gaussian of multiplier sigma/2; dp-accounting's PLD cannot compose a
+    Poisson-subsampled Gaussian under replace-one, so the steps are charged at rate 1,
+    an upper bound (coupling each record's coin in D and D', every sample is a
+    Gaussian pair of sensitivity at most 2C, and the mixture is dominated by it).
+    """
+    if relation == ADD_REMOVE:
+        return event
+    if relation == REPLACE_ONE:
+        return DpEvent(event.noise_multiplier / 2.0, 1.0, event.steps)
+    raise ConfigError(f"unknown neighbouring relation {relation!r}; use one of {RELATIONS}")
 
 
 Grouped = tuple[tuple[float, float, int], ...]
@@ -205,23 +229,47 @@ def _gaussian_exact(grouped: Grouped, delta: float) -> float:
 
 
 def noise_for_target_epsilon(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    with_events: Sequence[DpEvent] = (),
+    relation: str = ADD_REMOVE,
 ) -> float:
-    """The smallest noise multiplier (within 0.1%) for which ``steps`` steps stay <= target.
+    """The smallest noise multiplier (within 0.1%) for which ``steps`` steps, accounted
+    under ``relation`` and composed with ``with_events`` (the owner's count release),
+    stay <= target.
 
     Bisection on the accountant of record, started from RDP's calibration (RDP is looser,
-    so its noise always meets the target). The returned value is the bracket's upper end:
-    it meets the target, never just misses it.
+    so its noise always meets the target alone). The returned value is the bracket's
+    upper end: it meets the target, never just misses it.
     """
     if target_epsilon <= 0:
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
-    return _calibrate(float(target_epsilon), float(delta), float(sample_rate), int(steps))
+    fixed = tuple(with_events)
+    if epsilon_spent(fixed, delta) >= target_epsilon:
+        raise ConfigError(
+            f"the owner's count release alone spends epsilon {epsilon_spent(fixed, delta):.3f}, "
+            f"at or over the target {target_epsilon:g}; raise the target or the count noise"
+        )
+    return _calibrate(
+        float(target_epsilon), float(delta), float(sample_rate), int(steps), fixed, relation
+    )
 
 
 @lru_cache(maxsize=256)
-def _calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+def _calibrate(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    fixed: tuple[DpEvent, ...] = (),
+    relation: str = ADD_REMOVE,
+) -> float:
     def eps(sigma: float) -> float:
-        return epsilon_spent([DpEvent(sigma, sample_rate, steps)], delta)
+        planned = accounted_event(DpEvent(sigma, sample_rate, steps), relation)
+        return epsilon_spent([*fixed, planned], delta)
 
     high = float(
         get_noise_multiplier(
@@ -232,8 +280,8 @@ def _calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: i
             accountant="rdp",
         )
     )
-    while eps(high) > target_epsilon:  # RDP's own 1% search may land just above
-        high *= 1.01
+    while eps(high) > target_epsilon:  # RDP's 1% search, the count, replace-one: above
+        high *= 1.05
     low = high / 2
     while eps(low) <= target_epsilon:
         high, low = low, low / 2

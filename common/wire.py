@@ -4,9 +4,10 @@ server -> client (train): the global model ("arrays") and the training plan ("co
 the keys in TRAIN_PLAN_KEYS, the class names, the server round, and the hash of the
 server's audit entry for the round, which the owner logs).
 client -> server (reply): the updated model ("arrays"), aggregate metrics ("metrics":
-REPLY_METRIC_KEYS) and the owner's public label and the hash of its latest signed audit
-checkpoint ("owner"), which the server logs so that truncating the owner's log later shows. No text, no vocabulary, no
-per-record value, no data fingerprint.
+REPLY_METRIC_KEYS, among them the owner's DP count release as "num-examples") and the
+owner's self-chosen label, the privacy definition and the hash of its latest audit entry
+("owner"), which the server logs so that truncating the owner's log later shows. No text,
+no vocabulary, no per-record value, no exact count, no data fingerprint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CLASSES = "classes"
 OWNER_ID = "owner-id"
 AUDIT_HEAD = "audit-head"
 SERVER_AUDIT_HEAD = "server-audit-head"
+PRIVACY_DEFINITION = "privacy-definition"  # the neighbouring relation of the release
 
 TRAIN_PLAN_KEYS = (
     "num-rounds",
@@ -72,11 +74,20 @@ EVALUATE_METRIC_KEYS = (
 
 # Why each field of a reply may leave a data owner. The privacy definition (README,
 # "Privacy semantics"): sample-level (epsilon, delta)-DP under add/remove-one-record
-# adjacency, with the owner's record count N public. Everything else is a DP release
-# charged to the owner's ledger, or a function of public values only.
-PUBLIC_PARAMETER = "public: a function of the plan, the owner's policy and N only"
-PUBLIC_RECORD_COUNT = "public by the privacy definition: the owner's record count N"
-PUBLIC_LABEL = "public: the label the owner chose for itself"
+# adjacency by default, where the record count N is private too: it leaves only as a DP
+# release charged to the owner's ledger (client/count.py), and every value computed from
+# a count (sample rate, steps, calibrated noise, epsilon, the update's divisor, the
+# server's weight) is computed from that release. An owner that declares N public
+# releases it as itself, under replace-one adjacency (``privacy-definition`` says which).
+PUBLIC_PARAMETER = (
+    "public: a function of the plan, the owner's policy and the owner's DP count release only"
+)
+DP_RECORD_COUNT = (
+    "DP release charged to the owner's ledger: the record count plus Gaussian noise, once per "
+    "data version (N itself only where the owner declared it public: replace-one)"
+)
+PUBLIC_LABEL = "public: the label the owner chose for itself (the server names owners by key)"
+PUBLIC_POLICY = "public: the neighbouring relation the owner's policy chose"
 PUBLIC_COMMITMENT = (
     "public: SHA-256 of the owner's audit entry (chained over secret keys and times)"
 )
@@ -90,16 +101,24 @@ REPLY_SCHEMA: dict[str, dict[str, str]] = {
     "train": {
         f"{ARRAYS}.*": DP_RELEASE,
         **{f"{METRICS}.{key}": PUBLIC_PARAMETER for key in REPLY_METRIC_KEYS},
-        f"{METRICS}.num-examples": PUBLIC_RECORD_COUNT,
+        f"{METRICS}.num-examples": DP_RECORD_COUNT,
         **_COMMON_OWNER_FIELDS,
+        f"{OWNER}.{PRIVACY_DEFINITION}": PUBLIC_POLICY,
     },
     "evaluate": {
         **{f"{METRICS}.{key}": PUBLIC_PARAMETER for key in EVALUATE_METRIC_KEYS},
-        f"{METRICS}.num-examples": PUBLIC_RECORD_COUNT,
+        f"{METRICS}.num-examples": DP_RECORD_COUNT,
         f"{METRICS}.accuracy": DP_RELEASE,
         f"{METRICS}.loss": DP_RELEASE,
         **_COMMON_OWNER_FIELDS,
     },
+}
+# The fields whose values may differ between an owner on D and on D minus one record,
+# given the same count release: the DP releases themselves (each charged). Every other
+# field, and every refusal, must be identical (tests/test_adjacency.py).
+DP_RELEASE_FIELDS = {
+    kind: {field for field, why in schema.items() if why == DP_RELEASE}
+    for kind, schema in REPLY_SCHEMA.items()
 }
 
 # Error codes a client puts in an error reply (Flower's own codes are below 100), each

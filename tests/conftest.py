@@ -38,3 +38,17 @@ def owner_csv(tmp_path, imdb_frame):
     path = tmp_path / "owner.csv"
     imdb_frame.to_csv(path, index=False)
     return path
+
+
+RELEASED_COUNT = 600
+
+
+@pytest.fixture()
+def fixed_count_release(monkeypatch):
+    """Every count release in this test draws the same value, RELEASED_COUNT, whatever the
+    owner holds: with it, an owner on D and on D minus one record must send identical
+    fields outside the update (the count is the DP release both derive from)."""
+    from fedshield.client import count
+
+    monkeypatch.setattr(count, "noisy_count", lambda exact, std: RELEASED_COUNT)
+    return RELEASED_COUNT

@@ -65,6 +65,7 @@ def test_the_reply_schema_lists_every_field_and_why_it_may_leave():
         *(f"metrics.{k}" for k in wire.REPLY_METRIC_KEYS),
         "owner.owner-id",
         "owner.audit-head",
+        "owner.privacy-definition",
     }
     assert "metrics.train-loss" not in wire.REPLY_SCHEMA["train"]
     assert wire.REPLY_SCHEMA["train"]["arrays.*"] == wire.DP_RELEASE
@@ -100,9 +101,12 @@ def _planted(frame: pd.DataFrame, marker: str, count: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("count", [0, 5, 20])
-def test_a_crafted_model_reads_no_exact_statistic_back(count, imdb_frame, tmp_path):
+def test_a_crafted_model_reads_no_exact_statistic_back(
+    count, imdb_frame, tmp_path, fixed_count_release
+):
     """The attack read 0, 1, 5, 20 records containing a word back from train-loss. Now
-    every metric is a function of public values only: identical whatever the data holds."""
+    every metric is a function of public values and the owner's DP count only:
+    identical whatever the data holds, given the same count release."""
     path = tmp_path / f"owner-{count}.csv"
     _planted(imdb_frame, "zqxcanary", count).to_csv(path, index=False)
     reply = run_train(owner_context(path, tmp_path / f"ledgers-{count}"))
@@ -149,11 +153,14 @@ def test_evaluate_with_consent_is_noised_charged_and_audited(owner_csv, tmp_path
     assert len(set(answers)) == 3 and exact not in answers
     assert all(abs(a - exact) < 0.1 for a in answers)  # noise std 2*sqrt(2)/600 ~ 0.005
     entries = PrivacyLedger(tmp_path / "ledgers").entries()
-    assert [e.kind for e in entries] == ["evaluate"] * 3
+    assert [e.kind for e in entries] == ["count"] + ["evaluate"] * 3
     event = DpEvent(noise_multiplier=2.0, sample_rate=1.0, steps=1)
-    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(epsilon_spent([event] * 3, 1e-5))
+    count = DpEvent(noise_multiplier=20.0, sample_rate=1.0, steps=1)
+    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(
+        epsilon_spent([count, *[event] * 3], 1e-5)
+    )
     charged = audit_entries(tmp_path, "dp-charged")
-    assert [c["data"]["kind"] for c in charged] == ["evaluate"] * 3
+    assert [c["data"]["kind"] for c in charged] == ["count"] + ["evaluate"] * 3
     assert len(audit_entries(tmp_path, "evaluate-released")) == 3
 
 
@@ -178,7 +185,7 @@ def test_refusals_carry_a_code_and_no_value_from_the_data_or_the_disk(tmp_path):
     ).to_csv(path, index=False)
     context = owner_context(path, tmp_path / "ledgers")
     replies = [
-        run_train(context, train_message()),  # classes 0/1: none of the owner's labels
+        run_train(context, train_message()),  # classes 0/1: every row left out, then too few
         run_train(context, train_message(PLAN.replace(dp=False))),
         client_app()(evaluate_message(), context),
     ]
@@ -190,8 +197,8 @@ def test_refusals_carry_a_code_and_no_value_from_the_data_or_the_disk(tmp_path):
         text = pickle.dumps(reply.error.reason)
         for secret in [*labels, str(path), path.name, str(tmp_path)]:
             assert secret.encode() not in text, (secret, reply.error.reason)
-    reasons = [e["data"]["reason"] for e in audit_entries(tmp_path, "round-refused")]
-    assert any("diagnosis-rare-x" in r for r in reasons)  # the owner keeps the details
+    # The owner keeps the details: its own log says its rows were left out.
+    assert audit_entries(tmp_path, "round-start")[0]["data"]["records-left-out"] == 90
 
 
 def test_an_owner_that_declares_its_classes_refuses_other_class_lists_without_reading_data(
@@ -212,18 +219,18 @@ def test_an_owner_that_declares_its_classes_refuses_other_class_lists_without_re
 
 def test_the_budget_follows_the_records_not_the_files_bytes(owner_csv, tmp_path):
     ledgers = tmp_path / "ledgers"
-    first = run_train(owner_context(owner_csv, ledgers, budget=2.0), train_message())
+    first = run_train(owner_context(owner_csv, ledgers, budget=2.1), train_message())
     spent = first.content[wire.METRICS]["epsilon"]
     # The same records, reordered and re-exported as JSON Lines: the same budget.
     frame = pd.read_csv(owner_csv).sample(frac=1.0, random_state=7)
     exported = tmp_path / "re-exported.jsonl"
     frame.to_json(exported, orient="records", lines=True)
-    second = run_train(owner_context(exported, ledgers, budget=2.0), train_message(server_round=2))
+    second = run_train(owner_context(exported, ledgers, budget=2.1), train_message(server_round=2))
     assert second.content[wire.METRICS]["epsilon"] > spent
     # ... and a subset: still the same ledger, now over the budget.
     subset = tmp_path / "subset.csv"
     frame.iloc[:400].to_csv(subset, index=False)
-    third = run_train(owner_context(subset, ledgers, budget=2.0), train_message(server_round=3))
+    third = run_train(owner_context(subset, ledgers, budget=2.1), train_message(server_round=3))
     assert third.has_error() and third.error.code == wire.ERROR_BUDGET_EXCEEDED
     assert {e.data_fingerprint for e in PrivacyLedger(ledgers).entries()} == {
         e["data"]["data-fingerprint"] for e in audit_entries(tmp_path, "dp-charged")
@@ -259,7 +266,8 @@ def test_an_owner_cap_per_run_stops_one_run_from_taking_a_multi_run_budget(owner
     greedy = PLAN.replace(num_rounds=1, target_epsilon=15.0)
     reply = run_train(context, train_message(greedy))
     assert reply.has_error() and reply.error.code == wire.ERROR_BUDGET_EXCEEDED
-    assert PrivacyLedger(tmp_path / "ledgers").entries() == []
+    # Only the count release (well under the cap) was charged; nothing trained.
+    assert [e.kind for e in PrivacyLedger(tmp_path / "ledgers").entries()] == ["count"]
 
 
 def test_a_record_with_a_non_finite_gradient_cannot_mark_the_update():
@@ -366,6 +374,5 @@ def test_a_plan_or_run_config_naming_canaries_adds_no_record_to_a_deployed_owner
     reply = run_train(context, train_message(PLAN.replace(audit_canaries=str(canaries))))
     assert not reply.has_error(), reply.error
     own_records = len(pd.read_csv(owner_csv))
-    assert reply.content[wire.METRICS]["num-examples"] == own_records
     started = audit_entries(tmp_path, "round-start")[-1]["data"]
     assert started["records"] == own_records
