@@ -94,9 +94,24 @@ def client_start(
         str,
         typer.Option(
             help="The class list you accept, comma-separated, in the federation's order; "
-            "plans with another list are refused. Unset: your label set is treated as public."
+            "plans with another list are refused. Unset: the federation's published list, "
+            "compared with your labels on this console only."
         ),
     ] = "",
+    count_noise: Annotated[
+        float,
+        typer.Option(
+            help="Std (in records) of the noise on your record count, which leaves only as "
+            "this DP release, charged once per data version."
+        ),
+    ] = 20.0,
+    public_record_count: Annotated[
+        bool,
+        typer.Option(
+            help="Declare your record count public: it is sent as is, and your training is "
+            "accounted under replace-one adjacency (sensitivity 2C), as your ledger says."
+        ),
+    ] = False,
     insecure: InsecureFlag = False,
 ) -> None:
     """Check your data and budget, then join the federation as an authenticated TLS SuperNode.
@@ -132,6 +147,8 @@ def client_start(
             "evaluate-noise-multiplier": evaluate_noise_multiplier,
             "run-epsilon-cap": run_epsilon_cap,
             "classes": classes,
+            "count-noise": count_noise,
+            "public-record-count": public_record_count,
         }
     )
     settings = dep.SuperNodeSettings(

@@ -25,18 +25,38 @@ def ledger_show(
 
     ledger = PrivacyLedger(ledger_dir)
     state = ledger.state()
-    table = Table("run", "round", "kind", "noise multiplier", "sample rate", "steps", "records")
+    table = Table(
+        "run",
+        "round",
+        "kind",
+        "definition",
+        "noise multiplier",
+        "sample rate",
+        "steps",
+        "records",
+        "released",
+    )
     for e in state.entries:
         table.add_row(
             str(e.run_id),
             str(e.server_round),
             e.kind,
+            e.relation,
             f"{e.event.noise_multiplier:.4f}",
             f"{e.event.sample_rate:.4f}",
             str(e.event.steps),
             str(e.records),
+            "" if e.released is None else str(e.released),
         )
     console.print(table)
+    relations = sorted({e.relation for e in state.entries})
+    console.print(
+        "neighbouring relation: "
+        + (", ".join(relations) or "none yet")
+        + " (add-remove: one record's presence is protected and the record count leaves only "
+        "as the 'count' release; replace-one: the owner declared its count public; noise "
+        "multipliers of replace-one entries are the accounted ones, sigma/2 at rate 1)"
+    )
     for change in state.budgets:
         when = dt.datetime.fromtimestamp(change.recorded_at, dt.UTC).isoformat(timespec="seconds")
         console.print(f"budget {change.old} -> {change.new:g} at {when}")

@@ -174,3 +174,63 @@ def test_the_count_release_is_charged_once_per_data_version_and_composed(owner_c
     assert entries[0].event == DpEvent(20.0, 1.0, 1) and entries[0].released == 600
     assert first.content[wire.METRICS]["num-examples"] == 600
     assert second.content[wire.METRICS]["num-examples"] == 600
+
+
+def _independent_pld(sigmas: list[float], relation, delta: float = 1e-5) -> float:
+    """dp-accounting's PLD over full-batch Gaussians, with the relation named: an
+    implementation apart from fedshield's (which composes accounted events)."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    accountant = pld_privacy_accountant.PLDAccountant(
+        neighboring_relation=relation, value_discretization_interval=1e-4
+    )
+    for sigma in sigmas:
+        accountant.compose(dp_accounting.GaussianDpEvent(sigma))
+    return float(accountant.get_epsilon(delta))
+
+
+FULL_BATCH_FIXED = PLAN.replace(batch_size=0, noise_multiplier=8.798, target_epsilon=0.0)
+
+
+def test_the_owners_epsilon_with_its_count_matches_an_independent_pld(owner_csv, tmp_path):
+    import dp_accounting
+
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    replies = [run_train(context, train_message(FULL_BATCH_FIXED, r)) for r in (1, 2, 3)]
+    claimed = replies[-1].content[wire.METRICS]["epsilon"]
+    independent = _independent_pld(
+        [20.0, 8.798, 8.798, 8.798], dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    assert independent <= claimed <= independent * 1.01
+    assert replies[-1].content[wire.OWNER][wire.PRIVACY_DEFINITION] == "add-remove"
+
+
+def test_a_public_count_is_sent_as_is_and_accounted_under_replace_one(owner_csv, tmp_path):
+    import dp_accounting
+
+    context = owner_context(owner_csv, tmp_path / "ledgers", budget=20.0)
+    context.node_config["public-record-count"] = True
+    replies = [run_train(context, train_message(FULL_BATCH_FIXED, r)) for r in (1, 2, 3)]
+    reply = replies[-1]
+    assert not reply.has_error(), reply.error
+    assert reply.content[wire.METRICS]["num-examples"] == 600  # N itself, declared public
+    assert reply.content[wire.OWNER][wire.PRIVACY_DEFINITION] == "replace-one"
+    entries = PrivacyLedger(tmp_path / "ledgers").entries()
+    assert [(e.kind, e.relation) for e in entries] == [("train", "replace-one")] * 3
+    claimed = reply.content[wire.METRICS]["epsilon"]
+    independent = _independent_pld([8.798] * 3, dp_accounting.NeighboringRelation.REPLACE_ONE)
+    assert independent <= claimed <= independent * 1.01
+
+
+def test_the_issues_figure_replace_one_doubles_the_sensitivity():
+    """sigma 8.798 over 40 full-batch rounds: epsilon 3.00 under add/remove, 6.70 under
+    replace-one (the figure the red team computed for the demo with N public)."""
+    from fedshield.common.privacy import REPLACE_ONE, accounted_event, epsilon_spent
+
+    rounds = [DpEvent(8.798, 1.0, 1)] * 40
+    assert epsilon_spent(rounds, 1e-5) == pytest.approx(3.0, abs=0.01)
+    replaced = [accounted_event(e, REPLACE_ONE) for e in rounds]
+    assert epsilon_spent(replaced, 1e-5) == pytest.approx(6.70, abs=0.01)
+    # Subsampled steps under replace-one are charged without amplification (rate 1).
+    assert accounted_event(DpEvent(2.0, 0.1, 9), REPLACE_ONE) == DpEvent(1.0, 1.0, 9)
