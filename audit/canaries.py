@@ -136,12 +136,18 @@ class CanaryScorer:
             )
         return torch.nan_to_num(losses, nan=1e6, posinf=1e6).numpy()
 
-    def observe(self, server_round: int, owner: str, global_arrays, update_arrays) -> None:
-        """The server accepted ``update_arrays`` from ``owner`` against ``global_arrays``."""
+    def observe(
+        self, server_round: int, owner: str, label: str | None, global_arrays, update_arrays
+    ) -> None:
+        """The server accepted ``update_arrays`` from ``owner`` against ``global_arrays``.
+
+        Simulated owners are named by node id (no keys); the scorer, who plays every owner
+        in this simulation, finds an owner's canaries by the label it declared, client-i."""
         prefix = "client-"
-        if not owner.startswith(prefix) or not owner[len(prefix) :].isdigit():
+        label = label or ""
+        if not label.startswith(prefix) or not label[len(prefix) :].isdigit():
             return
-        rows = self._groups.get(int(owner[len(prefix) :]))
+        rows = self._groups.get(int(label[len(prefix) :]))
         if rows is None:
             return
         after = self._losses(update_arrays, rows)

@@ -298,6 +298,17 @@ def _run_section(run: dict, number: int, total: int, esc) -> str:
             )
             + f"; {run['dropped_node_ids']} dropouts",
         ),
+        (
+            "Replies refused as impersonated",
+            (
+                f"{len(run['replies_impersonated'])}: a reply to a task not sent to its "
+                "sender, or to no task sent"
+                + "<br>"
+                + "<br>".join(esc(r) for r in run["replies_impersonated"])
+            )
+            if run.get("replies_impersonated")
+            else "none",
+        ),
         ("Refusals at the server", refusals if run["refusals"] else "none"),
     ]
     if run["resumed_from_round"]:

@@ -97,13 +97,16 @@ def requirements(
         auth_status = "pass"
     else:
         auth_status = "unverified"
+    impersonated = _count(servers, Event.REPLY_IMPERSONATED)
     rows.append(
         Requirement(
             "Authentication and access control",
             "HIPAA 164.312(a)(1), (d); ISO A.5.15",
             auth_status,
-            f"{len(node_ids)} node ids sent updates; transport: {joined}; "
-            f"foreign apps refused at owners: {_count(logs, Event.FOREIGN_APP_REFUSED)}",
+            f"{len(node_ids)} node ids sent updates, each named by its authenticated node key; "
+            f"transport: {joined}; replies refused by the server as not from the node their "
+            f"task went to: {impersonated}; foreign apps refused at owners: "
+            f"{_count(logs, Event.FOREIGN_APP_REFUSED)}",
         )
     )
 
@@ -180,7 +183,8 @@ def requirements(
             f"started, {ended} ended"
             + (f" ({per_run})" if len(server_runs) > 1 else "")
             + f"; {server_refusals} refusals, {rejected_updates} rejected updates, "
-            f"{dropped} dropouts" + ("" if servers else "; no server log given"),
+            f"{sum(len(r.replies_impersonated) for r in server_runs)} impersonated replies "
+            f"refused, {dropped} dropouts" + ("" if servers else "; no server log given"),
         )
     )
     return rows
@@ -195,20 +199,28 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
     """
     client_hashes = {e["hash"]: e for log in clients for e in log.entries}
     server_hashes = {e["hash"] for log in servers for e in log.entries}
-    actors = {e["actor"] for log in clients for e in log.entries}
+    given = _owners_given(clients)
     matched, missing = 0, []
     for server in servers:
         for entry in server.entries:
-            if entry["type"] != Event.UPDATE_RECEIVED or entry["data"]["owner"] not in actors:
+            data = entry["data"]
+            kind = entry["type"]
+            if kind not in (Event.UPDATE_RECEIVED, Event.EVALUATE_RECEIVED):
                 continue
-            head = entry["data"].get("owner-audit-head")
-            found = client_hashes.get(head)
+            if data.get("owner") not in given:
+                continue
+            where = f"{data['owner']} round {data.get('server-round')}"
+            found = client_hashes.get(data.get("owner-audit-head"))
             if found is None:
-                missing.append(f"{entry['data']['owner']} round {entry['data']['server-round']}")
-            elif found["data"].get("update-sha256") != entry["data"]["update-sha256"]:
-                missing.append(
-                    f"{entry['data']['owner']} round {entry['data']['server-round']}: digest differs"
-                )
+                missing.append(where)
+            elif kind == Event.UPDATE_RECEIVED and found["data"].get("update-sha256") != data.get(
+                "update-sha256"
+            ):
+                missing.append(f"{where}: digest differs")
+            elif kind == Event.EVALUATE_RECEIVED and found["data"].get("metrics") != data.get(
+                "metrics"
+            ):
+                missing.append(f"{where}: evaluate answer differs")
             else:
                 matched += 1
     if servers:
@@ -228,6 +240,22 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
                         f"server entry {head[:12]} recorded by {entry['actor']} is not in the server log"
                     )
     return {"matched": matched, "missing": missing}
+
+
+def _owners_given(clients: list[Verification]) -> set[str]:
+    """The owners whose logs were given, as the server names them: node-key fingerprints
+    (deployment), ``node-<id>`` (simulation: no keys) and, for logs written before owners
+    were named by key, the owners' own labels."""
+    given = set()
+    for log in clients:
+        for entry in log.entries:
+            given.add(entry["actor"])
+            data = entry.get("data") or {}
+            if entry["type"] == Event.NODE_START and data.get("node-key-fingerprint"):
+                given.add(data["node-key-fingerprint"])
+            if entry["type"] == Event.ROUND_START and data.get("node-id") is not None:
+                given.add(f"node-{data['node-id']}")
+    return given
 
 
 def _version() -> str:

@@ -9,7 +9,11 @@ Guarantees:
   ``round-configured`` entries (fields of the same name in ``run-start`` win);
 - "rounds with an accepted update" counts rounds in which the server accepted at least
   one owner's update (an ``update-received`` entry), not rounds run: a run whose every
-  round was refused has 0 of them.
+  round was refused has 0 of them;
+- owners are named as the server logged them (their node key's fingerprint; a label they
+  declared for themselves is shown beside it, marked so); every reply the server
+  rejected (``update-rejected``) and every reply it refused as sent for a task that was
+  not the sender's (``reply-impersonated``) is listed with its reason.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class RunSummary:
     final_accuracy: float | None = None
     updates_received: int = 0
     updates_rejected: list[str] = field(default_factory=list)
+    replies_impersonated: list[str] = field(default_factory=list)
     refusals: list[ServerRefusal] = field(default_factory=list)
     dropped_node_ids: int = 0
     owners_with_updates: list[str] = field(default_factory=list)
@@ -109,6 +114,13 @@ class RunSummary:
         data = asdict(self)
         data.pop("_configured_hashes")
         return {**data, "id": self.id_text, "availability": self.availability()}
+
+
+def _owner_text(data: dict) -> str:
+    """The owner as the server named it, with the label it declared, marked as such."""
+    owner = str(data.get("owner"))
+    label = data.get("owner-label-self-declared")
+    return f"{owner} (self-declared: {label})" if label and label != owner else owner
 
 
 def _model_name(description: dict | str | None) -> str:
@@ -168,7 +180,7 @@ def _server_runs(log: Verification) -> list[RunSummary]:
             current.updates_received += 1
             if server_round not in current.rounds_with_accepted_update:
                 current.rounds_with_accepted_update.append(server_round)
-            owner = str(data.get("owner"))
+            owner = _owner_text(data)
             if owner not in current.owners_with_updates:
                 current.owners_with_updates.append(owner)
             sigma = data.get("metrics", {}).get("noise-multiplier")
@@ -176,7 +188,15 @@ def _server_runs(log: Verification) -> list[RunSummary]:
                 current.noise_multipliers_used.append(sigma)
         elif kind == Event.UPDATE_REJECTED:
             current.updates_rejected.append(
-                f"round {server_round}: {data.get('owner')}: {data.get('reason')}"
+                f"round {server_round} {data.get('message-type', 'train')}: "
+                f"{_owner_text(data)}: {data.get('reason')}"
+            )
+        elif kind == Event.REPLY_IMPERSONATED:
+            victim = data.get("task-owner") or f"node {data.get('task-node-id')}"
+            current.replies_impersonated.append(
+                f"round {server_round} {data.get('message-type', 'train')}: node "
+                f"{data.get('sender-node-id')} replied to {victim}'s task "
+                f"{str(data.get('reply-to-message-id', ''))[:16]}: {data.get('reason')}"
             )
         elif kind == Event.CLIENT_REFUSED:
             code = data.get("code")

@@ -76,6 +76,14 @@ def server_start(
     keep_running: Annotated[
         bool, typer.Option(help="Keep the SuperLink up after the run (Ctrl-C stops it).")
     ] = False,
+    max_weight: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=RECORDS (repeat): the most an owner's update weighs in the average, "
+            "NAME being its --node-key file's stem, e.g. owner-1=5000 (default 10000; an "
+            "owner's own count is never trusted beyond it)."
+        ),
+    ] = None,
     insecure: InsecureFlag = False,
 ) -> None:
     """Start a TLS SuperLink with node authentication, register owners' keys, run the federation.
@@ -101,6 +109,7 @@ def server_start(
     if eval_data is not None:
         require_file(eval_data, "--eval-data")
     values = parse_key_values(run_config or [])
+    max_weights = _max_weights(max_weight or [])
     for key, value in (
         ("classes", classes),
         ("eval-data", str(eval_data) if eval_data else ""),
@@ -128,7 +137,22 @@ def server_start(
         node_timeout_s=node_timeout_s,
         run_timeout_s=run_timeout_s,
         keep_running=keep_running,
+        max_weights=max_weights,
     )
     out = serve_federation(settings, request, console.print)
     if (out / "metrics.json").exists():
         print_final(out)
+
+
+def _max_weights(items: list[str]) -> dict[str, int]:
+    """``--max-weight NAME=RECORDS`` items as a dict; a bad item names itself."""
+    weights = {}
+    for item in items:
+        name, _, records = item.partition("=")
+        if not name.strip() or not records.strip().isdigit() or int(records) < 1:
+            raise FedshieldError(
+                f"--max-weight {item!r}: give NAME=RECORDS, NAME the stem of a --node-key "
+                "file and RECORDS a whole number >= 1, e.g. --max-weight owner-1=5000"
+            )
+        weights[name.strip()] = int(records)
+    return weights

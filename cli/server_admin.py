@@ -88,26 +88,29 @@ def server_status(
     owners.add_column("node-key fingerprint", no_wrap=True, min_width=50)
     owners.add_column("node id", overflow="fold")
     owners.add_column("connection", overflow="fold")
-    budgets = Table(title="Privacy budget per owner label (epsilon, as the owners report it)")
-    for column in ("label", "owner"):
-        budgets.add_column(column)
+    budgets = Table(
+        title="Privacy budget per owner key (epsilon: every charge, train and evaluate, as "
+        "the owner's ledger reported it in its newest anchored reply)"
+    )
+    budgets.add_column("owner")
+    budgets.add_column("node-key fingerprint", no_wrap=True, min_width=50)
+    budgets.add_column("label (self-declared)")
     for column in ("spent", "budget", "left"):
         budgets.add_column(column, justify="right")
-    listed = set()
     for owner in view["owners"]:
-        identity = (owner["name"], owner["fingerprint"], owner["node-id"])
-        if identity not in listed:
-            listed.add(identity)
-            connection = owner["connection"]
-            if owner["removed"]:
-                removed = owner["removed"]
-                connection += f", removed {removed['time']}: {removed['reason']}"
-            owners.add_row(*_cells(*identity[:2], owner["node-id"] or "unknown", connection))
-        if owner["label"] != "unknown":
+        connection = owner["connection"]
+        if owner["removed"]:
+            removed = owner["removed"]
+            connection += f", removed {removed['time']}: {removed['reason']}"
+        owners.add_row(
+            *_cells(owner["name"], owner["fingerprint"], owner["node-id"] or "unknown", connection)
+        )
+        if owner["epsilon-spent"] is not None:
             budgets.add_row(
                 *_cells(
-                    owner["label"],
                     owner["name"],
+                    owner["fingerprint"],
+                    owner["label-self-declared"],
                     *(
                         _number(owner[k])
                         for k in ("epsilon-spent", "epsilon-budget", "epsilon-left")

@@ -92,7 +92,8 @@ def simulate(
     max_update_norm: Annotated[
         float,
         typer.Option(
-            help="Reject updates farther than this (L2) from the global model (0 = no bound)."
+            help="Reject updates farther than this (L2) from the global model (0: the "
+            "default bound, 50 x learning rate x clipping norm per local step)."
         ),
     ] = 0.0,
     fraction_train: Annotated[

@@ -47,6 +47,10 @@ class Event:
     EVALUATE_REFUSED = "evaluate-refused"
     ROUND_ERROR = "round-error"
     FOREIGN_APP_REFUSED = "foreign-app-refused"
+    # the server (appended): an owner's evaluate answer, anchored by its audit head; a
+    # reply refused because it answers no task sent, or not from the node it went to
+    EVALUATE_RECEIVED = "evaluate-received"
+    REPLY_IMPERSONATED = "reply-impersonated"
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ class RunConfig(_KebabConfig):
     server_momentum: float = 0.9
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2
-    max_update_norm: float = 0.0
+    max_update_norm: float = 0.0  # 0: the default bound (server/validate.py)
     fraction_train: float = 1.0
     min_train_nodes: int = 2
     fraction_evaluate: float = 0.0

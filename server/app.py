@@ -30,9 +30,11 @@ from fedshield.common.errors import FedshieldError
 from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
+from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.poll import prompt_grid
 from fedshield.server.strategy import UpdateObserver, build_strategy
+from fedshield.server.validate import UpdateNormBound
 
 log = logging.getLogger("fedshield.server")
 
@@ -72,7 +74,11 @@ def run_outcome(history: list[dict], stopped_after: int | None) -> dict:
     """What the run achieved, in the words an operator and a script can act on."""
     rounds = [entry for entry in history if entry["round"] > 0]
     with_updates = sum(1 for entry in rounds if entry["participants"])
-    refusals = Counter(r for entry in rounds for r in (*entry["refusals"], *entry["rejected"]))
+    refusals = Counter(
+        r
+        for entry in rounds
+        for r in (*entry["refusals"], *entry["rejected"], *entry.get("impersonated", []))
+    )
     reasons = [f"{count} x {reason}" for reason, count in refusals.most_common()]
     silent = sum(1 for entry in rounds if not (entry["participants"] or entry["refusals"]))
     if silent:
@@ -114,6 +120,8 @@ def run_federation(
         initial_arrays, lineage = load_parent_model(Path(config.continue_from), spec, classes)
     checkpoint = ServerCheckpoint.load(outputs.out_dir) if config.resume else None
     run_key = checkpoint.run_key if checkpoint else (config.run_key or uuid.uuid4().hex)
+    norm_bound = UpdateNormBound.from_plan(config, len(classes))
+    owners = OwnerDirectory.from_environment()
     audit.append(
         Event.RUN_START,
         **{
@@ -126,12 +134,19 @@ def run_federation(
             "eval-data": test.source,
             "transport": config.transport or "unspecified (flwr run)",
             "initial-model": lineage[0] if lineage else "untrained",
+            "update-norm-bound": norm_bound.describe(),
+            "owners-named-by": "the node key the SuperLink authenticated (SHA-256 "
+            "fingerprint; node-<id> without one); owner-id is a self-declared label",
+            "registered-owners": [
+                {k: o.get(k) for k in ("name", "fingerprint", "node-id", "max-weight")}
+                for o in owners.registry
+            ],
         },
     )
     strategy = build_strategy(
         config.aggregation,
         audit=audit,
-        max_update_norm=config.max_update_norm,
+        max_update_norm=norm_bound,
         trim_fraction=config.trim_fraction,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
@@ -141,6 +156,7 @@ def run_federation(
         server_learning_rate=config.server_learning_rate,
         server_momentum=config.server_momentum,
         observer=on_update,
+        owners=owners,
     )
     epsilon_so_far: dict[str, float] = {}
     history: list[dict] = []
@@ -179,6 +195,8 @@ def run_federation(
             "participants": record.participants if record else [],
             "refusals": record.refusals if record else [],
             "rejected": record.rejected if record else [],
+            "impersonated": record.impersonated if record else [],
+            "labels-self-declared": dict(record.labels) if record else {},
         }
         history.append(entry)
         outputs.record_round(entry)

@@ -52,6 +52,7 @@ from fedshield.common.pki import (
     ssh_public_key_fingerprint,
 )
 from fedshield.common.processes import ManagedProcess, flower_binary, flower_env
+from fedshield.server.identity import STATE_DIR_ENV
 
 CONNECTION = "fedshield"
 LOOPBACK = "127.0.0.1"
@@ -238,6 +239,9 @@ class ServingSuperLink:
             settings.refused_log.stat().st_size if settings.refused_log.exists() else 0
         )
         env = flower_env(settings.flwr_home)
+        # The ServerApp process the SuperLink starts inherits this: it names owners by
+        # their keys through this folder's registry (server/identity.py).
+        env[STATE_DIR_ENV] = str(settings.state_dir.resolve())
         self.superlink = ManagedProcess(
             "flower-superlink", superlink_command(settings), logs / "superlink.log", env
         )
@@ -296,8 +300,9 @@ def _now() -> str:
 def load_owner_registry(state_dir: Path) -> list[dict]:
     """The node keys ``server start`` registered from this state folder (``OWNERS_FILE``):
     each with "name" (the key file's stem), "key", "fingerprint", "node-id" (None when the
-    SuperLink had it already and this folder never learnt its id), "time" and "removed"
-    (None, or the time and reason of ``server remove-owner``)."""
+    SuperLink had it already and this folder never learnt its id), "time", "removed"
+    (None, or the time and reason of ``server remove-owner``) and, where the operator set
+    one, "max-weight" (the most records the owner weighs in an average)."""
     path = Path(state_dir) / OWNERS_FILE
     if not path.exists():
         return []
@@ -336,6 +341,23 @@ def _remember_registration(state_dir: Path, key: Path, fingerprint: str, node_id
             }
         )
     Path(state_dir).mkdir(parents=True, exist_ok=True)
+    save_owner_registry(state_dir, owners)
+
+
+def set_max_weights(state_dir: Path, max_weights: dict[str, int]) -> None:
+    """Record the most records each named owner (its key file's stem) may weigh in an
+    average (``max-weight``, server/identity.py); the others keep the default."""
+    owners = load_owner_registry(state_dir)
+    known = {o["name"] for o in owners if not o.get("removed")}
+    unknown = sorted(set(max_weights) - known)
+    if unknown:
+        raise ConfigError(
+            f"--max-weight names {unknown}, which are not registered keys here (registered: "
+            f"{', '.join(sorted(known)) or 'none'}); use the stem of a --node-key file"
+        )
+    for owner in owners:
+        if owner["name"] in max_weights:
+            owner["max-weight"] = int(max_weights[owner["name"]])
     save_owner_registry(state_dir, owners)
 
 

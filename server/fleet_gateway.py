@@ -30,8 +30,13 @@ SuperLink starts use it there) and runs this gateway on the public ``--host/--po
 - it re-encrypts to the SuperLink on loopback, verifying the SuperLink's certificate
   against the federation's CA (TLS end to end: another local process cannot pose as
   the SuperLink);
-- request and response bodies stream through (model updates of megabytes), never
-  buffered whole.
+- with node authentication on, a push-messages call (an owner's reply; a few KB, the
+  update itself travels in push-object) is read whole, up to its cap, and forwarded only
+  if every message in it comes from the node whose key signed the call
+  (server/fleet_sender.py: Flower's SuperLink does not check this); a refusal is logged
+  with the authenticated and the claimed node;
+- every other request and response body streams through (model updates of megabytes),
+  never buffered whole.
 
 Built on uvicorn, Starlette and httpx, the HTTP stack Flower itself uses for the SuperLink
 and the SuperNode (so HTTP parsing and TLS stay in maintained code, and no new
@@ -65,6 +70,13 @@ from fedshield.common.federation_info import (
     NOTICE_PATH_PREFIX,
     NOTICES_DIR,
 )
+from fedshield.server.fleet_sender import (
+    RegisteredNodes,
+    SenderRefused,
+    authenticated_key,
+    check_flower_version,
+    check_push_senders,
+)
 
 # Every call of flwr 1.42's FleetHttpClient a SuperNode with node authentication makes.
 FLEET_PATHS = frozenset(
@@ -93,8 +105,10 @@ FLOWER_HEADER_PREFIX = "flwr-"
 UPSTREAM_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 # Bodies are streamed, but Flower parses a whole body before it checks node
 # authentication: without a cap a stranger's huge POST fills the SuperLink's memory.
-# Model updates travel in push-object/push-messages (MiniLM: about 7 MB per layer).
-MAX_BODY_BYTES = {"/v1/fleet/push-object": 256 << 20, "/v1/fleet/push-messages": 64 << 20}
+# Model updates travel in push-object (MiniLM: about 7 MB per layer); push-messages
+# carries a reply's metadata and object ids only, and is read whole to check its senders.
+PUSH_MESSAGES_PATH = "/v1/fleet/push-messages"
+MAX_BODY_BYTES = {"/v1/fleet/push-object": 256 << 20, PUSH_MESSAGES_PATH: 4 << 20}
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT_CONNECTIONS = 512
 MAX_LOGGED_PATH_CHARS = 300
@@ -167,6 +181,11 @@ class FleetGateway:
         )
         settings.refused_log.parent.mkdir(parents=True, exist_ok=True)
         self.refused = 0
+        # Only authenticated nodes have a sender to check (--insecure: self-registered).
+        self.checks_senders = settings.pki_dir is not None
+        if self.checks_senders:
+            check_flower_version()
+        self.registered = RegisteredNodes(settings.state_dir)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -184,6 +203,8 @@ class FleetGateway:
             response = self.refuse(request)
         elif reason := self._malformed(request):
             response = self.refuse(request, status=reason)
+        elif self.checks_senders and request.url.path == PUSH_MESSAGES_PATH:
+            response = await self.forward_checked_push(request)
         else:
             response = await self.forward(request)
         await response(scope, receive, send)
@@ -231,17 +252,36 @@ class FleetGateway:
             return 413
         return None
 
-    async def forward(self, request: Request) -> Response:
+    async def forward_checked_push(self, request: Request) -> Response:
+        """Read the push-messages body (capped), check its senders, then forward it."""
+        try:
+            body = b"".join(
+                [
+                    chunk
+                    async for chunk in _capped(request.stream(), MAX_BODY_BYTES[PUSH_MESSAGES_PATH])
+                ]
+            )
+        except BodyTooLarge:
+            return self.refuse(request, status=413)
+        try:
+            fingerprint = authenticated_key(request.headers)
+            check_push_senders(body, fingerprint, self.registered.node_id(fingerprint))
+        except SenderRefused as refused:
+            return self.refuse(request, refused.status, str(refused), refused.details)
+        return await self.forward(request, body)
+
+    async def forward(self, request: Request, body: bytes | None = None) -> Response:
+        if body is None and request.method == "POST":
+            content = _capped(
+                request.stream(), MAX_BODY_BYTES.get(request.url.path, DEFAULT_MAX_BODY_BYTES)
+            )
+        else:
+            content = body
         outgoing = self.upstream.build_request(
             request.method,
             request.url.path,  # exactly one of the allowed paths; the query string is dropped
             headers=_forwarded(request.headers.items(), FORWARDED_REQUEST_HEADERS),
-            content=_capped(
-                request.stream(),
-                MAX_BODY_BYTES.get(request.url.path, DEFAULT_MAX_BODY_BYTES),
-            )
-            if request.method == "POST"
-            else None,
+            content=content,
         )
         try:
             upstream = await self.upstream.send(outgoing, stream=True)
@@ -263,7 +303,14 @@ class FleetGateway:
         ]
         return response
 
-    def refuse(self, request: Request, status: int | None = None) -> Response:
+    def refuse(
+        self,
+        request: Request,
+        status: int | None = None,
+        reason: str | None = None,
+        details: dict | None = None,
+    ) -> Response:
+        """Log the refusal (with ``reason`` and ``details`` when given) and answer it."""
         path = request.url.path
         status = status or (403 if path.startswith("/v1/") else 404)
         peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
@@ -273,6 +320,8 @@ class FleetGateway:
             "path": path[:MAX_LOGGED_PATH_CHARS],
             "peer": peer,
             "status": status,
+            **({"reason": reason[:MAX_LOGGED_PATH_CHARS]} if reason else {}),
+            **(details or {}),
         }
         line = (json.dumps(entry, ensure_ascii=True) + "\n").encode()
         fd = os.open(self.settings.refused_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -281,13 +330,15 @@ class FleetGateway:
         finally:
             os.close(fd)
         self.refused += 1
-        reason = {
+        if reason:
+            return PlainTextResponse(f"refused: {reason}", status_code=status)
+        said = {
             400: "refused: a request with both Content-Length and Transfer-Encoding",
             413: "refused: the body is larger than this Fleet call allows",
         }.get(
             status, "refused: this port serves Flower's Fleet API to data owners' SuperNodes only"
         )
-        return PlainTextResponse(reason, status_code=status)
+        return PlainTextResponse(said, status_code=status)
 
 
 def serve(settings: GatewaySettings) -> None:

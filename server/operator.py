@@ -32,6 +32,9 @@ class FederationRequest:
     node_timeout_s: float = 300.0
     run_timeout_s: float = 7200.0
     keep_running: bool = False
+    # key file stem -> the most records that owner weighs in an average (its registered
+    # size); owners not named weigh at most server/identity.py DEFAULT_MAX_WEIGHT
+    max_weights: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -> RunConfig:
@@ -117,6 +120,8 @@ def serve_federation(
 
     def register() -> None:  # before the public port opens: no owner meets an unknown key
         registered.extend(dep.register_node_keys(settings, keys) if keys else [])
+        if request.max_weights:
+            dep.set_max_weights(settings.state_dir, request.max_weights)
 
     link = dep.ServingSuperLink(settings, before_public=register)
     out = Path(values.get("out-dir") or runs / time.strftime("%Y%m%d-%H%M%S"))
@@ -152,7 +157,7 @@ def serve_federation(
     finally:
         link.stop()
         say(
-            f"fleet gateway refused {link.refused_requests()} request(s) to non-Fleet paths "
-            f"(log: {settings.refused_log})"
+            f"fleet gateway refused {link.refused_requests()} request(s): non-Fleet paths, "
+            f"oversized bodies, replies pushed for another node (log: {settings.refused_log})"
         )
     return out

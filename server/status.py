@@ -2,10 +2,13 @@
 
 Guarantee: every fact ``federation_status`` shows comes from the state folder's files
 (the owner registry ``server start`` writes, the newest run's metrics.json and server
-audit log) or from the SuperLink itself (``flwr supernode ls`` on loopback); an owner's
-public label is tied to a node key only where the server's audit log shows an update
-accepted under that label from the node id the key was registered as. Where the data do
-not tie them, the field reads "unknown": nothing is inferred from names.
+audit log) or from the SuperLink itself (``flwr supernode ls`` on loopback). An owner is
+its node key's fingerprint: its epsilon is the total its own ledger reported in the
+newest reply the server accepted from that key, train or evaluate (an evaluate answer is
+a charge too), counting only replies that carry the hash of the owner's own audit entry
+(anchored: the auditor finds it in the owner's log). The label an owner declares is
+shown only as "label-self-declared". Where the data do not tie a fact to a key, the
+field reads "unknown": nothing is inferred from names.
 
 ``remove_owner`` writes the notice the owner's client shows (common/federation_info.py)
 before it unregisters the node, so the notice is there when the owner's SuperNode stops;
@@ -85,25 +88,54 @@ def _run_view(run_dir: Path, entries: list[dict]) -> dict:
     }
 
 
-def _updates_by_node(entries: list[dict]) -> dict[str, dict[str, dict]]:
-    """node id -> label -> the latest accepted update's metrics (epsilon, budget, round)."""
-    nodes: dict[str, dict[str, dict]] = {}
+def _owner_key(data: dict) -> str:
+    """How a server entry names its owner: the key fingerprint, else the node id (logs
+    written before owners were named by key)."""
+    return data.get("node-key-fingerprint") or f"node:{data.get('node-id')}"
+
+
+def _anchored_replies(entries: list[dict]) -> dict[str, dict]:
+    """owner -> the newest accepted, anchored reply's facts: epsilon (train or evaluate),
+    the budget from the newest update, the self-declared label, round and kind."""
+    owners: dict[str, dict] = {}
+    kinds = {Event.UPDATE_RECEIVED: "train", Event.EVALUATE_RECEIVED: "evaluate"}
     for entry in entries:
-        if entry.get("type") != Event.UPDATE_RECEIVED:
+        kind = kinds.get(entry.get("type"))
+        data = entry.get("data") or {}
+        if kind is None or not data.get("owner-audit-head"):
             continue
-        data = entry["data"]
-        labels = nodes.setdefault(str(data["node-id"]), {})
-        labels.pop(data["owner"], None)  # re-inserted: the latest label comes last
-        labels[data["owner"]] = {**data.get("metrics", {}), "round": data.get("server-round")}
-    return nodes
+        metrics = data.get("metrics") or {}
+        seen = owners.setdefault(_owner_key(data), {"epsilon-budget": None})
+        seen.update(
+            {
+                "epsilon": metrics.get("epsilon"),
+                "round": data.get("server-round"),
+                "kind": kind,
+                "owner-audit-head": data["owner-audit-head"],
+                "node-id": data.get("node-id"),
+                "fingerprint": data.get("node-key-fingerprint"),
+            }
+        )
+        if kind == "train":
+            seen["epsilon-budget"] = metrics.get("epsilon-budget")
+        label = data.get("owner-label-self-declared")
+        if label:
+            seen["label"] = label
+    return owners
 
 
-def _epsilon(metrics: dict | None) -> dict:
-    if not metrics:
+def _epsilon(reply: dict | None) -> dict:
+    if not reply:
         return {"epsilon-spent": None, "epsilon-budget": None, "epsilon-left": None}
-    spent, budget = metrics.get("epsilon"), metrics.get("epsilon-budget")
+    spent, budget = reply.get("epsilon"), reply.get("epsilon-budget")
     left = budget - spent if spent is not None and budget is not None else None
-    return {"epsilon-spent": spent, "epsilon-budget": budget, "epsilon-left": left}
+    return {
+        "epsilon-spent": spent,
+        "epsilon-budget": budget,
+        "epsilon-left": left,
+        "epsilon-from": f"round {reply['round']} {reply['kind']} reply, owner audit entry "
+        f"{str(reply['owner-audit-head'])[:16]}",
+    }
 
 
 def _superlink_view(state_dir: Path) -> tuple[dict, dict[str, dict]]:
@@ -132,61 +164,39 @@ def _connection(owner_node: str | None, reachable: bool, nodes: dict[str, dict])
 
 
 def federation_status(state_dir: Path, run_dir: Path | None = None) -> dict:
-    """Owners (name, fingerprint, node id, connection, label, epsilon spent/budget/left),
-    the current run, and whether the SuperLink answered."""
+    """Owners (name, fingerprint, node id, connection, self-declared label, epsilon
+    spent/budget/left), the current run, and whether the SuperLink answered."""
     state_dir = Path(state_dir)
     run_dir = run_dir or newest_run_dir(state_dir)
     audit_path = server_audit_path(run_dir) if run_dir else None
     entries = _audit_entries(audit_path)
-    updates = _updates_by_node(entries)
+    replies = _anchored_replies(entries)
     superlink, nodes = _superlink_view(state_dir)
-    metrics = (_read_json(run_dir / "metrics.json") or {}) if run_dir else {}
-    rounds = metrics.get("rounds") or []
-    run_epsilon: dict = rounds[-1].get("epsilon", {}) if rounds else {}
 
-    owners: list[dict] = []
-    tied_labels: set[str] = set()
     registry = dep.load_owner_registry(state_dir)
     registered_nodes = {str(o["node-id"]) for o in registry if o.get("node-id") is not None}
     keyed = [(o, None if o.get("node-id") is None else str(o["node-id"])) for o in registry]
     # Nodes the SuperLink knows that this folder did not register (e.g. by hand with flwr).
     keyed += [(None, node_id) for node_id in nodes if node_id not in registered_nodes]
+    shown: set[str] = set()
+    owners: list[dict] = []
     for owner, node_id in keyed:
-        base = {
-            "name": owner["name"] if owner else UNKNOWN,
-            "key": owner["key"] if owner else UNKNOWN,
-            "fingerprint": owner["fingerprint"] if owner else UNKNOWN,
-            "node-id": node_id,
-            "connection": _connection(node_id, superlink["reachable"], nodes),
-            "removed": owner.get("removed") if owner else None,
-        }
-        base["connected"] = (
-            base["connection"] == "online"
-            if superlink["reachable"] and node_id is not None
-            else None
-        )
-        labels = updates.get(node_id, {}) if node_id is not None else {}
-        if not labels:
-            owners.append({**base, "label": UNKNOWN, **_epsilon(None)})
-        for label, latest in labels.items():
-            tied_labels.add(label)
-            owners.append({**base, "label": label, **_epsilon(latest)})
-    # Labels the run's metrics show that no audit entry ties to a registered node key.
-    for label, spent in sorted(run_epsilon.items()):
-        if label not in tied_labels:
+        fingerprint = owner["fingerprint"] if owner else None
+        reply = replies.get(fingerprint) if fingerprint else None
+        if reply is None and node_id is not None:
+            reply = replies.get(f"node:{node_id}")
+        if reply is None and fingerprint is None and node_id is not None:
+            # a node registered elsewhere: its replies name the key the SuperLink holds
+            reply = next((r for r in replies.values() if str(r.get("node-id")) == node_id), None)
+            fingerprint = reply.get("fingerprint") if reply else None
+        shown.update(k for k in (fingerprint, f"node:{node_id}") if k)
+        owners.append(_owner_row(owner, fingerprint, node_id, reply, superlink, nodes))
+    # Keys the log shows replies from that neither the registry nor the SuperLink lists.
+    for key, reply in replies.items():
+        if key not in shown:
+            node_id = None if reply.get("node-id") is None else str(reply["node-id"])
             owners.append(
-                {
-                    "name": UNKNOWN,
-                    "key": UNKNOWN,
-                    "fingerprint": UNKNOWN,
-                    "node-id": None,
-                    "connection": UNKNOWN,
-                    "connected": None,
-                    "removed": None,
-                    "label": label,
-                    **_epsilon(None),
-                    "epsilon-spent": spent,
-                }
+                _owner_row(None, reply.get("fingerprint"), node_id, reply, superlink, nodes)
             )
     return {
         "state": str(state_dir),
@@ -194,6 +204,29 @@ def federation_status(state_dir: Path, run_dir: Path | None = None) -> dict:
         "run": _run_view(run_dir, entries) if run_dir else None,
         "server-audit-log": str(audit_path) if audit_path else None,
         "owners": owners,
+    }
+
+
+def _owner_row(
+    owner: dict | None,
+    fingerprint: str | None,
+    node_id: str | None,
+    reply: dict | None,
+    superlink: dict,
+    nodes: dict[str, dict],
+) -> dict:
+    connection = _connection(node_id, superlink["reachable"], nodes)
+    return {
+        "name": owner["name"] if owner else UNKNOWN,
+        "key": owner["key"] if owner else UNKNOWN,
+        "fingerprint": fingerprint or UNKNOWN,
+        "node-id": node_id,
+        "connection": connection,
+        "connected": connection == "online" if superlink["reachable"] and node_id else None,
+        "removed": owner.get("removed") if owner else None,
+        "max-weight": owner.get("max-weight") if owner else None,
+        "label-self-declared": (reply or {}).get("label") or UNKNOWN,
+        **_epsilon(reply),
     }
 
 

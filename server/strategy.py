@@ -3,13 +3,17 @@
 ``fedavg`` is Flower's FedAvg (weighted by example counts), ``median`` and
 ``trimmed-mean`` are Flower's robust FedMedian and FedTrimmedAvg. ``ValidatingStrategy``
 wraps any of them the way Flower's DP wrappers do (it takes the inner strategy in its
-constructor, validates its own arguments there, and delegates): it validates every
-update before the inner strategy aggregates it (server/validate.py); applies the server
-optimizer (learning rate and momentum, as FedAvgM does) to the inner aggregate, keeping
-the momentum as its own state so that a checkpoint can save and restore it; and
-records, per round, who took part, each owner's reported epsilon, and every refusal,
-dropout and rejection, for metrics.json and the audit log. Aggregation is
-post-processing of DP updates, so every choice keeps the owners' guarantees.
+constructor, validates its own arguments there, and delegates): it checks that every
+reply answers a task this server sent, from the node the task went to; names the owner
+by that node's authenticated key (server/identity.py), never by a field of the reply;
+validates every update before the inner strategy aggregates it (server/validate.py),
+with the norm bound on by default and each weight bounded by what the operator allows;
+applies the server optimizer (learning rate and momentum, as FedAvgM does) to the inner
+aggregate, keeping the momentum as its own state so that a checkpoint can save and
+restore it; and records, per round, who took part, each owner's reported epsilon (train
+and evaluate), and every refusal, dropout, rejection and impersonation, for
+metrics.json and the audit log. Aggregation is post-processing of DP updates, so every
+choice keeps the owners' guarantees.
 """
 
 from __future__ import annotations
@@ -27,56 +31,75 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.untrusted import owner_label, printable
-from fedshield.server.validate import UpdateRejected, validate_update
+from fedshield.server.identity import OwnerDirectory, OwnerIdentity
+from fedshield.server.validate import (
+    UpdateNormBound,
+    UpdateRejected,
+    aggregation_weight,
+    record_count,
+    validate_evaluate_reply,
+    validate_update,
+)
 
 log = logging.getLogger("fedshield.server")
 
-# Called with (server round, owner, global model sent, update received) for every
-# accepted update: what the server sees, e.g. for the empirical audit's canary scores.
-UpdateObserver = Callable[[int, str, ArrayRecord, ArrayRecord], None]
+# Called with (server round, owner, self-declared label or None, global model sent,
+# update received) for every accepted update: what the server sees, e.g. for the
+# empirical audit's canary scores. ``owner`` is the authenticated name (server/identity.py).
+UpdateObserver = Callable[[int, str, str | None, ArrayRecord, ArrayRecord], None]
 
 
 @dataclass
 class RoundRecord:
     server_round: int
-    participants: list[str] = field(default_factory=list)
-    epsilon: dict[str, float] = field(default_factory=dict)
+    participants: list[str] = field(default_factory=list)  # owners' authenticated names
+    epsilon: dict[str, float] = field(default_factory=dict)  # name -> newest reported total
+    labels: dict[str, str] = field(default_factory=dict)  # name -> self-declared label
     refusals: list[str] = field(default_factory=list)
     refusal_codes: list[int] = field(default_factory=list)
     connected: int = 0  # owners connected when the round was configured
     rejected: list[str] = field(default_factory=list)
+    impersonated: list[str] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
 
 
 class ValidatingStrategy(Strategy):
-    """Validate, then let ``strategy`` aggregate; server optimizer; record the rounds."""
+    """Check senders, validate, then let ``strategy`` aggregate; server optimizer; record."""
 
     def __init__(
         self,
         strategy: Strategy,
         *,
         audit: AuditLog,
-        max_update_norm: float = 0.0,
+        max_update_norm: float | UpdateNormBound = 0.0,
         server_learning_rate: float = 1.0,
         server_momentum: float = 0.0,
         observer: UpdateObserver | None = None,
+        owners: OwnerDirectory | None = None,
     ) -> None:
         if server_learning_rate <= 0:
             raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate}")
         if not 0 <= server_momentum < 1:
             raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
-        if max_update_norm < 0:
-            raise ValueError(f"max_update_norm must be >= 0, got {max_update_norm}")
+        if not isinstance(max_update_norm, UpdateNormBound):
+            if max_update_norm < 0:
+                raise ValueError(f"max_update_norm must be >= 0, got {max_update_norm}")
+            max_update_norm = UpdateNormBound(fixed=max_update_norm)
         self.strategy = strategy
         self.audit = audit
-        self.max_update_norm = max_update_norm
+        self.norm_bound = max_update_norm
         self.server_learning_rate = server_learning_rate
         self.server_momentum = server_momentum
         self.observer = observer
+        self.owners = owners if owners is not None else OwnerDirectory()
         self.momentum: list[np.ndarray] | None = None
         self.rounds: dict[int, RoundRecord] = {}
         self._global_arrays: ArrayRecord | None = None
         self._sampled: list[int] = []
+        # The tasks of the current train and evaluate step: Flower's grid writes each
+        # message's id into it when it pushes it, so after sending they map id -> node.
+        self._train_tasks: list[Message] = []
+        self._evaluate_tasks: list[Message] = []
         self._connected = 0
         # Rounds already done before a resume: Flower's loop counts from 1 again, the
         # owners and the logs must see the true round number.
@@ -104,75 +127,183 @@ class ValidatingStrategy(Strategy):
         config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._connected = len(list(grid.get_node_ids()))
+        self.owners.refresh(grid)
+        self._train_tasks = messages
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self.audit.append(
-            Event.ROUND_SAMPLED, **{"server-round": server_round, "node-ids": self._sampled}
+            Event.ROUND_SAMPLED,
+            **{
+                "server-round": server_round,
+                "node-ids": self._sampled,
+                "owners": [self.owners.identity(n).name for n in self._sampled],
+            },
         )
         return messages
+
+    def _check_senders(
+        self, server_round: int, kind: str, replies: list[Message], tasks: list[Message]
+    ) -> list[tuple[Message, OwnerIdentity]]:
+        """The replies that answer a task of ``tasks`` from the node it was sent to, once,
+        each with its owner; every other reply is refused, logged and audited."""
+        record = self._record(server_round)
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in tasks}
+        sent.pop("", None)  # a task the grid did not push has no id and no valid reply
+        if tasks and not sent:
+            log.error(
+                "round %d: none of the %d %s tasks has a message id after sending; flwr 1.42's "
+                "grids set it when they push (server/strategy.py relies on it): every reply "
+                "is refused until this is fixed",
+                server_round,
+                len(tasks),
+                kind,
+            )
+        answered: set[str] = set()
+        checked = []
+        for reply in replies:
+            task_id = reply.metadata.reply_to_message_id
+            sender = reply.metadata.src_node_id
+            task_node = sent.get(task_id)
+            if task_node is None:
+                reason = "replies to a task this server did not send in this step"
+            elif sender != task_node:
+                reason = f"node {sender} sent the reply to the task sent to node {task_node}"
+            elif task_id in answered:
+                reason = "a second reply to the same task"
+            else:
+                answered.add(task_id)
+                checked.append((reply, self.owners.identity(task_node)))
+                continue
+            victim = self.owners.identity(task_node).name if task_node is not None else None
+            record.impersonated.append(
+                f"{kind} reply from node {sender}"
+                + (f" for {victim}'s task" if victim else "")
+                + f": {reason}"
+            )
+            log.warning(
+                "round %d: refused a %s reply from node %s: %s", server_round, kind, sender, reason
+            )
+            self.audit.append(
+                Event.REPLY_IMPERSONATED,
+                **{
+                    "server-round": server_round,
+                    "message-type": kind,
+                    "sender-node-id": sender,
+                    "reply-to-message-id": printable(task_id, 80),
+                    "task-node-id": task_node,
+                    "task-owner": victim,
+                    "reason": reason,
+                },
+            )
+        return checked
+
+    def _record(self, server_round: int) -> RoundRecord:
+        if server_round not in self.rounds:
+            self.rounds[server_round] = RoundRecord(server_round, connected=self._connected)
+        return self.rounds[server_round]
+
+    def _refused(self, server_round: int, kind: str, reply: Message, owner: OwnerIdentity) -> None:
+        """An owner's coded refusal: the server's own words for known codes."""
+        code = int(reply.error.code)
+        said = wire.REFUSAL_REASONS.get(code)
+        if said is None:
+            said = f"error {code}: " + printable(reply.error.reason or "no reason", 200)
+        reason = f"{owner.name}: {said}"
+        record = self._record(server_round)
+        if kind == "train":
+            record.refusals.append(reason)
+            record.refusal_codes.append(code)
+        log.warning("round %d: %s refused the %s request: %s", server_round, owner.name, kind, said)
+        self.audit.append(
+            Event.CLIENT_REFUSED,
+            **{
+                "server-round": server_round,
+                "message-type": kind,
+                **owner.describe(),
+                "reason-as-sent": printable(reply.error.reason or "", 300),
+                "code": code,
+                "reason": reason,
+            },
+        )
+
+    def _rejected(
+        self, server_round: int, kind: str, owner: OwnerIdentity, exc: UpdateRejected
+    ) -> None:
+        self._record(server_round).rejected.append(f"{owner.name}: {exc}")
+        log.warning(
+            "round %d: rejected a %s reply from %s: %s", server_round, kind, owner.name, exc
+        )
+        self.audit.append(
+            Event.UPDATE_REJECTED,
+            **{
+                "server-round": server_round,
+                "message-type": kind,
+                **owner.describe(),
+                "reason": str(exc),
+            },
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        record = RoundRecord(server_round, connected=self._connected)
-        self.rounds[server_round] = record
-        replies = list(replies)
+        self.rounds[server_round] = RoundRecord(server_round, connected=self._connected)
+        record = self.rounds[server_round]
+        checked = self._check_senders(server_round, "train", list(replies), self._train_tasks)
         accepted: list[Message] = []
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
+        for reply, owner in checked:
             if reply.has_error():
-                reason = printable(
-                    reply.error.reason or f"node {node_id}: error {reply.error.code}", 300
-                )
-                record.refusals.append(reason)
-                record.refusal_codes.append(int(reply.error.code))
-                log.warning("round %d: %s", server_round, reason)
-                self.audit.append(
-                    Event.CLIENT_REFUSED,
-                    **{
-                        "server-round": server_round,
-                        "node-id": node_id,
-                        "code": reply.error.code,
-                        "reason": reason,
-                    },
-                )
+                self._refused(server_round, "train", reply, owner)
                 continue
-            owner = owner_label(self._owner_field(reply, wire.OWNER_ID)) or f"node {node_id}"
+            label = self._label(reply)
             try:
-                norm = validate_update(reply, self._global_arrays, self.max_update_norm)
+                count = record_count(self._metric(reply, "num-examples"))
+                weight = aggregation_weight(count, owner.max_weight)
+                bound = self.norm_bound.for_records(weight)
+                norm = validate_update(reply, self._global_arrays, bound)
             except UpdateRejected as exc:
-                record.rejected.append(f"{owner}: {exc}")
-                log.warning("round %d: rejected update from %s: %s", server_round, owner, exc)
-                self.audit.append(
-                    Event.UPDATE_REJECTED,
-                    **{
-                        "server-round": server_round,
-                        "node-id": node_id,
-                        "owner": owner,
-                        "reason": str(exc),
-                    },
-                )
+                self._rejected(server_round, "train", owner, exc)
                 continue
+            metrics = reply.content[wire.METRICS]
             digest, size = wire.arrays_digest(reply.content[wire.ARRAYS])
             self.audit.append(
                 Event.UPDATE_RECEIVED,
                 **{
                     "server-round": server_round,
-                    "node-id": node_id,
-                    "owner": owner,
+                    **owner.describe(),
+                    "owner-label-self-declared": label,
                     "update-sha256": digest,
                     "update-bytes": size,
                     "update-l2-distance": norm,
-                    "metrics": dict(reply.content[wire.METRICS]),
+                    "update-norm-bound": bound,
+                    "aggregation-weight": weight,
+                    "metrics": dict(metrics),
                     "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD, 80),
                 },
             )
-            record.participants.append(owner)
-            record.epsilon[owner] = float(reply.content[wire.METRICS]["epsilon"])
+            if weight < count:
+                log.warning(
+                    "round %d: %s reported %d records; weighted %d (its cap)",
+                    server_round,
+                    owner.name,
+                    count,
+                    weight,
+                )
+            record.participants.append(owner.name)
+            record.epsilon[owner.name] = float(metrics["epsilon"])
+            if label:
+                record.labels[owner.name] = label
+            # The inner strategy weighs by "num-examples": hand it the bounded weight.
+            reply.content[wire.METRICS] = MetricRecord({**dict(metrics), "num-examples": weight})
             accepted.append(reply)
             if self.observer is not None:
-                self.observer(server_round, owner, self._global_arrays, reply.content[wire.ARRAYS])
-        replied = {r.metadata.src_node_id for r in replies}
+                self.observer(
+                    server_round,
+                    owner.name,
+                    label,
+                    self._global_arrays,
+                    reply.content[wire.ARRAYS],
+                )
+        replied = {owner.node_id for _, owner in checked}
         record.dropped = [n for n in self._sampled if n not in replied]
         if record.dropped:
             self.audit.append(
@@ -219,14 +350,52 @@ class ValidatingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(
-            server_round + self.round_offset, arrays, config, grid
+        messages = list(
+            self.strategy.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
         )
+        self._evaluate_tasks = messages
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round + self.round_offset, replies)
+        """Check senders and metrics; record each owner's newest epsilon (an evaluate
+        answer is charged to the owner's ledger) with its audit head, then delegate."""
+        server_round += self.round_offset
+        record = self._record(server_round)
+        checked = self._check_senders(server_round, "evaluate", list(replies), self._evaluate_tasks)
+        accepted: list[Message] = []
+        for reply, owner in checked:
+            if reply.has_error():
+                self._refused(server_round, "evaluate", reply, owner)
+                continue
+            label = self._label(reply)
+            try:
+                count = validate_evaluate_reply(reply)
+            except UpdateRejected as exc:
+                self._rejected(server_round, "evaluate", owner, exc)
+                continue
+            weight = aggregation_weight(count, owner.max_weight)
+            metrics = reply.content[wire.METRICS]
+            self.audit.append(
+                Event.EVALUATE_RECEIVED,
+                **{
+                    "server-round": server_round,
+                    **owner.describe(),
+                    "owner-label-self-declared": label,
+                    "aggregation-weight": weight,
+                    "metrics": dict(metrics),
+                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD, 80),
+                },
+            )
+            record.epsilon[owner.name] = float(metrics["epsilon"])
+            if label:
+                record.labels.setdefault(owner.name, label)
+            reply.content[wire.METRICS] = MetricRecord({**dict(metrics), "num-examples": weight})
+            accepted.append(reply)
+        if not accepted:
+            return None
+        return self.strategy.aggregate_evaluate(server_round, accepted)
 
     def every_owner_refused_for_budget(self, server_round: int) -> bool:
         """No update in ``server_round`` and every connected owner refused for its budget:
@@ -238,6 +407,18 @@ class ValidatingStrategy(Strategy):
             and len(record.refusal_codes) >= max(record.connected, 1)
             and all(code == wire.ERROR_BUDGET_EXCEEDED for code in record.refusal_codes)
         )
+
+    @classmethod
+    def _label(cls, reply: Message) -> str | None:
+        """The label the owner declared for itself: shown beside its name, never as it."""
+        return owner_label(cls._owner_field(reply, wire.OWNER_ID, 64))
+
+    @staticmethod
+    def _metric(reply: Message, key: str) -> object:
+        metrics = reply.content.metric_records.get(wire.METRICS)
+        if metrics is None or key not in metrics:
+            raise UpdateRejected(f"no metrics.{key} in the reply")
+        return metrics[key]
 
     @staticmethod
     def _owner_field(reply: Message, key: str, limit: int = 200) -> str | None:
@@ -254,11 +435,12 @@ def build_strategy(
     aggregation: str,
     *,
     audit: AuditLog,
-    max_update_norm: float,
+    max_update_norm: float | UpdateNormBound,
     server_learning_rate: float,
     server_momentum: float,
     trim_fraction: float,
     observer: UpdateObserver | None = None,
+    owners: OwnerDirectory | None = None,
     **sampling,
 ) -> ValidatingStrategy:
     """Flower's strategy named by ``aggregation`` (one of AGGREGATIONS), wrapped.
@@ -283,4 +465,5 @@ def build_strategy(
         server_learning_rate=server_learning_rate,
         server_momentum=server_momentum,
         observer=observer,
+        owners=owners,
     )

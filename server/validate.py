@@ -1,21 +1,99 @@
-"""Server-side validation of every client update before it is aggregated.
+"""Server-side validation of every client reply before it is aggregated.
 
 Guarantee: an update reaches aggregation only if it has exactly the global model's keys,
-shapes and dtypes, only finite values, a positive example count, and (when a bound is
-set) an L2 distance from the global model within ``max_update_norm``. Anything else is
-rejected with a reason and leaves the global model untouched.
+shapes and dtypes, only finite values, a record count that is a finite non-negative
+integer, and an L2 distance from the global model within its bound (``UpdateNormBound``:
+on by default). Anything else is rejected with a reason and leaves the global model
+untouched. An evaluate reply passes only with every declared metric present and finite
+and the same record-count check. The weight a reply gets in an average is its owner's
+count bounded to ``[1, max_weight]`` (``aggregation_weight``), never the count as sent.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedshield.common import wire
 
+# The default bound, in steps of (learning rate x clipping norm). One DP-SGD step moves a
+# model by lr x (clipped mean, <= C, plus noise sigma*C*sqrt(d)/N); the demo's largest
+# honest update was 1.47 lr*C (7.33 at 669 records, sigma 8.82, d 8194; 400 updates, 40
+# rounds x 10 owners), so 50 leaves 34x, and the noise term fits it down to ~17 records.
+DEFAULT_NORM_STEPS = 50.0
+
 
 class UpdateRejected(Exception):
     """A client's reply cannot be aggregated; the message says why."""
+
+
+@dataclass(frozen=True)
+class UpdateNormBound:
+    """The most an update may move the global model (L2).
+
+    ``fixed`` > 0: that bound (run config ``max-update-norm``). Otherwise, with a
+    ``step_norm`` (learning rate x clipping norm) from the plan: ``DEFAULT_NORM_STEPS``
+    step norms per local step, the local steps counted from the owner's bounded record
+    count. ``UpdateNormBound()`` bounds nothing (tests of the robust aggregates only).
+    """
+
+    fixed: float = 0.0
+    step_norm: float = 0.0
+    local_epochs: int = 1
+    batch_size: int = 0  # 0: full batch, one step per epoch
+
+    @classmethod
+    def from_plan(cls, plan, num_classes: int) -> UpdateNormBound:
+        """The run's bound: ``max-update-norm`` if set, else derived from the plan."""
+        if plan.max_update_norm > 0:
+            return cls(fixed=plan.max_update_norm)
+        learning_rate = plan.learning_rate_for(num_classes)
+        if plan.model == "minilm":
+            learning_rate = max(learning_rate, plan.encoder_learning_rate)
+        return cls(
+            step_norm=learning_rate * plan.max_grad_norm,
+            local_epochs=plan.local_epochs,
+            batch_size=plan.batch_size,
+        )
+
+    def for_records(self, records: int) -> float:
+        """The bound for an owner weighing ``records`` (0: no bound)."""
+        if self.fixed > 0:
+            return self.fixed
+        if self.step_norm <= 0:
+            return 0.0
+        steps = 1 if self.batch_size == 0 else math.ceil(max(records, 1) / self.batch_size)
+        return DEFAULT_NORM_STEPS * self.step_norm * self.local_epochs * steps
+
+    def describe(self) -> str:
+        if self.fixed > 0:
+            return f"{self.fixed:g} (max-update-norm)"
+        if self.step_norm <= 0:
+            return "none"
+        return (
+            f"{DEFAULT_NORM_STEPS:g} x learning rate x max-grad-norm ({self.step_norm:g}) per "
+            "local step"
+        )
+
+
+def record_count(value: object) -> int:
+    """An owner's reported record count (its DP release): a finite integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UpdateRejected(f"num-examples must be an integer >= 0, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise UpdateRejected(f"num-examples must be an integer >= 0, got {value!r}")
+    if value < 0:
+        raise UpdateRejected(f"num-examples must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def aggregation_weight(count: int, max_weight: int) -> int:
+    """An average's weight: the count (0 counts as 1, a DP count may be 0), at most
+    ``max_weight``: a self-reported count never buys more than the operator allows."""
+    return min(max(count, 1), max_weight)
 
 
 def validate_update(
@@ -30,9 +108,8 @@ def validate_update(
     missing = [k for k in wire.REPLY_METRIC_KEYS if k not in content[wire.METRICS]]
     if missing:
         raise UpdateRejected(f"metrics lack {missing}")
-    num_examples = content[wire.METRICS]["num-examples"]
-    if not isinstance(num_examples, int) or num_examples <= 0:
-        raise UpdateRejected(f"num-examples must be a positive integer, got {num_examples!r}")
+    _check_finite(content[wire.METRICS], wire.REPLY_METRIC_KEYS)
+    record_count(content[wire.METRICS]["num-examples"])
     update = content[wire.ARRAYS]
     if set(update.keys()) != set(global_arrays.keys()):
         raise UpdateRejected(
@@ -53,3 +130,28 @@ def validate_update(
     if max_update_norm > 0 and norm > max_update_norm:
         raise UpdateRejected(f"update norm {norm:.4g} exceeds the bound {max_update_norm:g}")
     return norm
+
+
+def validate_evaluate_reply(reply: Message) -> int:
+    """Check an evaluate reply's metrics; returns its record count."""
+    content = reply.content
+    if wire.METRICS not in content.metric_records:
+        raise UpdateRejected(f"no '{wire.METRICS}' MetricRecord in the reply")
+    metrics = content[wire.METRICS]
+    missing = [k for k in wire.EVALUATE_METRIC_KEYS if k not in metrics]
+    if missing:
+        raise UpdateRejected(f"metrics lack {missing}")
+    _check_finite(metrics, wire.EVALUATE_METRIC_KEYS)
+    return record_count(metrics["num-examples"])
+
+
+def _check_finite(metrics, keys) -> None:
+    """Every declared metric a finite number: a NaN epsilon must not reach metrics.json."""
+    for key in keys:
+        value = metrics[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise UpdateRejected(f"{key} must be a finite number, got {value!r}")

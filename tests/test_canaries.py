@@ -96,8 +96,8 @@ def test_scores_follow_updates_of_the_canarys_own_owner_only():
         weight[label] += 5 * row
         weight[1 - label] -= 5 * row
     after = ArrayRecord(state)
-    scorer.observe(1, "client-0", before, after)
-    scorer.observe(1, "node 77", before, after)  # not a simulated owner: ignored
+    scorer.observe(1, "node-5", "client-0", before, after)
+    scorer.observe(1, "node-77", "node 77", before, after)  # not a simulated owner: ignored
     zero = np.array([c.owner == 1 for c in canaries])
     assert scorer.updates_seen == 1
     raw_drop, raw_fit = scorer.loss_drop, scorer.fit

@@ -20,7 +20,12 @@ import torch
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.data import builtin_csv_path
-from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
+from fedshield.common.pki import (
+    create_node_key,
+    init_ca,
+    issue_server_certificate,
+    ssh_public_key_fingerprint,
+)
 from fedshield.common.processes import ManagedProcess, flower_env, free_port
 from tests.conftest import FEDSHIELD
 
@@ -147,6 +152,11 @@ def start_server_for_owners(
     )
 
 
+def keys(pki: Path, owners: int) -> list[str]:
+    """owner-0 .. owner-(owners-1) as the server names them: their node keys' fingerprints."""
+    return [ssh_public_key_fingerprint(pki / f"owner-{i}.pub") for i in range(owners)]
+
+
 def client_args(
     pki: Path, port: int, key: str, data_file: Path, home: Path, *extra: str
 ) -> list[str]:
@@ -200,11 +210,23 @@ def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processe
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert metrics["final"]["accuracy"] > metrics["rounds"][0]["accuracy"]
-    assert sorted(metrics["rounds"][-1]["epsilon"]) == ["owner-0", "owner-1", "owner-2"]
+    # The server names owners by their node keys; owner-id is only their own label.
+    assert sorted(metrics["rounds"][-1]["epsilon"]) == sorted(keys(pki, 3))
+    assert set(metrics["rounds"][-1]["labels-self-declared"].values()) == {
+        "owner-0",
+        "owner-1",
+        "owner-2",
+    }
     for i, home in enumerate(owners):
         ledger = PrivacyLedger(home / "ledgers")
-        assert [e.server_round for e in ledger.entries()] == [1, 2]
-        assert metrics["rounds"][-1]["epsilon"][f"owner-{i}"] == pytest.approx(ledger.epsilon(1e-5))
+        assert [(e.kind, e.server_round) for e in ledger.entries()] == [
+            ("count", 1),  # the record count's DP release, once, before round 1
+            ("train", 1),
+            ("train", 2),
+        ]
+        assert metrics["rounds"][-1]["epsilon"][keys(pki, 3)[i]] == pytest.approx(
+            ledger.epsilon(1e-5)
+        )
         log = verify_log(home / "audit" / "audit.jsonl")
         assert log.ok, log.problem
         start = next(e for e in log.entries if e["type"] == "node-start")["data"]
@@ -405,10 +427,11 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
 
     rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
-    assert sorted(rounds[1]["participants"]) == ["owner-0", "owner-1", "owner-2"]
+    owner_keys = keys(pki, 3)
+    assert sorted(rounds[1]["participants"]) == sorted(owner_keys)
     for entry in rounds[2:]:
-        assert sorted(entry["participants"])[:2] == ["owner-0", "owner-1"]
-    assert "owner-2" not in rounds[3]["participants"]
+        assert set(owner_keys[:2]) <= set(entry["participants"])
+    assert owner_keys[2] not in rounds[3]["participants"]
     log = verify_log(next((tmp_path / "run" / "audit").rglob("audit.jsonl")))
     assert log.ok, log.problem
     dropped = [e["data"] for e in log.entries if e["type"] == "clients-dropped"]
@@ -455,14 +478,18 @@ def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
-    assert sorted(metrics["rounds"][-1]["epsilon"]) == ["owner-0", "owner-1"]
+    assert sorted(metrics["rounds"][-1]["epsilon"]) == sorted(keys(pki, 2))
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert (meta["model"], meta["finetune-layers"], meta["max-tokens"]) == ("minilm", 1, 32)
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert "layers.0.attention.self.query.weight" in state
     for home in owners:
         ledger = PrivacyLedger(home / "ledgers")
-        assert [e.server_round for e in ledger.entries()] == [1, 2]
+        assert [(e.kind, e.server_round) for e in ledger.entries()] == [
+            ("count", 1),  # the record count's DP release, once, before round 1
+            ("train", 1),
+            ("train", 2),
+        ]
         (cached,) = (home / "cache").glob("encoded-*.npz")
         assert cached.stat().st_mode & 0o777 == 0o600
         log = verify_log(home / "audit" / "audit.jsonl")

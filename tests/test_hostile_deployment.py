@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -22,13 +23,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote
 
+import httpx
 import pytest
 
 from fedshield.audit.verify import verify_log
+from fedshield.common.pki import ssh_public_key_fingerprint
 from fedshield.common.processes import flower_env, free_port
 from fedshield.server.deployment import write_app_dir
 from tests import test_deployment as deployed
-from tests.test_deployment import Processes, client_args, start_server
+from tests.test_deployment import (
+    Processes,
+    client_args,
+    start_server,
+    start_server_for_owners,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +44,7 @@ pytestmark = pytest.mark.slow
 # "stranger" key pair) and small IMDB CSVs per owner.
 pki = deployed.pki
 data = deployed.data
+processes = deployed.processes
 
 FOREIGN_SERVERAPP = """
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -430,3 +439,122 @@ def test_server_start_reports_the_refusals_when_it_stops(federation):
     assert refused > 0
     federation.server.stop(grace_s=15)
     assert f"fleet gateway refused {refused} request(s)" in federation.server.log_text()
+
+
+def _task_for(state: Path, node_id: int, timeout_s: float = 240) -> tuple[str, int, str]:
+    """(message id, run id, group id) of a task the server sent ``node_id``: what the
+    attacker needs and, here, reads from the SuperLink's database."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(state / "superlink.db", timeout=5) as db:
+                rows = db.execute(
+                    "SELECT message_id, dst_node_id, run_id, group_id FROM message_ins"
+                ).fetchall()
+        except sqlite3.Error:
+            rows = []
+        for message_id, dst, run_id, group_id in rows:
+            if dst is not None and dst % (1 << 64) == node_id:
+                return message_id, run_id % (1 << 64), group_id or ""
+        time.sleep(0.2)
+    raise AssertionError(f"no task for node {node_id} within {timeout_s:.0f} s")
+
+
+def test_a_reply_pushed_for_another_owners_task_is_refused_at_the_gateway(
+    pki, data, tmp_path, processes
+):
+    """owner-1 holds a registered key and authenticates; it pushes a reply for owner-0's
+    task naming owner-0 as the sender. Flower's SuperLink would store it as owner-0's
+    (docs: NOTES-stack "Integrity facts"); the gateway refuses it and logs both nodes,
+    and the run aggregates owner-0's own update only, named by owner-0's key."""
+    from cryptography.hazmat.primitives import serialization
+    from flwr.proto.fleet_pb2 import (
+        ActivateNodeRequest,
+        DeactivateNodeRequest,
+        PushMessagesRequest,
+    )
+    from flwr.proto.message_pb2 import Message as MessageProto
+    from flwr.proto.message_pb2 import ObjectTree
+    from flwr.proto.node_pb2 import Node
+    from flwr.supercore.interceptors.http.runtime_version import (
+        RuntimeVersionHttpInterceptor,
+    )
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    port = free_port()
+    state = tmp_path / "server"
+    server = start_server_for_owners(
+        processes,
+        pki,
+        state,
+        port,
+        2,
+        "num-rounds=1",
+        "round-timeout-s=90",
+        f"out-dir='{tmp_path / 'run'}'",
+        eval_data=data / "eval.csv",
+    )
+    registry = {o["name"]: o for o in json.loads((state / "owners.json").read_text())["owners"]}
+    victim, attacker = (int(registry[n]["node-id"]) for n in ("owner-0", "owner-1"))
+    processes.start(
+        "owner-0",
+        *client_args(pki, port, "owner-0", data / "owner-0.csv", tmp_path / "owner-0"),
+    )
+    key = serialization.load_ssh_private_key((pki / "owner-1.key").read_bytes(), password=None)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with FleetHttpClient.from_server_address(
+        f"127.0.0.1:{port}",
+        False,
+        (pki / "ca.crt").read_bytes(),
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+            NodeAuthHttpInterceptor(key, key.public_key()),
+        ],
+    ) as client:
+        node = client.ActivateNode(ActivateNodeRequest(public_key=pem, heartbeat_interval=600))
+        assert node.node_id == attacker
+        task_id, run_id, group_id = _task_for(state, victim)
+        forged = MessageProto()
+        forged.metadata.run_id = run_id
+        forged.metadata.message_id = "f" * 64
+        forged.metadata.src_node_id = victim  # "I am owner-0"
+        forged.metadata.reply_to_message_id = task_id
+        forged.metadata.group_id = group_id
+        forged.metadata.message_type = "train"
+        forged.metadata.ttl = 600.0
+        forged.metadata.created_at = time.time()
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client.PushMessages(
+                PushMessagesRequest(
+                    node=Node(node_id=attacker),
+                    messages_list=[forged],
+                    message_object_trees=[ObjectTree(object_id="f" * 64)],
+                )
+            )
+        assert refused.value.response.status_code == 403
+        assert f"claiming to come from node {victim}" in refused.value.response.text
+        client.DeactivateNode(DeactivateNodeRequest(node_id=attacker))
+
+    logged = [json.loads(line) for line in (state / "logs" / "gateway-refused.jsonl").open()]
+    (entry,) = [e for e in logged if e["path"] == "/v1/fleet/push-messages"]
+    assert (entry["status"], entry["authenticated-node-id"], entry["claimed-src-node-id"]) == (
+        403,
+        attacker,
+        victim,
+    )
+    assert entry["reply-to-message-id"] == task_id[:80]
+    assert entry["fingerprint"] == ssh_public_key_fingerprint(pki / "owner-1.pub")
+
+    assert server.wait(timeout_s=600) == 0, server.log_text()[-4000:]
+    owner_0 = ssh_public_key_fingerprint(pki / "owner-0.pub")
+    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    (round_1,) = [r for r in rounds if r["round"] == 1]
+    assert round_1["participants"] == [owner_0]
+    assert round_1["labels-self-declared"] == {owner_0: "owner-0"}
+    server_log = verify_log(tmp_path / "run" / "audit" / "server" / "audit.jsonl")
+    assert server_log.ok, server_log.problem
+    received = [e["data"] for e in server_log.entries if e["type"] == "update-received"]
+    assert [(d["node-id"], d["owner"]) for d in received] == [(victim, owner_0)]

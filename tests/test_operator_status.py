@@ -1,6 +1,7 @@
 """The operator's view and control of a running federation, against a real deployment
 on 127.0.0.1: `fedshield server start --keep-running` (TLS, node authentication) with
-two owners' `fedshield client start` after a one-round run; `server status`, the
+two owners' `fedshield client start` (answering evaluate requests) after a one-round
+run; `server status` (epsilon with every charge, under the owner's key), the
 gateway's published files (federation.json, removal notices) and `server remove-owner`.
 """
 
@@ -71,10 +72,15 @@ def federation(pki, data, tmp_path_factory):
         str(data / "eval.csv"),
         "--run-config",
         "num-rounds=1",
+        "--run-config",
+        "fraction-evaluate=1.0",  # evaluate answers are charges too: status must count them
     )
     homes = {name: work / name for name in OWNERS}
     owners = {
-        name: procs.start(name, *client_args(pki, port, name, data / f"{name}.csv", homes[name]))
+        name: procs.start(
+            name,
+            *client_args(pki, port, name, data / f"{name}.csv", homes[name], "--allow-evaluate"),
+        )
         for name in OWNERS
     }
     deadline = time.monotonic() + 600
@@ -121,9 +127,12 @@ def test_status_shows_owners_keys_connections_rounds_and_budgets(federation, pki
         row = rows[name]
         assert row["fingerprint"] == ssh_public_key_fingerprint(pki / f"{name}.pub")
         assert row["connected"] is True and row["connection"] == "online"
-        assert row["label"] == name  # tied through the server's audit log, not the name
-        spent = PrivacyLedger(federation.homes[name] / "ledgers").epsilon(1e-5)
+        assert row["label-self-declared"] == name  # the owner's claim, shown as one
+        ledger = PrivacyLedger(federation.homes[name] / "ledgers")
+        assert {e.kind for e in ledger.entries()} >= {"train", "evaluate"}
+        spent = ledger.epsilon(1e-5)  # every charge: train and evaluate
         assert row["epsilon-spent"] == pytest.approx(spent)
+        assert "evaluate reply" in row["epsilon-from"]
         assert row["epsilon-budget"] == 5.0
         assert row["epsilon-left"] == pytest.approx(5.0 - spent)
 
@@ -221,7 +230,8 @@ def test_status_without_a_running_superlink_still_shows_the_files(federation, pk
     view = status(federation)
     assert not view["superlink"]["reachable"]
     rows = {row["name"]: row for row in view["owners"]}
-    assert rows["owner-0"]["connected"] is None and rows["owner-0"]["label"] == "owner-0"
+    assert rows["owner-0"]["connected"] is None
+    assert rows["owner-0"]["label-self-declared"] == "owner-0"
     assert rows["owner-0"]["epsilon-spent"] > 0
 
 

@@ -71,7 +71,7 @@ def test_a_killed_server_resumes_without_losing_or_double_charging_epsilon(tmp_p
     ledgers = sorted((out / "ledgers").glob("*/ledger.json"))
     assert len(ledgers) == 3
     for path in ledgers:
-        entries = PrivacyLedger(path.parent).entries()
+        entries = [e for e in PrivacyLedger(path.parent).entries() if e.kind == "train"]
         # One charge per round, each round once: nothing lost, nothing charged twice.
         assert sorted(e.server_round for e in entries) == [1, 2, 3, 4, 5, 6]
         assert PrivacyLedger(path.parent).epsilon(1e-5) <= 3.0
