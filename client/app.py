@@ -28,6 +28,7 @@ from fedshield.client.evaluate import evaluate_round
 from fedshield.client.ledger import KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
+    is_simulated,
     owner_allows_evaluate,
     owner_audit_dir,
     owner_inputs,
@@ -35,7 +36,13 @@ from fedshield.client.owner import (
     resolve_owner,
 )
 from fedshield.client.releases import ReleasedUpdates
-from fedshield.client.train import TrainSettings, calibrated, planned_dp_event, train_locally
+from fedshield.client.train import (
+    TrainSettings,
+    calibrated,
+    check_plan_cost,
+    planned_dp_event,
+    train_locally,
+)
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
@@ -91,6 +98,12 @@ def check_batch_fits(count: RecordCount, batch_size: int) -> None:
 
 
 def _local_run_config(context: Context, overrides: dict) -> RunConfig:
+    """The local process's run config. A deployed owner reads nothing of the run config
+    the server's ``flwr run`` passes (its settings are its node config): a hostile value
+    there could otherwise reach the owner's logs and refusals. A simulated owner is
+    played by the operator, whose run config is its policy."""
+    if not is_simulated(dict(context.node_config)):
+        return RunConfig.from_dict(overrides)
     return RunConfig.from_dict({**dict(context.run_config), **overrides})
 
 
@@ -170,6 +183,7 @@ def train_round(
     check_batch_fits(count, plan.batch_size)
     settings = training_settings(plan, owner, len(classes), count)
     planned = planned_dp_event(count.value, settings)
+    check_plan_cost(planned, plan.num_rounds)
     accounted = accounted_event(planned, count.relation) if plan.dp else planned
     if plan.dp:
         check_delta(owner.delta, count.at_least_one)
@@ -257,11 +271,18 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
+# A refusal's reason in the owner's log: enough to act on, never a server-sized value.
+MAX_LOGGED_REASON_CHARS = 2000
+
+
 def _record_refusal(audit: AuditLog, kind: str, server_round: int, exc: Exception) -> None:
     """The details of a refusal, for the owner's own log only."""
+    reason = str(exc)
+    if len(reason) > MAX_LOGGED_REASON_CHARS:
+        reason = reason[:MAX_LOGGED_REASON_CHARS] + f"... ({len(reason)} characters)"
     audit.append(
         Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
-        **{"server-round": server_round, "code": refusal_code(exc), "reason": str(exc)},
+        **{"server-round": server_round, "code": refusal_code(exc), "reason": reason},
     )
 
 
@@ -277,6 +298,25 @@ def _refusal_audit(node_config: dict, run_config: RunConfig | None) -> AuditLog 
 
 
 def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler) -> Message:
+    """Every failure becomes a coded refusal, even one in recording a refusal: nothing
+    but a code and a fixed reason leaves (Flower would send the exception's text)."""
+    try:
+        return _handle_or_refuse(kind, msg, context, overrides, handler)
+    except Exception:
+        log.exception("%s request failed while refusing", kind)
+        code = wire.ERROR_INTERNAL
+        return Message(
+            Error(
+                code=code,
+                reason=f"{owner_label(dict(context.node_config))}: {wire.REFUSAL_REASONS[code]}",
+            ),
+            reply_to=msg,
+        )
+
+
+def _handle_or_refuse(
+    kind: str, msg: Message, context: Context, overrides: dict, handler
+) -> Message:
     """Decode, resolve the owner, run ``handler``; every failure becomes a coded refusal."""
     node_config = dict(context.node_config)
     label = owner_label(node_config)
@@ -311,7 +351,10 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         log.exception("%s: %s request failed", owner.owner_id, kind)
         audit.append(
             Event.ROUND_ERROR,
-            **{"server-round": server_round, "error": f"{type(exc).__name__}: {exc}"},
+            **{
+                "server-round": server_round,
+                "error": f"{type(exc).__name__}: {str(exc)[:MAX_LOGGED_REASON_CHARS]}",
+            },
         )
         return _refusal(msg, owner.owner_id, exc)
     finally:

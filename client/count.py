@@ -60,6 +60,8 @@ def released_record_count(
     """This data version's count as it may leave, releasing (and charging) it if new."""
     exact = len(owner.dataset)
     relation = owner.relation(dp)
+    if dp:
+        owner.ledger.check_relation(relation)
     if relation != ADD_REMOVE:
         return RecordCount(exact, relation)
     stored = owner.ledger.released_count(owner.dataset.fingerprint)

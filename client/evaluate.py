@@ -26,9 +26,9 @@ from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelSpec, evaluate_model
 from fedshield.common.privacy import DpEvent
 
-# A DP evaluate answer bounds each record's loss to this, so one record moves the loss
-# sum by at most EVALUATE_LOSS_CLIP and the correct count by at most 1.
-EVALUATE_LOSS_CLIP = 10.0
+# A DP evaluate answer bounds each record's loss to wire.EVALUATE_LOSS_CLIP, so one
+# record moves the loss sum by at most that and the correct count by at most 1.
+EVALUATE_LOSS_CLIP = wire.EVALUATE_LOSS_CLIP
 
 
 def evaluate_round(
@@ -83,7 +83,7 @@ def evaluate_round(
         {
             "num-examples": count.value,
             "accuracy": float(np.clip(noisy[0] / divisor, 0.0, 1.0)),
-            "loss": float(max(noisy[1], 0.0) * EVALUATE_LOSS_CLIP / divisor),
+            "loss": float(np.clip(noisy[1] / divisor, 0.0, 1.0) * EVALUATE_LOSS_CLIP),
             "epsilon": epsilon,
             "noise-multiplier": event.noise_multiplier,
         }

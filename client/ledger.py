@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedshield.common.durable import write_bytes_atomic
-from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
+from fedshield.common.errors import LedgerCorrupted, PolicyRefusal, PrivacyBudgetExceeded
 from fedshield.common.privacy import ADD_REMOVE, DpEvent, epsilon_spent
 
 LEDGER_FORMAT = 2
@@ -228,6 +228,27 @@ class PrivacyLedger:
     def entries(self) -> list[LedgerEntry]:
         return self.state().entries
 
+    @staticmethod
+    def _refuse_other_relation(entries: list[LedgerEntry], relation: str) -> None:
+        """A ledger's neighbouring relation is fixed by its first charge.
+
+        Why: its events are accounted under that relation; after an exact count left
+        (replace-one) no add/remove claim holds, and add/remove events re-read under
+        replace-one would need other noise multipliers than the ones charged.
+        """
+        fixed = next((e.relation for e in entries), None)
+        if fixed is not None and fixed != relation:
+            raise PolicyRefusal(
+                f"this ledger's charges are accounted under {fixed} adjacency and the owner's "
+                f"policy now asks for {relation}; a ledger keeps one relation: restore the "
+                f"setting it was charged under (public-record-count "
+                f"{'on' if fixed == 'replace-one' else 'off'})"
+            )
+
+    def check_relation(self, relation: str) -> None:
+        """Refuse (before anything is computed) a relation other than the ledger's."""
+        self._refuse_other_relation(self.entries(), relation)
+
     def released_count(self, data_fingerprint: str) -> int | None:
         """The count already released for this data version, if any (the first one)."""
         for entry in self.entries():
@@ -319,6 +340,7 @@ class PrivacyLedger:
         """
         with self._locked():
             state = self._read()
+            self._refuse_other_relation(state.entries, relation)
             after = self._refuse_if_over(
                 state.entries,
                 event,

@@ -63,6 +63,11 @@ class Owner:
         return REPLACE_ONE if self.public_record_count else ADD_REMOVE
 
 
+def is_simulated(node_config: dict) -> bool:
+    """A simulated owner (a partition of the operator's data), not a deployed one."""
+    return PARTITION_ID in node_config and "data-path" not in node_config
+
+
 def owner_label(node_config: dict) -> str:
     """The owner's public label and audit folder, read without touching its data."""
     if PARTITION_ID in node_config and "data-path" not in node_config:

@@ -92,8 +92,9 @@ def effective_batch_size(num_examples: int, settings: TrainSettings) -> int:
 
 
 def _steps_per_epoch(num_examples: int, settings: TrainSettings) -> int:
-    """``len`` of a plain ``DataLoader`` of ``batch_size`` over the records."""
-    return math.ceil(num_examples / effective_batch_size(num_examples, settings))
+    """``len`` of a plain ``DataLoader`` of ``batch_size`` over the records; at least 1 (a
+    released count of 0 still trains: one step of noise on a zero sum per epoch)."""
+    return max(1, math.ceil(num_examples / effective_batch_size(num_examples, settings)))
 
 
 def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
@@ -115,6 +116,23 @@ def planned_dp_event(num_examples: int, settings: TrainSettings) -> DpEvent:
 # steps that search costs minutes of the owner's CPU, and no real plan comes near
 # (100 rounds x 2,000 steps).
 MAX_PLANNED_STEPS = 10**7
+# Steps one round may take, whatever the noise: a plan of tiny batches, many epochs and
+# huge noise costs almost no budget but hours of the owner's CPU (3 ms a step for the
+# default head); 20,000 is 10x an honest plan's round (batch 64 over 25,000 records,
+# 5 local epochs).
+MAX_STEPS_PER_ROUND = 20_000
+
+
+def check_plan_cost(planned: DpEvent, rounds: int) -> None:
+    """Refuse a round (or run) longer than an owner computes, before anything is computed.
+
+    On the planned event, itself a function of the plan and the released count."""
+    if planned.steps > MAX_STEPS_PER_ROUND or planned.steps * rounds > MAX_PLANNED_STEPS:
+        raise PolicyRefusal(
+            f"the plan asks for {planned.steps} steps a round over {rounds} rounds; this "
+            f"owner runs at most {MAX_STEPS_PER_ROUND} a round and {MAX_PLANNED_STEPS} a run "
+            "(raise batch-size or lower local-epochs)"
+        )
 
 
 def calibrated(
@@ -132,12 +150,8 @@ def calibrated(
     accounted under ``relation``, compose with ``with_events`` (the count's release) to
     at most ``target_epsilon`` at ``delta``."""
     one_round = planned_dp_event(released_count, settings)
+    check_plan_cost(one_round, rounds)
     planned_steps = one_round.steps * rounds
-    if planned_steps > MAX_PLANNED_STEPS:
-        raise PolicyRefusal(
-            f"the plan asks for {planned_steps} DP steps over the run ({rounds} rounds x "
-            f"{one_round.steps}); this owner calibrates noise for at most {MAX_PLANNED_STEPS}"
-        )
     sigma = noise_for_target_epsilon(
         target_epsilon,
         delta,
@@ -384,9 +398,9 @@ def train_locally(
     records = _DeviceRecords.load(inputs, labels, device)
     model.to(device)
     model.train()
-    physical = settings.physical_batch_size or spec.default_physical_batch_size(
-        model, device, num_records
-    )
+    # The plan may ask for smaller passes, never for more memory than the device has.
+    fitting = spec.default_physical_batch_size(model, device, num_records)
+    physical = min(settings.physical_batch_size or fitting, fitting)
     groups = spec.param_groups(model, settings.learning_rate, settings.encoder_learning_rate)
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
     planned_on = num_records if released_count is None else released_count

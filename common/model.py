@@ -46,6 +46,10 @@ def build_model(in_dim: int, num_classes: int) -> nn.Module:
     return model
 
 
+# Per-record training memory one pass may take on a CPU (the plan chooses the model's size).
+CPU_PASS_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that defines the shared model; equal specs build equal models."""
@@ -78,7 +82,13 @@ class ModelSpec:
         return self.name == "minilm" and self.finetune_layers > 0
 
     def encode(self, texts: list[str], device: torch.device) -> ModelInputs:
-        """The frozen, public part of the model applied to ``texts`` (stays at the owner)."""
+        """The frozen, public part of the model applied to ``texts`` (stays at the owner).
+
+        No texts (an owner whose usable rows are none) give zero rows of the right shape:
+        an empty data version trains and answers like any other, never fails.
+        """
+        if not texts:
+            return tuple(part[:0] for part in self.encode(["a public placeholder"], device))
         if self.name == "hashed":
             return (featurize(texts, self.featurizer),)
         from fedshield.common import minilm
@@ -146,9 +156,12 @@ class ModelSpec:
         after the inputs and the model are on the device) at :meth:`bytes_per_record`
         each. CPU: the whole batch for a linear head, 32 records for a fine-tuned
         encoder top (a layer's per-sample gradients take about 7 MB a record; passes of
-        128 were not measurably faster on a 2-core CPU). Either way at least 1 and at
-        most ``num_records``, the largest batch Poisson sampling can draw. Passes change
-        memory, never the maths: one noisy step per logical batch whatever this returns.
+        128 were not measurably faster on a 2-core CPU), and never more than
+        ``CPU_PASS_BYTES`` of per-record memory (a plan of 1,000 classes over 16,384
+        features would otherwise take 117 MB a record in one pass). Either way at least 1
+        and at most ``num_records``, the largest batch Poisson sampling can draw. Passes
+        change memory, never the maths: one noisy step per logical batch whatever this
+        returns; it is also the most a plan's ``physical-batch-size`` may ask for.
         """
         if device.type == "cuda":
             free_bytes, _ = torch.cuda.mem_get_info(device)
@@ -156,7 +169,10 @@ class ModelSpec:
             free_bytes += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             fitting = (free_bytes // 2) // self.bytes_per_record(model)
         else:
-            fitting = 32 if self.fine_tunes_encoder else num_records
+            fitting = min(
+                32 if self.fine_tunes_encoder else num_records,
+                CPU_PASS_BYTES // self.bytes_per_record(model),
+            )
         return int(max(1, min(fitting, num_records)))
 
     def bytes_per_record(self, model: nn.Module) -> int:

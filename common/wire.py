@@ -64,6 +64,9 @@ REPLY_METRIC_KEYS = (
     "delta",
     "max-grad-norm",
 )
+# An evaluate answer's range: accuracy in [0, 1], mean loss in [0, EVALUATE_LOSS_CLIP] (each
+# record's loss is clipped to it before the DP answer; the server refuses anything else).
+EVALUATE_LOSS_CLIP = 10.0
 EVALUATE_METRIC_KEYS = (
     "num-examples",
     "accuracy",

@@ -304,7 +304,7 @@ class ValidatingStrategy(Strategy):
                     reply.content[wire.ARRAYS],
                 )
         replied = {owner.node_id for _, owner in checked}
-        record.dropped = [n for n in self._sampled if n not in replied]
+        record.dropped = sorted(n for n in self._sampled if n not in replied)
         if record.dropped:
             self.audit.append(
                 Event.CLIENTS_DROPPED, **{"server-round": server_round, "node-ids": record.dropped}

@@ -142,6 +142,11 @@ def validate_evaluate_reply(reply: Message) -> int:
     if missing:
         raise UpdateRejected(f"metrics lack {missing}")
     _check_finite(metrics, wire.EVALUATE_METRIC_KEYS)
+    # One owner's answer must not set the federation's figures: only the range an honest
+    # answer can take (the owner clips before it releases).
+    for key, high in (("accuracy", 1.0), ("loss", wire.EVALUATE_LOSS_CLIP)):
+        if not 0.0 <= metrics[key] <= high:
+            raise UpdateRejected(f"{key} must be in [0, {high:g}], got {metrics[key]!r}")
     return record_count(metrics["num-examples"])
 
 

@@ -376,3 +376,38 @@ def test_a_plan_or_run_config_naming_canaries_adds_no_record_to_a_deployed_owner
     own_records = len(pd.read_csv(owner_csv))
     started = audit_entries(tmp_path, "round-start")[-1]["data"]
     assert started["records"] == own_records
+
+
+def test_a_plan_of_endless_cheap_steps_is_refused_before_training(owner_csv, tmp_path):
+    """The red team's compute attack: huge fixed noise (almost no budget), batches of one,
+    100 local epochs: hours of the owner's CPU a round. Refused on the plan and the
+    released count, with only the count's release charged."""
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    endless = PLAN.replace(noise_multiplier=1e6, target_epsilon=0.0, batch_size=1, local_epochs=100)
+    reply = run_train(context, train_message(endless))
+    assert reply.has_error() and reply.error.code == wire.ERROR_POLICY
+    assert [e.kind for e in PrivacyLedger(tmp_path / "ledgers").entries()] == ["count"]
+
+
+def test_a_huge_model_trains_in_passes_that_fit_the_cpu_budget():
+    """The red team's memory attack: 1,000 classes over 16,384 features took 117 MB a
+    record in one pass on CPU; passes are now cut to CPU_PASS_BYTES."""
+    from fedshield.common.model import CPU_PASS_BYTES, ModelSpec
+
+    spec = ModelSpec.from_config(PLAN.replace(feat_out_dim=16384))
+    model = spec.build(1000)
+    per_pass = spec.default_physical_batch_size(model, torch.device("cpu"), 600)
+    assert 1 <= per_pass < 600
+    assert per_pass * spec.bytes_per_record(model) <= CPU_PASS_BYTES
+
+
+def test_the_servers_run_config_does_not_reach_a_deployed_owner(owner_csv, tmp_path):
+    """The red team's leak: a 5 MB run-config value made the refusal's audit entry too big,
+    and Flower replied with the exception's text, the owner's path in it. A deployed
+    owner's settings are its node config; the run config is not read at all."""
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.run_config["run-key"] = "x" * 5_000_000
+    context.run_config["not-a-key"] = 1
+    reply = run_train(context)
+    assert not reply.has_error(), reply.error
+    assert audit_entries(tmp_path, "update-released")

@@ -336,3 +336,29 @@ def test_the_default_norm_bound_passes_the_demos_honest_updates_and_stops_a_huge
     s.aggregate_train(1, [answer(s, 1, demo_sized), answer(s, 2, huge)])
     assert s.rounds[1].participants == ["node-1"]
     assert "exceeds the bound 250" in s.rounds[1].rejected[0]
+
+
+def test_an_evaluate_answer_outside_the_honest_range_is_rejected():
+    """The red team's finding: one reply with accuracy -1e9 set the federation's figure."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedshield.common import wire
+    from fedshield.server.validate import UpdateRejected, validate_evaluate_reply
+
+    def answer(accuracy: float, loss: float) -> Message:
+        metrics = MetricRecord(
+            {
+                "num-examples": 600,
+                "accuracy": accuracy,
+                "loss": loss,
+                "epsilon": 1.0,
+                "noise-multiplier": 10.0,
+            }
+        )
+        content = RecordDict({wire.METRICS: metrics, wire.OWNER: ConfigRecord({})})
+        return Message(content=content, dst_node_id=1, message_type="evaluate")
+
+    assert validate_evaluate_reply(answer(0.8, 0.5)) == 600
+    for accuracy, loss in ((-1e9, 0.5), (1.5, 0.5), (0.8, 1e300), (0.8, -1.0)):
+        with pytest.raises(UpdateRejected):
+            validate_evaluate_reply(answer(accuracy, loss))
