@@ -207,6 +207,9 @@ class Charge:
     accountant: str  # which accountant the claim rests on: pld, or rdp (older ledgers)
     budget_in_force: float
     within_budget: bool
+    # The neighbouring relation the charge was accounted under (entries before issue 21
+    # name none: they were add/remove with the record count treated as public).
+    relation: str = "add-remove (count public)"
 
 
 @dataclass
@@ -296,6 +299,12 @@ class OwnerAudit:
         return [c.epsilon_recomputed for c in self.charges]
 
     @property
+    def definition(self) -> str:
+        """What the owner's epsilon protects: the relations its charges rest on."""
+        relations = sorted({c.relation for c in self.charges})
+        return ", ".join(relations) or "no charges"
+
+    @property
     def final_claimed(self) -> float:
         return self.charges[-1].epsilon_claimed if self.charges else 0.0
 
@@ -339,6 +348,7 @@ class OwnerAudit:
             "epsilon_claimed": self.epsilon_claimed,
             "epsilon_recomputed": self.epsilon_recomputed,
             "final_claimed": self.final_claimed,
+            "definition": self.definition,
             "final_recomputed": self.final_recomputed,
             "budget": self.budget,
             "delta": self.delta,
@@ -545,6 +555,7 @@ def _check_charge(
             run_key=tagged.run_key,
             server_round=server_round,
             kind=str(data.get("kind", "train")),
+            relation=str(data.get("relation", "add-remove (count public)")),
             data_fingerprint=str(data.get("data-fingerprint", "")),
             noise_multiplier=new_event.noise_multiplier,
             sample_rate=new_event.sample_rate,

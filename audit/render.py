@@ -36,8 +36,13 @@ refuses any round that would take it over. <b>Delta (&delta;)</b> is the small p
 that the epsilon bound does not hold; it must be far below one divided by the owner's
 number of records (1e-5 for up to some tens of thousands of records).</p>
 <p>Both figures are <b>per owner</b>: each covers that owner's records only, and owners
-do not share a budget. The protection is per record (adding or removing one record);
-a person with several records is protected record by record.</p>
+do not share a budget. The protection is per record; a person with several records is
+protected record by record. Each owner's row names its <b>definition</b>:
+<i>add-remove</i> (the default) protects whether a record is there at all, so the
+owner's number of records is secret too and left only as a noisy count, itself a
+charged release (the "count" charge); <i>replace-one</i> means the owner declared its
+number of records public, and its epsilon protects a record's content, not its
+presence (the same noise costs about twice the epsilon).</p>
 <p>The epsilon in this report is <b>computed from the owners' signed audit logs</b>: each
 charge records the noise multiplier, sampling rate and number of steps of every release
 in the owner's ledger, and this report <b>recomputes</b> epsilon from those alone without
@@ -326,7 +331,8 @@ def _owner_rows(owner: dict, esc) -> str:
     row = [
         f"<b>{esc(owner['owner'])}</b><br><small>node key: <code>{esc(owner['identity'])}</code></small>",
         f"<code>{esc(owner['ledger_id'])}</code>",
-        f"{kinds.count('train')} train, {kinds.count('evaluate')} evaluate",
+        f"{kinds.count('train')} train, {kinds.count('evaluate')} evaluate, "
+        f"{kinds.count('count')} count<br><small>{esc(owner['definition'])}</small>",
         f"{owner['final_claimed']:.4f}",
         f"{owner['final_recomputed']:.4f}",
         f"{owner['budget']:g}"

@@ -126,7 +126,8 @@ def audit_report(
     console.print(table)
     for owner in report["owners"]:
         console.print(
-            f"{owner['owner']} ({owner['identity']}): epsilon claimed {owner['final_claimed']:.4f}, "
+            f"{owner['owner']} ({owner['identity']}; {owner['definition']}): epsilon claimed "
+            f"{owner['final_claimed']:.4f}, "
             f"recomputed {owner['final_recomputed']:.4f}, budget in force {owner['budget']:g}, "
             f"{len(owner['refusals'])} refusals: {owner['status']}",
             highlight=False,
