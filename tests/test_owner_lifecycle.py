@@ -104,7 +104,8 @@ def test_an_owner_started_before_the_server_waits_then_trains(pki, data, tmp_pat
         in text
     )
     assert "answered after" in text
-    assert [e.server_round for e in PrivacyLedger(home / "ledgers").entries()] == [1]
+    entries = PrivacyLedger(home / "ledgers").entries()
+    assert [(e.kind, e.server_round) for e in entries] == [("count", 1), ("train", 1)]
     (start,) = _entries(home, "node-start")
     assert start["superlink-wait"]["attempts"] >= 2
     assert start["federation-classes"] == ["0", "1"]
