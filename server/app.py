@@ -26,6 +26,7 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
+from fedshield.common.data import builtin_class_names
 from fedshield.common.errors import FedshieldError
 from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
 from fedshield.common.simulation_split import heldout_test_split
@@ -262,7 +263,8 @@ def run_federation(
     }
     model_sha256 = None
     if final["model_saved"]:  # a run that changed nothing saves nothing
-        outputs.save_model(last_arrays[0], classes, spec, lineage)
+        names = builtin_class_names(config.eval_data or config.data)
+        outputs.save_model(last_arrays[0], classes, spec, lineage, names)
         model_sha256 = json.loads((outputs.out_dir / "model.json").read_text())["model-sha256"]
     outputs.record_final(final, config.as_dict())
     audit.append(Event.RUN_END, **{"final": final, "model-sha256": model_sha256})

@@ -60,6 +60,7 @@ class RunOutputs:
         classes: tuple[str, ...],
         spec: ModelSpec,
         lineage: list[dict] | None = None,
+        class_names: dict[str, str] | None = None,
     ) -> Path:
         path = self.out_dir / "model.pt"
         state = arrays.to_torch_state_dict()
@@ -71,6 +72,8 @@ class RunOutputs:
             "model-sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "lineage": list(lineage or []),
         }
+        if class_names:  # what a label means, for people reading predictions (built-in data)
+            meta["class-names"] = {c: class_names[c] for c in classes if c in class_names}
         write_json_atomic(self.out_dir / "model.json", meta)
         return path
 

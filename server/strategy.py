@@ -19,7 +19,8 @@ choice keeps the owners' guarantees.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -429,6 +430,23 @@ class ValidatingStrategy(Strategy):
 
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
+# What Flower's FedAvg.__init__ logs for fraction_evaluate 0 (flwr/serverapp/strategy/fedavg.py).
+FLOWER_NO_EVALUATE_WARNING = "Federated evaluation will be skipped"
+
+
+@contextmanager
+def _without_flower_record(text: str) -> Iterator[None]:
+    """Drop the records of Flower's logger that contain ``text`` while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    flower = logging.getLogger("flwr")
+    flower.addFilter(keep)
+    try:
+        yield
+    finally:
+        flower.removeFilter(keep)
 
 
 def build_strategy(
@@ -448,16 +466,19 @@ def build_strategy(
     The server optimizer applies to ``fedavg`` only (FedAvgM); the robust aggregates are
     taken as they are.
     """
-    if aggregation == "fedavg":
-        inner = FedAvg(**sampling)
-    elif aggregation == "median":
-        inner = FedMedian(**sampling)
-        server_learning_rate, server_momentum = 1.0, 0.0
-    elif aggregation == "trimmed-mean":
-        inner = FedTrimmedAvg(beta=trim_fraction, **sampling)
-        server_learning_rate, server_momentum = 1.0, 0.0
-    else:
+    if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; use one of {AGGREGATIONS}")
+    # Owners' evaluation is off unless asked (fraction_evaluate 0), but the server evaluates
+    # every round itself (evaluate_fn): Flower's warning that evaluation is skipped misleads.
+    with _without_flower_record(FLOWER_NO_EVALUATE_WARNING):
+        if aggregation == "fedavg":
+            inner = FedAvg(**sampling)
+        elif aggregation == "median":
+            inner = FedMedian(**sampling)
+            server_learning_rate, server_momentum = 1.0, 0.0
+        else:
+            inner = FedTrimmedAvg(beta=trim_fraction, **sampling)
+            server_learning_rate, server_momentum = 1.0, 0.0
     return ValidatingStrategy(
         inner,
         audit=audit,

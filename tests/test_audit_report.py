@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,26 @@ def test_the_report_fits_1280_px_in_a_real_headless_browser(tmp_path):
 
     with Image.open(png) as image:
         assert image.size[0] == PAGE_WIDTH_PX and image.size[1] >= min(height, 30000) - 1
+
+
+def test_attention_needed_names_each_failing_requirement(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedshield.audit.render import overall_line, render_html
+    from fedshield.cli.app import app
+
+    owner_log(tmp_path, (Event.DP_CHARGED, charged([EVENT])), (Event.NON_PRIVATE_ROUND, {}))
+    report = report_for(tmp_path / "owner")
+    failing = [r for r in report["requirements"] if r["status"] not in ("pass", "n/a")]
+    assert not report["ok"] and "Privacy of individual records (DP)" in [r["name"] for r in failing]
+    line = overall_line(report)
+    assert line.startswith("ATTENTION NEEDED: ")
+    for row in failing:
+        assert f"{row['name']}: {row['status']}" in line
+    assert html_escape(line) in render_html(report)
+    result = CliRunner().invoke(
+        app, ["audit", "report", str(tmp_path / "owner"), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 1 and f"Overall: {line}" in " ".join(result.output.split())
+    passing = report_for(federated_run(tmp_path / "run", [Owner("hospital-a", 5.0, "L1")]))
+    assert passing["ok"] and passing["attention"] == [] and overall_line(passing) == "PASS"
