@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,24 @@ MARKER = "qzvmarker4471"
 DELTA = 1e-5
 
 
+TAG = "FEDSHIELD_TEST_SIMULATION"
+
+
 def simulate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-    return subprocess.run(
+    """``fedshield simulate`` in a subprocess whose environment (inherited by the Ray
+    processes it starts) carries a tag of its own, in ``proc.tag``."""
+    tag = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        TAG: tag,
+    }
+    proc = subprocess.run(
         [*FEDSHIELD, "simulate", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+    proc.tag = tag
+    return proc
 
 
 def ledgers(directory: Path) -> dict[str, PrivacyLedger]:
@@ -34,9 +48,22 @@ def ledgers(directory: Path) -> dict[str, PrivacyLedger]:
     return {p.parent.name: PrivacyLedger(p.parent) for p in sorted(directory.glob("*/ledger.json"))}
 
 
-def ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "raylet" in line or "gcs_server" in line]
+def ray_processes(tag: str) -> list[str]:
+    """Ray's processes left by the simulation tagged ``tag``: found by the tag in their
+    environment, so the check holds while other tests (xdist workers) run simulations."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if ("raylet" in args or "gcs_server" in args) and (
+                f"{TAG}={tag}".encode() in (proc / "environ").read_bytes()
+            ):
+                left.append(args)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +145,7 @@ def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(f
 
 
 def test_no_process_is_left_running(first_run):
-    assert ray_processes() == []
+    assert ray_processes(first_run[1].tag) == []
 
 
 def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
@@ -258,7 +285,7 @@ def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
     rounds = json.loads((tmp_path / "load" / "metrics.json").read_text())["rounds"]
     assert [len(r["participants"]) for r in rounds[1:]] == [10, 10]
     assert len(ledgers(tmp_path / "load" / "ledgers")) <= 20
-    assert ray_processes() == []
+    assert ray_processes(proc.tag) == []
 
 
 def test_a_server_log_cut_back_to_an_earlier_checkpoint_is_caught_by_the_owners_logs(
