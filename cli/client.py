@@ -126,10 +126,12 @@ def client_start(
     77 the operator removed this node (the reason is printed); 130 / 143 stopped by SIGINT /
     SIGTERM; another non-zero: flower-supernode failed (the cause is printed).
     """
-    from fedshield.client import deployment as dep
+    from fedshield.client.node import exit_at_once, start_node
+    from fedshield.client.node_settings import SuperNodeSettings, check_inputs
+    from fedshield.client.stop_signals import interrupt_on_sigint
     from fedshield.common.config import OwnerConfig
 
-    dep.interrupt_on_sigint()
+    interrupt_on_sigint()
     owner = OwnerConfig.from_dict(
         {
             "data-path": str(data),
@@ -151,7 +153,7 @@ def client_start(
             "public-record-count": public_record_count,
         }
     )
-    settings = dep.SuperNodeSettings(
+    settings = SuperNodeSettings(
         superlink=superlink,
         ca=ca,
         auth_key=auth_key,
@@ -161,62 +163,15 @@ def client_start(
         max_retries=max_retries,
         max_wait_time_s=max_wait_time,
     )
-    dep.check_inputs(settings)  # before the heavy imports below: typos answer at once
+    check_inputs(settings)  # before the heavy imports of start_node: typos answer at once
     if insecure:
         warn_insecure()
-    local = dep.check_local(settings)
-    counts = ", ".join(f"{k}: {v}" for k, v in local.dataset.class_counts().items())
 
     def say(line: str) -> None:  # markup off: paths, hints ('[finetune]'), server text
         console.print(line, highlight=False, markup=False)
 
-    say(
-        f"data {data}: {len(local.dataset)} records, classes {{{counts}}}, fingerprint {local.dataset.fingerprint}"
-    )
-    say(
-        f"privacy budget: epsilon {epsilon_budget:g} at delta {delta:g}; spent {local.epsilon_spent:.3f}; "
-        f"left {epsilon_budget - local.epsilon_spent:.3f} (ledger {Path(ledger_dir).expanduser()})"
-    )
-    say(
-        "your policy: "
-        + ("NON-PRIVATE rounds accepted (--allow-no-dp)" if allow_no_dp else "DP required")
-        + "; evaluate "
-        + (
-            f"allowed with DP (noise {evaluate_noise_multiplier:g})"
-            if allow_evaluate
-            else "refused"
-        )
-        + (f"; at most epsilon {run_epsilon_cap:g} per run" if run_epsilon_cap else "")
-        + (f"; classes accepted: {classes}" if classes else "")
-    )
-    from fedshield.common import minilm
-    from fedshield.common.model import resolve_device
-
-    say(
-        f"compute: {resolve_device(device)}; models: hashed, "
-        + ("minilm" if minilm.is_installed() else f"not minilm ({minilm.INSTALL_HINT})")
-    )
-    with dep.StopSignals() as stops:
-        try:
-            ready = dep.connect(settings, local, stops, say, single_attempt=check_only)
-        except dep.StoppedBySignal as stopped:
-            say(f"fedshield: {stopped}")
-            raise typer.Exit(code=stopped.exit_code) from None
-        say(f"node key {ready.node_key_fingerprint}; SuperLink {superlink}: {ready.transport}")
-        dep.check_federation_classes(settings, ready, say)
-        if check_only:
-            return
-        config = dep.node_config(settings, ready)
-        dep.record_node_start(settings, ready, config)
-        try:
-            stop = dep.run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
-        except Exception as exc:  # the stop is recorded whatever went wrong
-            stop = dep.NodeStop(
-                dep.STOP_FAILED,
-                1,
-                f"fedshield failed while the node ran ({type(exc).__name__}: {exc}); see "
-                "the output above and start again",
-            )
-        dep.record_node_stop(config, stop)
+    stop = start_node(settings, say, check_only=check_only)
+    if stop is None:  # --check-only found no problem
+        return
     say(f"fedshield: {stop.message}")
-    dep.exit_at_once(stop.exit_code)
+    exit_at_once(stop.exit_code)

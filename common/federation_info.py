@@ -6,7 +6,7 @@ removed), which the owner's ``client start`` shows. The operator's ``server star
 ``server remove-owner`` write these files in the server's state folder; the Fleet
 gateway (server/fleet_gateway.py) serves them read-only over the federation's TLS on
 ``FEDERATION_PATH`` and ``NOTICE_PATH_PREFIX + notice_id(fingerprint)``; the owner's
-``client start`` reads them trusting the federation's CA (client/deployment.py).
+``client start`` reads them trusting the federation's CA (client/published.py).
 
 A notice is addressed by a hash of the owner's node-key fingerprint, so its URL carries
 only characters a path may hold; whoever knows an owner's public key can read the

@@ -2,10 +2,13 @@
 
 Each runs in its own session (process group), with its output in a log file, so that
 stopping it also stops the children Flower starts (flower-superexec, flwr-clientapp).
+``stop_process_groups`` is the one way both sides stop such groups: SIGTERM, a grace
+period, SIGKILL, each leader reaped, zombies not counted as alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -73,27 +76,54 @@ class ManagedProcess:
         return self.popen.wait(timeout=timeout_s)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and _group_alive(self.popen.pid):
-                time.sleep(0.1)
-                self.popen.poll()
-            if not _group_alive(self.popen.pid):
-                break
-        self.popen.poll()
+        stop_process_groups([self.popen], grace_s, kill_wait_s=5.0)
         self._log.close()
 
 
-def _group_alive(pgid: int) -> bool:
+def stop_process_groups(
+    children: list[subprocess.Popen], grace_s: float, kill_wait_s: float = 2.0
+) -> None:
+    """SIGTERM each child's process group, SIGKILL what is left after ``grace_s``, then
+    wait up to ``kill_wait_s`` for the groups to go. Every leader is reaped on the way."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _groups_alive(children):
+            time.sleep(0.05)
+        if not _groups_alive(children):
+            return
+
+
+def _groups_alive(children: list[subprocess.Popen]) -> bool:
+    return sum(_group_alive(c) for c in children) > 0  # every child polled: none left a zombie
+
+
+def _group_alive(child: subprocess.Popen) -> bool:
+    child.poll()  # reap the leader: a zombie would keep its group looking alive
     try:
-        os.killpg(pgid, 0)
+        os.killpg(child.pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    return _live_member(child.pid)
+
+
+def _live_member(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` runs. ``killpg(pgid, 0)`` also succeeds while
+    an orphaned member (a task the executor forked) waits, a zombie, for an init that
+    reaps slowly; /proc tells them apart on Linux."""
+    procfs = Path("/proc")
+    if not (procfs / "self" / "stat").is_file():
+        return True
+    for stat in procfs.glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

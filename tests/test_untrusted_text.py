@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fedshield.client import deployment as dep
+from fedshield.client import published
+from fedshield.client.node_settings import SuperNodeSettings
 from fedshield.common.config import OwnerConfig
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.federation_info import FEDERATION_FORMAT, FEDERATION_PATH
@@ -68,7 +69,7 @@ def hostile(tmp_path_factory):
     init_ca(pki)
     issue_server_certificate(pki, ["127.0.0.1"])
     server = HostileServer(pki)
-    settings = dep.SuperNodeSettings(
+    settings = SuperNodeSettings(
         superlink=f"127.0.0.1:{server.port}",
         ca=pki / "ca.crt",
         auth_key=None,
@@ -97,20 +98,20 @@ def test_a_malformed_answer_is_one_clean_error(hostile, reply):
     server, settings = hostile
     server.reply = reply
     with pytest.raises(FedshieldError) as refused:
-        dep.get_published(settings, FEDERATION_PATH)
+        published.get_published(settings, FEDERATION_PATH)
     assert ESC not in str(refused.value) and "\x07" not in str(refused.value)
-    info = dep.fetch_federation_info(settings)  # never fatal: a problem line, no traceback
+    info = published.fetch_federation_info(settings)  # never fatal: a problem line, no traceback
     assert info.classes is None and ESC not in info.problem
 
 
 def test_a_server_dripping_its_answer_cannot_hold_the_owner(hostile, monkeypatch):
     server, settings = hostile
-    monkeypatch.setattr(dep, "PUBLISHED_TIMEOUT_S", 1.0)  # the whole exchange: 6 s
+    monkeypatch.setattr(published, "PUBLISHED_TIMEOUT_S", 1.0)  # the whole exchange: 6 s
     header = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     server.reply = [header, *([b" "] * 80)]
     started = time.monotonic()
     with pytest.raises(FedshieldError, match="no complete answer"):
-        dep.get_published(settings, FEDERATION_PATH)
+        published.get_published(settings, FEDERATION_PATH)
     assert time.monotonic() - started < 10
 
 
@@ -120,5 +121,5 @@ def test_a_class_name_cannot_carry_a_shell_command(hostile):
     server.reply = json_reply(
         json.dumps({"format": FEDERATION_FORMAT, "classes": classes}).encode()
     )
-    info = dep.fetch_federation_info(settings)
+    info = published.fetch_federation_info(settings)
     assert info.classes is None and "class names" in info.problem
