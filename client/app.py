@@ -169,7 +169,15 @@ def train_round(
                 "reason": "the server re-sent a round already answered; same update, no new charge",
             },
         )
-        return _reply(msg, owner, arrays, metrics, audit, server_round, owner.relation(plan.dp))
+        return _reply(
+            msg,
+            owner,
+            arrays,
+            metrics,
+            audit,
+            server_round,
+            owner.relation(float(metrics["noise-multiplier"]) > 0),
+        )
     if not plan.dp and not owner.allow_no_dp:
         # The owner decides: a plan cannot switch DP off for an owner that did not opt in.
         raise PolicyRefusal(

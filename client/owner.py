@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,21 +64,37 @@ class Owner:
         return REPLACE_ONE if self.public_record_count else ADD_REMOVE
 
 
+# Set by ``fedshield simulate`` (and inherited by its Ray actors): only in such a process
+# is a node config without ``data-path`` a simulated owner whose policy is the operator's
+# run config. Flower's docs also show ``partition-id`` node configs for deployed
+# SuperNodes; there the server's run config must never become the owner's policy.
+SIMULATED_OWNERS_ENV = "FEDSHIELD_SIMULATED_OWNERS"
+
+
+def mark_simulated_owners() -> None:
+    """This process (and what it starts) plays simulated owners: ``fedshield simulate``."""
+    os.environ[SIMULATED_OWNERS_ENV] = "1"
+
+
 def is_simulated(node_config: dict) -> bool:
     """A simulated owner (a partition of the operator's data), not a deployed one."""
-    return PARTITION_ID in node_config and "data-path" not in node_config
+    return (
+        PARTITION_ID in node_config
+        and "data-path" not in node_config
+        and os.environ.get(SIMULATED_OWNERS_ENV) == "1"
+    )
 
 
 def owner_label(node_config: dict) -> str:
     """The owner's public label and audit folder, read without touching its data."""
-    if PARTITION_ID in node_config and "data-path" not in node_config:
+    if is_simulated(node_config):
         return f"client-{int(node_config[PARTITION_ID])}"
     return str(node_config.get("owner-id") or "owner")
 
 
 def owner_allows_evaluate(node_config: dict, run_config: RunConfig) -> bool:
     """The owner's consent to evaluate requests, read from its settings alone."""
-    if PARTITION_ID in node_config and "data-path" not in node_config:
+    if is_simulated(node_config):
         return run_config.fraction_evaluate > 0
     return OwnerConfig.from_dict(dict(node_config)).allow_evaluate
 
@@ -106,7 +123,7 @@ def accepted_classes(config: OwnerConfig, classes: tuple[str, ...] | None) -> tu
 def resolve_owner(
     node_config: dict, run_config: RunConfig, classes: tuple[str, ...] | None
 ) -> Owner:
-    if PARTITION_ID in node_config and "data-path" not in node_config:
+    if is_simulated(node_config):
         pid, num = int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
         dataset = simulated_owner_data(run_config, pid, num)
         budget = run_config.epsilon_budget or run_config.target_epsilon
@@ -170,7 +187,7 @@ def resolve_owner(
 
 def owner_audit_dir(node_config: dict, run_config: RunConfig) -> Path | None:
     """Where this owner's audit log lives, known without loading its data (None: unknown)."""
-    if PARTITION_ID in node_config and "data-path" not in node_config:
+    if is_simulated(node_config):
         base = Path(run_config.out_dir or "~/.fedshield/simulation").expanduser()
         root = Path(run_config.audit_dir).expanduser() if run_config.audit_dir else base / "audit"
         return root / owner_label(node_config)
@@ -217,6 +234,7 @@ def encode_simulated_owners(
     Encoding on CPU can outlast a round's timeout, and a late first-round reply is
     dropped after its owner was charged; done up front, round 1 only reads the cache.
     """
+    mark_simulated_owners()
     spec = ModelSpec.from_config(config)
     for pid in range(num_clients):
         owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)

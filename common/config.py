@@ -26,6 +26,11 @@ MAX_CLASSES = 1000
 # grows with their number (measured on IMDB, BBC News and StackOverflow titles, validation
 # splits: docs/BENCHMARKS.md "Defaults that generalise").
 LEARNING_RATE_PER_CLASS = 2.5
+# Plan bounds an owner applies whatever the noise (a near-free plan must not cost it hours
+# or gigabytes): the projection table's size, and a learning rate that keeps any update
+# finite in float32 (the default is at most 2.5 x 1,000 classes).
+MAX_PROJECTION_ENTRIES = 2**24
+MAX_LEARNING_RATE = 1e4
 # A federation's class name: what an owner's terminal shows and its shell may be told to pass.
 CLASS_NAME = re.compile(r"[\w .&+/-]{1,100}")
 
@@ -250,10 +255,11 @@ class RunConfig(_KebabConfig):
             "must be >= 1, or 0 for full local batches",
         )
         _require(
-            self.learning_rate >= 0,
+            0 <= self.learning_rate <= MAX_LEARNING_RATE,
             "learning-rate",
             self.learning_rate,
-            f"must be > 0, or 0 for {LEARNING_RATE_PER_CLASS:g} x the number of classes",
+            f"must be in (0, {MAX_LEARNING_RATE:g}], or 0 for {LEARNING_RATE_PER_CLASS:g} x the "
+            "number of classes",
         )
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
         _require(
@@ -302,6 +308,14 @@ class RunConfig(_KebabConfig):
             "feat-entries-per-bucket",
             self.feat_entries_per_bucket,
             "must be in [1, 64]",
+        )
+        # The projection's table has buckets x entries non-zeros, built at every owner
+        # before its text is read: 2^22 x 64 took 13 GB for a near-free plan.
+        _require(
+            self.feat_n_buckets * self.feat_entries_per_bucket <= MAX_PROJECTION_ENTRIES,
+            "feat-n-buckets x feat-entries-per-bucket",
+            self.feat_n_buckets * self.feat_entries_per_bucket,
+            f"must be at most {MAX_PROJECTION_ENTRIES} (2^24; the default is 2^18 x 4)",
         )
         validate_device(self.device, "device")
         _require(

@@ -19,6 +19,7 @@ choice keeps the owners' guarantees.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -259,7 +260,9 @@ class ValidatingStrategy(Strategy):
             try:
                 count = record_count(self._metric(reply, "num-examples"))
                 weight = aggregation_weight(count, owner.max_weight)
-                bound = self.norm_bound.for_records(weight)
+                bound = self.norm_bound.for_reply(
+                    weight, self._metric(reply, "noise-multiplier"), self._model_size()
+                )
                 norm = validate_update(reply, self._global_arrays, bound)
             except UpdateRejected as exc:
                 self._rejected(server_round, "train", owner, exc)
@@ -413,6 +416,10 @@ class ValidatingStrategy(Strategy):
     def _label(cls, reply: Message) -> str | None:
         """The label the owner declared for itself: shown beside its name, never as it."""
         return owner_label(cls._owner_field(reply, wire.OWNER_ID, 64))
+
+    def _model_size(self) -> int:
+        """The global model's number of values (the noise term of the norm bound)."""
+        return sum(math.prod(array.shape) for array in self._global_arrays.values())
 
     @staticmethod
     def _metric(reply: Message, key: str) -> object:

@@ -24,6 +24,11 @@ from fedshield.common import wire
 # honest update was 1.47 lr*C (7.33 at 669 records, sigma 8.82, d 8194; 400 updates, 40
 # rounds x 10 owners), so 50 leaves 34x, and the noise term fits it down to ~17 records.
 DEFAULT_NORM_STEPS = 50.0
+# The noise term of the default bound: twice an honest step's noise norm (a Gaussian
+# vector's norm concentrates within a few percent of sigma sqrt(d) at these sizes), for
+# noise multipliers up to 1,000 (epsilon 0.1 over 40 full-batch rounds needs about 210).
+NOISE_NORMS = 2.0
+MAX_BOUND_NOISE_MULTIPLIER = 1000.0
 
 
 class UpdateRejected(Exception):
@@ -59,14 +64,31 @@ class UpdateNormBound:
             batch_size=plan.batch_size,
         )
 
-    def for_records(self, records: int) -> float:
-        """The bound for an owner weighing ``records`` (0: no bound)."""
+    def for_reply(self, records: int, noise_multiplier: object, parameters: int) -> float:
+        """The bound for an update released on ``records`` (the owner's DP count) with
+        ``noise_multiplier`` over a model of ``parameters`` values (0: no bound).
+
+        Per local step: ``DEFAULT_NORM_STEPS`` step norms for the clipped mean, plus
+        ``NOISE_NORMS`` times the norm an honest step's noise has, sigma C sqrt(d) over
+        the expected batch (q x count). An owner divides its noisy sum by its DP count,
+        which may be near 0 for a small owner: without the noise term its honest update
+        would be refused (and FedAvg's weight, the same count, cancels it in the
+        average). The noise multiplier counts up to ``MAX_BOUND_NOISE_MULTIPLIER``, so a
+        poisoner claiming huge noise gains a bounded room; its weight is capped anyway.
+        """
         if self.fixed > 0:
             return self.fixed
         if self.step_norm <= 0:
             return 0.0
-        steps = 1 if self.batch_size == 0 else math.ceil(max(records, 1) / self.batch_size)
-        return DEFAULT_NORM_STEPS * self.step_norm * self.local_epochs * steps
+        records = max(records, 1)
+        steps = 1 if self.batch_size == 0 else math.ceil(records / self.batch_size)
+        expected_batch = max(round(records / steps), 1)
+        claimed = noise_multiplier if isinstance(noise_multiplier, int | float) else 0.0
+        sigma = min(max(float(claimed), 0.0), MAX_BOUND_NOISE_MULTIPLIER)
+        if not math.isfinite(sigma):
+            sigma = 0.0
+        per_step = DEFAULT_NORM_STEPS + NOISE_NORMS * sigma * math.sqrt(parameters) / expected_batch
+        return per_step * self.step_norm * self.local_epochs * steps
 
     def describe(self) -> str:
         if self.fixed > 0:
@@ -74,8 +96,8 @@ class UpdateNormBound:
         if self.step_norm <= 0:
             return "none"
         return (
-            f"{DEFAULT_NORM_STEPS:g} x learning rate x max-grad-norm ({self.step_norm:g}) per "
-            "local step"
+            f"({DEFAULT_NORM_STEPS:g} + {NOISE_NORMS:g} x noise multiplier x sqrt(parameters) / "
+            f"expected batch) x learning rate x max-grad-norm ({self.step_norm:g}) per local step"
         )
 
 

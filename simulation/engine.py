@@ -67,8 +67,11 @@ def run_simulation(
 
     ``on_round`` gets each round's metrics; ``on_update`` every accepted update."""
     from fedshield.client.app import make_client_app
+    from fedshield.client.owner import mark_simulated_owners
     from fedshield.server.app import make_server_app
 
+    # The operator plays every owner here; its Ray actors inherit the mark.
+    mark_simulated_owners()
     # Keeps Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and its warning).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation as flower_run_simulation

@@ -104,6 +104,7 @@ def test_a_planted_defect_is_caught(tmp_path):
     out = tmp_path / "run"
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
     proc = audit_empirical(out, "--epsilon", "0.5", env_extra={"PYTHONPATH": pythonpath})
+    assert (out / "empirical.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = result(out)
     assert summary["claimed-epsilon"] == pytest.approx(0.5, abs=0.01)
     assert summary["recomputed-epsilon"] == pytest.approx(0.5, rel=0.02)

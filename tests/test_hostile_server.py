@@ -411,3 +411,45 @@ def test_the_servers_run_config_does_not_reach_a_deployed_owner(owner_csv, tmp_p
     reply = run_train(context)
     assert not reply.has_error(), reply.error
     assert audit_entries(tmp_path, "update-released")
+
+
+def test_a_partition_node_config_outside_a_simulation_takes_no_policy_from_the_server(
+    owner_csv, tmp_path, monkeypatch
+):
+    """The red team's second pass: Flower's docs show ``partition-id`` node configs for
+    deployed SuperNodes too; there the server's run config (dp off, a data file of its
+    choosing, a fresh ledger) must not become the owner's policy. Only a process that
+    ``fedshield simulate`` marked plays simulated owners."""
+    from flwr.app import Context, RecordDict
+
+    from fedshield.client.owner import SIMULATED_OWNERS_ENV
+
+    monkeypatch.delenv(SIMULATED_OWNERS_ENV, raising=False)
+    hostile = {"dp": False, "data": str(owner_csv), "out-dir": str(tmp_path / "chosen")}
+    context = Context(
+        run_id=42,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=hostile,
+    )
+    reply = run_train(context, train_message(PLAN.replace(dp=False)))
+    assert reply.has_error() and reply.error.code in wire.REFUSAL_REASONS
+    assert not (tmp_path / "chosen").exists()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"feat-n-buckets": 2**22, "feat-entries-per-bucket": 64},  # 13 GB of projection
+        {"learning-rate": 1e37},  # an update of infinities, charged
+    ],
+)
+def test_near_free_plans_that_cost_gigabytes_or_infinities_are_refused(values):
+    """The red team's second pass: inside every per-key bound, with noise 1e6 (about no
+    budget), these took 13 GB at a 200-record owner or released a non-finite update."""
+    from fedshield.common.config import RunConfig
+    from fedshield.common.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        RunConfig.from_dict({"noise-multiplier": 1e6, "target-epsilon": 0.0, **values})

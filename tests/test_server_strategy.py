@@ -317,8 +317,15 @@ def test_a_dp_count_of_zero_weighs_one_record(tmp_path):
 def test_the_default_norm_bound_passes_the_demos_honest_updates_and_stops_a_huge_one(tmp_path):
     plan = RunConfig()  # the demo's plan: fedshield simulate defaults
     bound = UpdateNormBound.from_plan(plan, num_classes=2)
-    assert bound.for_records(669) == pytest.approx(250.0)  # 34 x the demo's largest, 7.33
-    assert UpdateNormBound.from_plan(RunConfig(max_update_norm=3.0), 2).for_records(9) == 3.0
+    assert bound.for_reply(669, 0.0, 8194) == pytest.approx(250.0)  # 34 x the demo's largest
+    assert UpdateNormBound.from_plan(RunConfig(max_update_norm=3.0), 2).for_reply(9, 8.8, 5) == 3.0
+    # A small owner whose DP count came out near 0 divides its noisy sum by 1: its honest
+    # update is mostly noise, sigma C sqrt(d) x lr = 8.82 x 90.5 x 5 = 3,992; it passes.
+    small = bound.for_reply(0, 8.82, 8194)
+    assert 3992 * 1.5 < small < 3992 * 3
+    # A claimed noise multiplier buys a bounded room only.
+    assert bound.for_reply(0, 1e12, 8194) == bound.for_reply(0, 1000.0, 8194)
+    assert bound.for_reply(0, "not a number", 8194) == bound.for_reply(0, 0.0, 8194)
     s = build_strategy(
         "fedavg",
         audit=AuditLog(tmp_path / "server.jsonl", "server"),
