@@ -59,8 +59,15 @@ def evaluate_round(
         event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
     )
     inputs = owner_inputs(owner, spec)
+    # Batches bounded like training passes: the plan chooses the model's size.
+    batch = min(256, spec.default_physical_batch_size(model, owner.device, len(owner.dataset)))
     mean_loss, accuracy = evaluate_model(
-        model, inputs, owner.dataset.labels, owner.device, loss_clip=EVALUATE_LOSS_CLIP
+        model,
+        inputs,
+        owner.dataset.labels,
+        owner.device,
+        batch_size=batch,
+        loss_clip=EVALUATE_LOSS_CLIP,
     )
     # Sums over the records (no count in them): each record moves each by at most 1
     # under add/remove and under replace-one alike.
