@@ -327,6 +327,14 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
                     )
                 )
             )
+            if entry.get("late"):
+                progress.console.print(
+                    f"  round {entry['round']}: no reply in time from "
+                    + ", ".join(entry["late"])
+                    + " (their updates were dropped; raise --round-timeout-s)",
+                    markup=False,
+                    highlight=False,
+                )
             if entry["round"] > 0:
                 progress.update(task, completed=entry["round"])
 

@@ -197,6 +197,7 @@ def run_federation(
             "refusals": record.refusals if record else [],
             "rejected": record.rejected if record else [],
             "impersonated": record.impersonated if record else [],
+            "late": record.late if record else [],
             "labels-self-declared": dict(record.labels) if record else {},
         }
         history.append(entry)

@@ -34,12 +34,33 @@ UNKNOWN = "unknown"
 RUNS_DIR = "runs"  # in the state folder, as ``server start`` names its runs
 
 
+def run_dirs(state_dir: Path) -> list[Path]:
+    """The run folders under STATE/runs, oldest first (by when metrics.json last changed)."""
+    metrics = sorted(
+        (Path(state_dir) / RUNS_DIR).glob("*/metrics.json"), key=lambda path: path.stat().st_mtime
+    )
+    return [path.parent for path in metrics]
+
+
 def newest_run_dir(state_dir: Path) -> Path | None:
     """The run folder under STATE/runs whose metrics.json changed last."""
-    metrics = list((Path(state_dir) / RUNS_DIR).glob("*/metrics.json"))
-    if not metrics:
-        return None
-    return max(metrics, key=lambda path: path.stat().st_mtime).parent
+    runs = run_dirs(state_dir)
+    return runs[-1] if runs else None
+
+
+def _every_runs_entries(state_dir: Path, newest: Path | None) -> list[dict]:
+    """The server audit entries of every run, oldest run first (a log several runs share
+    is read once): an owner's epsilon is its newest anchored figure in any run, so a run
+    every owner refused does not empty the table when the operator needs it most."""
+    folders = run_dirs(state_dir)
+    if newest is not None and newest not in folders:
+        folders.append(newest)
+    paths: list[Path] = []
+    for folder in folders:
+        path = server_audit_path(folder)
+        if path is not None and path not in paths:
+            paths.append(path)
+    return [entry for path in paths for entry in _audit_entries(path)]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -170,7 +191,7 @@ def federation_status(state_dir: Path, run_dir: Path | None = None) -> dict:
     run_dir = run_dir or newest_run_dir(state_dir)
     audit_path = server_audit_path(run_dir) if run_dir else None
     entries = _audit_entries(audit_path)
-    replies = _anchored_replies(entries)
+    replies = _anchored_replies(_every_runs_entries(state_dir, run_dir))
     superlink, nodes = _superlink_view(state_dir)
 
     registry = dep.load_owner_registry(state_dir)

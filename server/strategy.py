@@ -63,6 +63,7 @@ class RoundRecord:
     rejected: list[str] = field(default_factory=list)
     impersonated: list[str] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)  # names of sampled owners with no reply
 
 
 class ValidatingStrategy(Strategy):
@@ -309,9 +310,20 @@ class ValidatingStrategy(Strategy):
                 )
         replied = {owner.node_id for _, owner in checked}
         record.dropped = sorted(n for n in self._sampled if n not in replied)
+        record.late = [self.owners.identity(n).name for n in record.dropped]
         if record.dropped:
+            # Named on the operator's console: a late owner's update is lost (and, if it
+            # was released, charged at the owner), which a bare count of clients hides.
+            log.warning(
+                "round %d: no reply in time from %d sampled owner(s): %s (round-timeout-s; "
+                "a late update is dropped)",
+                server_round,
+                len(record.late),
+                ", ".join(record.late),
+            )
             self.audit.append(
-                Event.CLIENTS_DROPPED, **{"server-round": server_round, "node-ids": record.dropped}
+                Event.CLIENTS_DROPPED,
+                **{"server-round": server_round, "node-ids": record.dropped, "owners": record.late},
             )
         if not accepted:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)

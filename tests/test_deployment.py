@@ -436,6 +436,9 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
     assert log.ok, log.problem
     dropped = [e["data"] for e in log.entries if e["type"] == "clients-dropped"]
     assert dropped, "the server records who dropped"
+    # ... by the key it authenticated with, in the audit log and in metrics.json
+    assert all(d["owners"] == [owner_keys[2]] for d in dropped)
+    assert any(entry["late"] == [owner_keys[2]] for entry in rounds[2:])
     assert any(e["type"] == "run-end" for e in log.entries)
 
 

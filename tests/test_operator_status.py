@@ -304,3 +304,43 @@ def test_a_removed_key_is_not_registered_again(tmp_path, pki):
     settings = dep.SuperLinkSettings(pki_dir=pki, state_dir=state)
     with pytest.raises(dep.ConfigError, match="was removed from this federation on 2026-11-28"):
         dep.register_node_keys(settings, [key])
+
+
+def test_status_reads_every_run_so_a_refused_run_does_not_empty_the_table(tmp_path, monkeypatch):
+    """A run every owner refused has no anchored reply; the owners' epsilon comes from
+    their newest anchored reply in any run of the state folder."""
+    import json
+    import os
+
+    from fedshield.common.audit_events import Event
+    from fedshield.common.audit_log import AuditLog
+    from fedshield.server import status as status_module
+
+    monkeypatch.setattr(status_module, "_superlink_view", lambda state: ({"reachable": False}, {}))
+    state = tmp_path / "state"
+    for age, (run, events) in enumerate(
+        [
+            ("older", [(Event.UPDATE_RECEIVED, 1.25)]),
+            ("newer", [(Event.CLIENT_REFUSED, None)]),
+        ]
+    ):
+        folder = state / "runs" / run
+        log = AuditLog(folder / "audit" / "server" / "audit.jsonl", actor="server")
+        for kind, epsilon in events:
+            log.append(
+                kind,
+                **{
+                    "server-round": 1,
+                    "node-id": 4,
+                    "node-key-fingerprint": "SHA256:owner-four",
+                    "owner-audit-head": "f" * 64 if epsilon else None,
+                    "metrics": {"epsilon": epsilon, "epsilon-budget": 3.0},
+                },
+            )
+        (folder / "metrics.json").write_text(json.dumps({"rounds": [], "run": {}}))
+        os.utime(folder / "metrics.json", (1_000_000 + age, 1_000_000 + age))
+    view = status_module.federation_status(state)
+    assert view["run"]["folder"].endswith("newer")
+    (row,) = view["owners"]
+    assert row["fingerprint"] == "SHA256:owner-four"
+    assert row["epsilon-spent"] == 1.25 and row["epsilon-left"] == pytest.approx(1.75)

@@ -284,6 +284,9 @@ def test_replies_to_another_nodes_task_or_to_no_task_are_refused_and_audited(tmp
     assert len(record.impersonated) == 3
     assert f"for {fingerprint[1]}'s task" in record.impersonated[0]
     assert record.dropped == [1, 3]
+    # named by key, as the operator's console and metrics.json show them
+    assert record.late == [fingerprint[1], fingerprint[3]]
+    assert entries(s, "clients-dropped")[0]["owners"] == record.late
     refused = entries(s, "reply-impersonated")
     assert [(e["sender-node-id"], e["task-node-id"]) for e in refused] == [
         (3, 1),
