@@ -445,11 +445,33 @@ def online_nodes(settings: SuperLinkSettings) -> int:
     return sum(1 for node in nodes if node.get("status") == "online")
 
 
-def wait_for_nodes(settings: SuperLinkSettings, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+# How often the operator hears how many SuperNodes are online while it waits.
+NODE_PROGRESS_EVERY_S = 15.0
+
+
+def wait_for_nodes(
+    settings: SuperLinkSettings,
+    count: int,
+    timeout_s: float,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> None:
+    """Wait until ``count`` SuperNodes are online; ``on_progress(online, waited_s)`` is
+    called when the number online changes and every ``NODE_PROGRESS_EVERY_S``."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    reported: tuple[int, float] | None = None
     while time.monotonic() < deadline:
-        if online_nodes(settings) >= count:
+        online = online_nodes(settings)
+        if online >= count:
             return
+        waited = time.monotonic() - start
+        if on_progress is not None and (
+            reported is None
+            or online != reported[0]
+            or waited - reported[1] >= NODE_PROGRESS_EVERY_S
+        ):
+            on_progress(online, waited)
+            reported = (online, waited)
         time.sleep(1.0)
     raise DeploymentError(
         f"only {online_nodes(settings)} of {count} SuperNodes came online in {timeout_s:.0f} s; "

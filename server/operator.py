@@ -135,8 +135,15 @@ def serve_federation(
             say(f"registered {node['key']} ({node['fingerprint']}): node {node['node-id']}")
         expected = request.wait_nodes if request.wait_nodes is not None else len(keys)
         if expected:
-            say(f"waiting for {expected} SuperNodes ...")
-            dep.wait_for_nodes(settings, expected, request.node_timeout_s)
+            say(f"waiting for {expected} SuperNodes (up to {request.node_timeout_s:.0f} s) ...")
+            dep.wait_for_nodes(
+                settings,
+                expected,
+                request.node_timeout_s,
+                lambda online, waited: say(
+                    f"  {online} of {expected} SuperNodes online after {waited:.0f} s"
+                ),
+            )
         values = {
             "min-train-nodes": max(expected, 1),
             **values,

@@ -207,3 +207,16 @@ def test_a_piped_table_keeps_a_20_character_owner_on_one_line():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if owner in line]
     assert len(rows) == 1 and key in rows[0], proc.stdout
+
+
+def test_waiting_for_supernodes_reports_progress(monkeypatch):
+    """'waiting for N SuperNodes' was one line for up to 300 s: now the operator hears each
+    change in how many are online (and a line every 15 s without one)."""
+    from fedshield.server import deployment as dep
+
+    online = iter([0, 0, 1, 1, 3])
+    monkeypatch.setattr(dep, "online_nodes", lambda settings: next(online))
+    monkeypatch.setattr(dep.time, "sleep", lambda s: None)
+    heard: list[int] = []
+    dep.wait_for_nodes(None, 3, 60.0, lambda count, waited: heard.append(count))
+    assert heard == [0, 1]
