@@ -46,3 +46,9 @@ class RunStoppedEarly(FedshieldError):
     model of the last round with an accepted update is saved."""
 
     exit_code = 7
+
+
+class SimulationEngineFailed(FedshieldError):
+    """The simulation engine (Ray) could not start: nothing ran, nothing was charged."""
+
+    exit_code = 8

@@ -57,7 +57,7 @@ PLD_MAX_EPSILON = 50.0  # PLD's grid grows with epsilon (eps 6,000: 26 s)
 PLD_MAX_STEPS = 2 * 10**5
 PLD_MAX_MECHANISMS = 64
 
-# Neighbouring relations (README, "Privacy semantics"). Add/remove one record is the
+# Neighbouring relations (docs/PRIVACY.md, "Privacy semantics"). Add/remove one record is the
 # default: it protects whether a record is there at all, so the record count N is
 # private and leaves only as a DP release. Replace-one applies when the owner declares N
 # public; then the clipped-gradient sum moves by 2C, not C.

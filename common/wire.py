@@ -75,7 +75,7 @@ EVALUATE_METRIC_KEYS = (
     "noise-multiplier",
 )
 
-# Why each field of a reply may leave a data owner. The privacy definition (README,
+# Why each field of a reply may leave a data owner. The privacy definition (docs/PRIVACY.md,
 # "Privacy semantics"): sample-level (epsilon, delta)-DP under add/remove-one-record
 # adjacency by default, where the record count N is private too: it leaves only as a DP
 # release charged to the owner's ledger (client/count.py), and every value computed from

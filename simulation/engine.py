@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import warnings
 
 from fedshield.common.config import RunConfig
-from fedshield.common.errors import ConfigError
+from fedshield.common.errors import ConfigError, SimulationEngineFailed
 from fedshield.server.app import RoundCallback
 from fedshield.server.strategy import UpdateObserver
 
@@ -57,6 +59,55 @@ def check_inputs(config: RunConfig, num_clients: int) -> tuple[list[int], int]:
     return sizes, len(test)
 
 
+# How long Ray may take to start before the run gives up with one line (a loaded machine,
+# a full /tmp, a blocked port made it hang behind Flower's threads for minutes).
+RAY_START_TIMEOUT_S = float(os.environ.get("FEDSHIELD_RAY_START_TIMEOUT_S", "60"))
+RAY_START_ADVICE = (
+    "free some CPU, memory or space in /tmp (Ray's session folder), or stop stale Ray "
+    "processes (`ray stop`), then run again"
+)
+
+
+def start_ray(init_args: dict) -> None:
+    """Start Ray here, before Flower's engine (which then uses it as it is): a Ray that
+    cannot start ends the run with one line, at once or within ``RAY_START_TIMEOUT_S``,
+    instead of a traceback and a hang. Same arguments as Flower's own start."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(
+        filter(None, [os.pathsep.join(sys.path), os.environ.get("PYTHONPATH")])
+    )
+    os.environ["PYTHONPATH"] = pythonpath
+    started = threading.Event()
+
+    def give_up_if_hung() -> None:
+        if not started.wait(RAY_START_TIMEOUT_S):
+            # ray.init cannot be interrupted from here: say why, then end the process.
+            sys.stderr.write(
+                f"error: Ray (the simulation engine) did not start within "
+                f"{RAY_START_TIMEOUT_S:.0f} s; nothing ran and nothing was charged; "
+                f"{RAY_START_ADVICE}\n"
+            )
+            sys.stderr.flush()
+            os._exit(SimulationEngineFailed.exit_code)
+
+    threading.Thread(target=give_up_if_hung, daemon=True).start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SimulationEngineFailed(
+            f"Ray (the simulation engine) could not start ({type(exc).__name__}: {first}); "
+            f"nothing ran and nothing was charged; {RAY_START_ADVICE}"
+        ) from None
+    finally:
+        started.set()
+
+
 def run_simulation(
     config: RunConfig,
     num_clients: int,
@@ -77,11 +128,13 @@ def run_simulation(
     from flwr.simulation import run_simulation as flower_run_simulation
 
     overrides = config.as_dict()
+    engine = backend_config(num_clients, config.device)
+    start_ray({"include_dashboard": False, **engine["init_args"]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         flower_run_simulation(
             server_app=make_server_app(overrides, on_round, on_update),
             client_app=make_client_app(overrides),
             num_supernodes=num_clients,
-            backend_config=backend_config(num_clients, config.device),
+            backend_config=engine,
         )

@@ -220,3 +220,50 @@ def test_waiting_for_supernodes_reports_progress(monkeypatch):
     heard: list[int] = []
     dep.wait_for_nodes(None, 3, 60.0, lambda count, waited: heard.append(count))
     assert heard == [0, 1]
+
+
+RAY_BROKEN = {
+    "fails": "raise RuntimeError('raylet failed to start: no space left on device')",
+    "hangs": "time.sleep(3600)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(RAY_BROKEN))
+def test_simulate_ends_with_one_line_when_ray_cannot_start(tmp_path, how):
+    """simulate hung for minutes after 200 lines of traceback when Ray failed to start
+    on a loaded machine. A test-only sitecustomize breaks ray.init in the subprocess."""
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import FEDSHIELD
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "import ray\n"
+        "def broken(*args, **kwargs):\n"
+        f"    {RAY_BROKEN[how]}\n"
+        "ray.init = broken\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+        "FEDSHIELD_RAY_START_TIMEOUT_S": "5",
+        "FLWR_TELEMETRY_ENABLED": "0",
+    }
+    args = ["simulate", "--clients", "2", "--rounds", "1", "--max-records", "200"]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*FEDSHIELD, *args, "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 8, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert "Ray (the simulation engine)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "nothing was charged" in proc.stderr
+    assert not list((tmp_path / "run").rglob("ledger.json"))
