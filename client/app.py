@@ -197,9 +197,7 @@ def train_round(
         check_delta(owner.delta, count.at_least_one)
         # Refuse before touching the text: the pre-flight needs only the released count
         # and the plan, so a refused round costs the same whatever the records hold.
-        owner.ledger.check_budget(
-            accounted, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
-        )
+        owner.ledger.check_budget(accounted, context.run_id)
     inputs = owner_inputs(owner, spec)
     outcome = train_locally(
         model, inputs, owner.dataset.labels, settings, owner.device, released_count=count.value

@@ -34,7 +34,7 @@ def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.
 
 def record_budget_change(owner: Owner, audit: AuditLog) -> None:
     """Budget changes are the owner's decisions: ledger and audit log keep each one."""
-    change = owner.ledger.record_budget(owner.epsilon_budget)
+    change = owner.ledger.record_budget()
     if change is not None:
         audit.append(
             Event.BUDGET_CHANGED,
@@ -68,14 +68,11 @@ def charge_and_audit(
     # Charge before release: a crash after this line over-counts, never under-counts.
     epsilon = owner.ledger.charge_ledger_before_release(
         event,
-        owner.epsilon_budget,
-        owner.delta,
         context.run_id,
         server_round,
         kind=kind,
         data_fingerprint=owner.dataset.fingerprint,
         records=len(owner.dataset),
-        run_epsilon_cap=owner.run_epsilon_cap,
         relation=relation,
         released=released,
     )

@@ -68,9 +68,7 @@ def released_record_count(
     if stored is not None:
         return RecordCount(stored, ADD_REMOVE)
     event = count_event(owner)
-    owner.ledger.check_budget(
-        event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
-    )
+    owner.ledger.check_budget(event, context.run_id)
     value = noisy_count(exact, owner.count_noise)
     # Charge before release: the value is stored with the charge, before any round uses it.
     charge_and_audit(owner, audit, event, context, server_round, KIND_COUNT, 1.0, released=value)

@@ -55,9 +55,7 @@ def evaluate_round(
     record_budget_change(owner, audit)
     # The answer is divided by the released count, never N (client/count.py).
     count = released_record_count(owner, audit, context, server_round, dp=True)
-    owner.ledger.check_budget(
-        event, owner.epsilon_budget, owner.delta, context.run_id, owner.run_epsilon_cap
-    )
+    owner.ledger.check_budget(event, context.run_id)
     inputs = owner_inputs(owner, spec)
     # Batches bounded like training passes: the plan chooses the model's size.
     batch = min(256, spec.default_physical_batch_size(model, owner.device, len(owner.dataset)))

@@ -11,8 +11,14 @@ Guarantees:
 - epsilon is recomputed from the whole event list (common/privacy.py), never summed;
 - the owner's budget is recorded with every change (time, old and new value), so raising
   a budget after a refusal shows in the ledger and in the audit log;
+- the owner's limits (budget, delta, cap per run: ``OwnerLimits``) are fixed when the
+  owner opens its ledger, so no call can check or charge against other figures; a ledger
+  opened without them can only be read;
 - an owner may cap what one run can spend (``run-epsilon-cap``), so one run cannot take a
   multi-run budget;
+- the record count's DP release (``KIND_COUNT``) is an event like any other, with its
+  released value, so every later round on the same data reuses it; each entry names the
+  neighbouring relation it was accounted under, and a ledger keeps one;
 - a write is atomic and durable (temp file, fsync, rename, fsync of the directory), and
   happens before the release it pays for leaves the machine: a crash can over-count,
   never under-count;
@@ -158,12 +164,36 @@ def _read_checked(path: Path, expected_format: int) -> dict:
     return body
 
 
-class PrivacyLedger:
-    """The ledger of one data owner, kept in ``directory`` (the owner's ledger folder)."""
+@dataclass(frozen=True)
+class OwnerLimits:
+    """The owner's own limits, fixed when its ledger is opened: the total budget, the
+    delta every epsilon is read at, and the most one run may spend (0: no cap)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    epsilon_budget: float
+    delta: float
+    run_epsilon_cap: float = 0.0
+
+
+class PrivacyLedger:
+    """The ledger of one data owner, kept in ``directory`` (the owner's ledger folder).
+
+    Opened with the owner's ``limits`` it checks and charges against them; opened
+    without (``ledger show``, an auditor) it can only be read.
+    """
+
+    def __init__(self, directory: str | Path, limits: OwnerLimits | None = None) -> None:
         self.directory = Path(directory).expanduser()
         self.path = self.directory / LEDGER_FILE
+        self._limits = limits
+
+    @property
+    def limits(self) -> OwnerLimits:
+        if self._limits is None:
+            raise ValueError(
+                f"{self.directory}: this ledger was opened to be read; charging or checking "
+                "needs the owner's limits (PrivacyLedger(directory, OwnerLimits(...)))"
+            )
+        return self._limits
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -260,8 +290,9 @@ class PrivacyLedger:
         """Epsilon at ``delta`` composed over every event recorded so far."""
         return epsilon_spent((e.event for e in self.entries()), delta)
 
-    def record_budget(self, epsilon_budget: float) -> BudgetChange | None:
+    def record_budget(self) -> BudgetChange | None:
         """Record the owner's budget if it changed; returns the change (None if unchanged)."""
+        epsilon_budget = self.limits.epsilon_budget
         with self._locked():
             state = self._read()
             old = state.budgets[-1].new if state.budgets else None
@@ -275,16 +306,14 @@ class PrivacyLedger:
             )
             return change
 
-    @staticmethod
     def _refuse_if_over(
-        entries: list[LedgerEntry],
-        planned: DpEvent,
-        epsilon_budget: float,
-        delta: float,
-        run_id: int,
-        run_epsilon_cap: float,
-        when: str,
+        self, entries: list[LedgerEntry], planned: DpEvent, run_id: int, when: str
     ) -> float:
+        epsilon_budget, delta, run_epsilon_cap = (
+            self.limits.epsilon_budget,
+            self.limits.delta,
+            self.limits.run_epsilon_cap,
+        )
         events = [e.event for e in entries]
         before = epsilon_spent(events, delta)
         after = epsilon_spent([*events, planned], delta)
@@ -305,31 +334,19 @@ class PrivacyLedger:
                 )
         return after
 
-    def check_budget(
-        self,
-        planned: DpEvent,
-        epsilon_budget: float,
-        delta: float,
-        run_id: int = 0,
-        run_epsilon_cap: float = 0.0,
-    ) -> float:
+    def check_budget(self, planned: DpEvent, run_id: int = 0) -> float:
         """Pre-flight: epsilon after ``planned``; raises if that passes the budget or cap."""
-        return self._refuse_if_over(
-            self.entries(), planned, epsilon_budget, delta, run_id, run_epsilon_cap, "pre-flight"
-        )
+        return self._refuse_if_over(self.entries(), planned, run_id, "pre-flight")
 
     def charge_ledger_before_release(
         self,
         event: DpEvent,
-        epsilon_budget: float,
-        delta: float,
         run_id: int,
         server_round: int,
         *,
         kind: str = KIND_TRAIN,
         data_fingerprint: str = "",
         records: int = 0,
-        run_epsilon_cap: float = 0.0,
         relation: str = ADD_REMOVE,
         released: int | None = None,
     ) -> float:
@@ -344,15 +361,12 @@ class PrivacyLedger:
             after = self._refuse_if_over(
                 state.entries,
                 event,
-                epsilon_budget,
-                delta,
                 run_id,
-                run_epsilon_cap,
                 "at charge (another run charged since the pre-flight check)",
             )
             entry = LedgerEntry(
                 event,
-                delta,
+                self.limits.delta,
                 run_id,
                 server_round,
                 time.time(),

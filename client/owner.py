@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedshield.client.ledger import PrivacyLedger
+from fedshield.client.ledger import OwnerLimits, PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
 from fedshield.common.durable import write_atomic
@@ -44,18 +44,23 @@ class Owner:
 
     owner_id: str
     dataset: TextDataset
-    ledger: PrivacyLedger
-    epsilon_budget: float
-    delta: float
+    ledger: PrivacyLedger  # opened with the owner's limits: budget, delta, cap per run
     device: torch.device
     audit_dir: Path
     cache_dir: Path | None = None
     allow_no_dp: bool = False
     allow_evaluate: bool = False
     evaluate_noise_multiplier: float = 10.0
-    run_epsilon_cap: float = 0.0
     count_noise: float = 20.0  # std of the record count's DP release (client/count.py)
     public_record_count: bool = False
+
+    @property
+    def epsilon_budget(self) -> float:
+        return self.ledger.limits.epsilon_budget
+
+    @property
+    def delta(self) -> float:
+        return self.ledger.limits.delta
 
     def relation(self, dp: bool) -> str:
         """The neighbouring relation this owner's releases satisfy ("none" without DP)."""
@@ -144,9 +149,9 @@ def resolve_owner(
         owner = Owner(
             owner_id=f"client-{pid}",
             dataset=dataset,
-            ledger=PrivacyLedger(ledger_root / f"client-{pid}"),
-            epsilon_budget=budget,
-            delta=run_config.delta,
+            ledger=PrivacyLedger(
+                ledger_root / f"client-{pid}", OwnerLimits(budget, run_config.delta)
+            ),
             device=resolve_device(run_config.device),
             audit_dir=audit_root / f"client-{pid}",
             cache_dir=base / "cache",
@@ -167,16 +172,16 @@ def resolve_owner(
         owner = Owner(
             owner_id=config.owner_id or "owner",
             dataset=dataset,
-            ledger=PrivacyLedger(config.ledger_dir),
-            epsilon_budget=config.epsilon_budget,
-            delta=config.delta,
+            ledger=PrivacyLedger(
+                config.ledger_dir,
+                OwnerLimits(config.epsilon_budget, config.delta, config.run_epsilon_cap),
+            ),
             device=resolve_device(config.device),
             audit_dir=Path(config.audit_dir).expanduser(),
             cache_dir=Path(config.cache_dir).expanduser() if config.cache_dir else None,
             allow_no_dp=config.allow_no_dp,
             allow_evaluate=config.allow_evaluate,
             evaluate_noise_multiplier=config.evaluate_noise_multiplier,
-            run_epsilon_cap=config.run_epsilon_cap,
             count_noise=config.count_noise,
             public_record_count=config.public_record_count,
         )

@@ -55,13 +55,13 @@ def test_data_check_summarises_without_showing_text(owner_csv):
 
 
 def test_ledger_show_reports_the_composed_epsilon(owner_csv, tmp_path):
-    from fedshield.client.ledger import PrivacyLedger
+    from fedshield.client.ledger import OwnerLimits, PrivacyLedger
     from fedshield.common.privacy import DpEvent, epsilon_spent
 
     event = DpEvent(1.2, 0.1, 10)
-    ledger = PrivacyLedger(tmp_path)
+    ledger = PrivacyLedger(tmp_path, OwnerLimits(10.0, 1e-5))
     for r in (1, 2):
-        ledger.charge_ledger_before_release(event, 10.0, 1e-5, run_id=5, server_round=r)
+        ledger.charge_ledger_before_release(event, run_id=5, server_round=r)
     proc = fedshield("ledger", "show", "--ledger-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert f"{epsilon_spent([event, event], 1e-5):.4f} (2 events" in proc.stdout

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fedshield.client.ledger import PrivacyLedger
+from fedshield.client.ledger import OwnerLimits, PrivacyLedger
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
 from fedshield.common.privacy import DpEvent, epsilon_spent
 
@@ -18,14 +18,17 @@ EVENT = DpEvent(noise_multiplier=1.1, sample_rate=0.064, steps=16)
 DELTA = 1e-5
 
 
-def charge(ledger: PrivacyLedger, server_round: int, budget: float = 100.0) -> float:
-    return ledger.charge_ledger_before_release(
-        EVENT, budget, DELTA, run_id=7, server_round=server_round
-    )
+def owners_ledger(directory, budget: float = 100.0, cap: float = 0.0) -> PrivacyLedger:
+    """The ledger as an owner opens it: with its budget, delta and cap per run."""
+    return PrivacyLedger(directory, OwnerLimits(budget, DELTA, cap))
+
+
+def charge(ledger: PrivacyLedger, server_round: int) -> float:
+    return ledger.charge_ledger_before_release(EVENT, run_id=7, server_round=server_round)
 
 
 def test_epsilon_accumulates_over_rounds_and_is_recomputed_from_all_events(tmp_path):
-    ledger = PrivacyLedger(tmp_path)
+    ledger = owners_ledger(tmp_path)
     values = [charge(ledger, r) for r in range(1, 5)]
     assert values == sorted(values) and values[0] > 0
     assert values[-1] == pytest.approx(epsilon_spent([EVENT] * 4, DELTA))
@@ -33,15 +36,15 @@ def test_epsilon_accumulates_over_rounds_and_is_recomputed_from_all_events(tmp_p
 
 
 def test_the_ledger_survives_a_restart(tmp_path):
-    charge(PrivacyLedger(tmp_path), 1)
-    charge(PrivacyLedger(tmp_path), 2)
+    charge(owners_ledger(tmp_path), 1)
+    charge(owners_ledger(tmp_path), 2)
     reopened = PrivacyLedger(tmp_path)
     assert len(reopened.entries()) == 2
     assert reopened.epsilon(DELTA) == pytest.approx(epsilon_spent([EVENT] * 2, DELTA))
 
 
 def test_ledgers_are_per_owner_folder(tmp_path):
-    charge(PrivacyLedger(tmp_path / "a"), 1)
+    charge(owners_ledger(tmp_path / "a"), 1)
     assert PrivacyLedger(tmp_path / "b").entries() == []
 
 
@@ -62,7 +65,7 @@ def test_a_ledger_of_the_earlier_format_is_folded_in_once(tmp_path):
     (tmp_path / f"{'ab' * 32}.json").write_text(
         json.dumps({"body": legacy, "checksum": hashlib.sha256(canonical).hexdigest()})
     )
-    ledger = PrivacyLedger(tmp_path)
+    ledger = owners_ledger(tmp_path)
     assert [e.data_fingerprint for e in ledger.entries()] == ["ab" * 32] * 2
     charge(ledger, 3)
     state = ledger.state()
@@ -71,11 +74,10 @@ def test_a_ledger_of_the_earlier_format_is_folded_in_once(tmp_path):
 
 
 def test_budget_changes_are_recorded_with_old_and_new_values(tmp_path):
-    ledger = PrivacyLedger(tmp_path)
-    first = ledger.record_budget(3.0)
+    first = owners_ledger(tmp_path, 3.0).record_budget()
     assert first is not None and (first.old, first.new) == (None, 3.0)
-    assert ledger.record_budget(3.0) is None
-    raised = ledger.record_budget(5.0)
+    assert owners_ledger(tmp_path, 3.0).record_budget() is None
+    raised = owners_ledger(tmp_path, 5.0).record_budget()
     assert raised is not None and (raised.old, raised.new) == (3.0, 5.0)
     assert [(b.old, b.new) for b in PrivacyLedger(tmp_path).state().budgets] == [
         (None, 3.0),
@@ -84,36 +86,33 @@ def test_budget_changes_are_recorded_with_old_and_new_values(tmp_path):
 
 
 def test_an_owner_cap_per_run_limits_what_one_run_spends(tmp_path):
-    ledger = PrivacyLedger(tmp_path)
     one_round = epsilon_spent([EVENT], DELTA)
     cap = (one_round + epsilon_spent([EVENT] * 2, DELTA)) / 2
-    ledger.charge_ledger_before_release(
-        EVENT, 100.0, DELTA, run_id=1, server_round=1, run_epsilon_cap=cap
-    )
+    ledger = owners_ledger(tmp_path, cap=cap)
+    ledger.charge_ledger_before_release(EVENT, run_id=1, server_round=1)
     with pytest.raises(PrivacyBudgetExceeded, match="cap per run"):
-        ledger.check_budget(EVENT, 100.0, DELTA, run_id=1, run_epsilon_cap=cap)
+        ledger.check_budget(EVENT, run_id=1)
     # another run starts from its own cap, within the same total budget
-    assert ledger.check_budget(EVENT, 100.0, DELTA, run_id=2, run_epsilon_cap=cap) > one_round
+    assert ledger.check_budget(EVENT, run_id=2) > one_round
 
 
 def test_preflight_refuses_a_round_that_would_pass_the_budget(tmp_path):
-    ledger = PrivacyLedger(tmp_path)
     one_round = epsilon_spent([EVENT], DELTA)
     two_rounds = epsilon_spent([EVENT] * 2, DELTA)
-    budget = (one_round + two_rounds) / 2
-    assert ledger.check_budget(EVENT, budget, DELTA) == pytest.approx(one_round)
-    charge(ledger, 1, budget)
+    ledger = owners_ledger(tmp_path, (one_round + two_rounds) / 2)
+    assert ledger.check_budget(EVENT) == pytest.approx(one_round)
+    charge(ledger, 1)
     with pytest.raises(
         PrivacyBudgetExceeded, match=r"would raise epsilon from .* over the owner's budget"
     ):
-        ledger.check_budget(EVENT, budget, DELTA)
+        ledger.check_budget(EVENT)
     with pytest.raises(PrivacyBudgetExceeded, match="another run charged"):
-        charge(ledger, 2, budget)
+        charge(ledger, 2)
     assert len(ledger.entries()) == 1
 
 
 def test_a_tampered_or_damaged_ledger_is_refused_with_instructions(tmp_path):
-    ledger = PrivacyLedger(tmp_path)
+    ledger = owners_ledger(tmp_path)
     charge(ledger, 1)
     charge(ledger, 2)
     data = json.loads(ledger.path.read_text())
@@ -127,13 +126,13 @@ def test_a_tampered_or_damaged_ledger_is_refused_with_instructions(tmp_path):
 
 
 def test_the_file_is_private_to_the_owner(tmp_path):
-    ledger = PrivacyLedger(tmp_path / "ledgers")
+    ledger = owners_ledger(tmp_path / "ledgers")
     charge(ledger, 1)
     assert oct(ledger.path.stat().st_mode & 0o777) == "0o600"
 
 
 def _charge_forever(directory: str, ready) -> None:
-    ledger = PrivacyLedger(directory)
+    ledger = owners_ledger(directory)
     ready.set()
     server_round = 0
     while True:
@@ -158,3 +157,13 @@ def test_a_writer_killed_mid_write_never_leaves_a_corrupt_or_shorter_ledger(tmp_
         assert len(entries) >= seen
         seen = len(entries)
     assert seen > 0
+
+
+def test_a_ledger_opened_to_be_read_cannot_charge(tmp_path):
+    """The owner's limits come with the ledger when the owner opens it; a reader (ledger
+    show, an auditor) has none and cannot charge or check by mistake."""
+    charge(owners_ledger(tmp_path), 1)
+    reader = PrivacyLedger(tmp_path)
+    assert len(reader.entries()) == 1
+    with pytest.raises(ValueError, match="opened to be read"):
+        reader.check_budget(EVENT)

@@ -180,8 +180,6 @@ def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, mo
         owner_id="o",
         dataset=dataset,
         ledger=None,
-        epsilon_budget=1.0,
-        delta=1e-5,
         device=torch.device("cpu"),
         audit_dir=tmp_path / "audit",
         cache_dir=tmp_path / "cache",
