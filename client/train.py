@@ -33,15 +33,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-from opacus.validators import ModuleValidator
 from torch import nn
-from torch.utils.data import Sampler
 
-from fedshield.client.secure_random import SecureRandom
+from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
@@ -164,130 +158,6 @@ def calibrated(
     return replace(settings, noise_multiplier=sigma)
 
 
-class PoissonBatchSampler(Sampler[list[int]]):
-    """``steps`` batches; each includes each of ``num_records`` records independently
-    with probability ``sample_rate`` (drawn from ``rng``). A batch may be empty: it is
-    still a step, which the accountant counts and which releases noise on a zero sum."""
-
-    def __init__(self, num_records: int, sample_rate: float, steps: int, rng: SecureRandom):
-        self.num_records = num_records
-        self.sample_rate = sample_rate
-        self.steps = steps
-        self.rng = rng
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def index_batches(self, device: torch.device) -> Iterator[torch.Tensor]:
-        """Each step's sampled record indices, ascending, as an int64 tensor on ``device``."""
-        for _ in range(self.steps):
-            drawn = np.flatnonzero(self.rng.poisson_mask(self.num_records, self.sample_rate))
-            yield torch.from_numpy(drawn).to(device)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for indices in self.index_batches(torch.device("cpu")):
-            yield indices.tolist()
-
-
-class _SecureNoise:
-    """Opacus DP optimizer behaviour with the noise drawn from :class:`SecureRandom`."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, secure_random: SecureRandom, **kw):
-        super().__init__(optimizer, **kw)
-        self.secure_random = secure_random
-
-    def clip_and_accumulate(self) -> None:
-        # A crafted global model can make one record's gradient non-finite; a NaN passes
-        # clipping and would reveal that such a record exists. It contributes zero instead.
-        for p in self.params:
-            samples = getattr(p, "grad_sample", None)
-            for part in samples if isinstance(samples, list) else [samples]:
-                if part is not None:
-                    torch.nan_to_num_(part, nan=0.0, posinf=0.0, neginf=0.0)
-        super().clip_and_accumulate()
-
-    def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        sums = [p.summed_grad for p in self.params]
-        for summed in sums:
-            # Opacus's guard that no clipped sum is released twice.
-            _check_processed_flag(summed)
-        # One draw (and one host-to-device copy) for every parameter: independent
-        # N(0, std^2) entries either way, without a call per tensor.
-        sizes = [summed.numel() for summed in sums]
-        flat = sums[0].new_empty(sum(sizes))
-        noises = self.secure_random.normal_like(flat, std).split(sizes)
-        for p, summed, noise in zip(self.params, sums, noises, strict=True):
-            p.grad = (summed + noise.view_as(summed)).view_as(p)
-            _mark_as_processed(summed)
-
-
-class SecureDPOptimizer(_SecureNoise, DPOptimizer):
-    """Flat clipping (one norm over all parameters), secure noise."""
-
-
-class SecurePerLayerDPOptimizer(_SecureNoise, DPPerLayerOptimizer):
-    """Per-tensor clipping (``ModelSpec.clipping`` of an encoder top), secure noise."""
-
-
-_DP_OPTIMIZER_FOR = {"flat": SecureDPOptimizer, "per_layer": SecurePerLayerDPOptimizer}
-
-
-def _zero_per_sample_gradients(optimizer: DPOptimizer) -> None:
-    """Per-sample gradients of an empty batch, so its step is noise on a zero sum.
-
-    The forward pass is skipped rather than run on zero records: BERT's attention
-    cannot reshape a batch of none.
-    """
-    for p in optimizer.params:
-        p.grad_sample = p.new_zeros((0, *p.shape))
-
-
-@dataclass(frozen=True)
-class _PrivateTraining:
-    module: GradSampleModule
-    optimizer: DPOptimizer
-    sampler: PoissonBatchSampler
-    accountant: RDPAccountant
-
-
-def _make_private(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    num_records: int,
-    released_count: int,
-    settings: TrainSettings,
-) -> _PrivateTraining:
-    """Opacus's ``make_private`` (hooks, Poisson sampling, mean loss, RDP accountant),
-    with every random draw from one fresh :class:`SecureRandom`.
-
-    The sample rate, the step count and the mean's divisor come from ``released_count``
-    (the owner's DP count), never from ``num_records``: an update divided by the exact
-    count would tell D from D minus one record. Each of the ``num_records`` records is
-    still sampled independently at that rate, as the accountant assumes.
-    """
-    rng = SecureRandom()
-    steps_per_epoch = _steps_per_epoch(released_count, settings)
-    sample_rate = 1.0 / steps_per_epoch  # exactly planned_dp_event's rate
-    sampler = PoissonBatchSampler(num_records, sample_rate, steps_per_epoch, rng)
-    ModuleValidator.validate(model, strict=True)
-    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    module.forbid_grad_accumulation()
-    clipping = settings.model_spec.clipping(model, settings.max_grad_norm)
-    dp_optimizer = _DP_OPTIMIZER_FOR[clipping["clipping"]](
-        optimizer,
-        noise_multiplier=settings.noise_multiplier,
-        max_grad_norm=clipping["max_grad_norm"],
-        # Opacus truncates (int); round avoids 49 * (1 / 49) = 0.999... giving 0.
-        expected_batch_size=max(1, round(released_count * sample_rate)),
-        loss_reduction="mean",
-        secure_random=rng,
-    )
-    accountant = RDPAccountant()
-    dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return _PrivateTraining(module, dp_optimizer, sampler, accountant)
-
-
 # torch's warning (torch/utils/hooks.py) when a full backward hook fires with no input
 # requiring a gradient; the start of the message, a regex for warnings.filterwarnings.
 _OUTPUT_ONLY_BACKWARD_HOOK = "Full backward hook is firing when gradients are computed"
@@ -368,7 +238,7 @@ def _train_logical_batch(
             loss_sum += loss.detach() * len(part)
             seen += len(part)
         else:
-            _zero_per_sample_gradients(optimizer)
+            zero_per_sample_gradients(optimizer)
         if dp or last:
             optimizer.step()
             optimizer.zero_grad()
@@ -411,7 +281,17 @@ def train_locally(
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
     planned_on = num_records if released_count is None else released_count
     private = (
-        _make_private(model, optimizer, num_records, planned_on, settings) if settings.dp else None
+        make_private(
+            model,
+            optimizer,
+            num_records,
+            planned_on,
+            _steps_per_epoch(planned_on, settings),
+            settings.noise_multiplier,
+            spec.clipping(model, settings.max_grad_norm),
+        )
+        if settings.dp
+        else None
     )
     if private is not None:
         model, optimizer = private.module, private.optimizer

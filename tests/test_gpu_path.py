@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedshield.client import secure_random
+from fedshield.client import dp_sgd, secure_random
 from fedshield.client import train as train_module
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common.model import ModelSpec, build_model
@@ -98,7 +98,7 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
         secure_random.SecureRandom, "poisson_mask", lambda self, n, rate: np.zeros(n, bool)
     )
     steps = []
-    real_step = train_module.SecureDPOptimizer.step
+    real_step = dp_sgd.SecureDPOptimizer.step
 
     def counting(self, *args, **kwargs):
         # Opacus's own flag (read without consuming it): True would be an accumulating
@@ -106,7 +106,7 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
         steps.append(self._check_skip_next_step(pop_next=False))
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.SecureDPOptimizer, "step", counting)
+    monkeypatch.setattr(dp_sgd.SecureDPOptimizer, "step", counting)
     # 2 x 512 weights: the std estimate's relative error is about 1/sqrt(2 * 1024) = 2%,
     # so the 20% band below cannot fail by chance (with 2 x 32 it did, once in CI).
     x, y = blobs(60, dim=512)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from fedshield.client import secure_random
+from fedshield.client.dp_sgd import PoissonBatchSampler
 from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import (
-    PoissonBatchSampler,
     TrainSettings,
     planned_dp_event,
     train_locally,
