@@ -308,16 +308,9 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
     but a code and a fixed reason leaves (Flower would send the exception's text)."""
     try:
         return _handle_or_refuse(kind, msg, context, overrides, handler)
-    except Exception:
+    except Exception as exc:
         log.exception("%s request failed while refusing", kind)
-        code = wire.ERROR_INTERNAL
-        return Message(
-            Error(
-                code=code,
-                reason=f"{owner_label(dict(context.node_config))}: {wire.REFUSAL_REASONS[code]}",
-            ),
-            reply_to=msg,
-        )
+        return _refusal(msg, owner_label(dict(context.node_config)), exc)
 
 
 def _handle_or_refuse(

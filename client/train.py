@@ -78,7 +78,6 @@ class TrainSettings:
 @dataclass(frozen=True)
 class TrainOutcome:
     train_loss: float
-    num_examples: int
     dp_event: DpEvent | None
 
 
@@ -317,6 +316,4 @@ def train_locally(
                 total_loss += loss_sum
                 seen += count
     event = DpEvent.merge_history(private.accountant.history) if private is not None else None
-    return TrainOutcome(
-        train_loss=float(total_loss) / max(seen, 1), num_examples=num_records, dp_event=event
-    )
+    return TrainOutcome(train_loss=float(total_loss) / max(seen, 1), dp_event=event)
