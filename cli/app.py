@@ -22,7 +22,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-import fedshield.cli.server_admin  # noqa: F401 - registers `server status`, `server remove-owner`
 from fedshield.cli.audit import audit_app
 from fedshield.cli.client import client_app
 from fedshield.cli.data import data_app
@@ -30,6 +29,7 @@ from fedshield.cli.ledger import ledger_app
 from fedshield.cli.pki import pki_app
 from fedshield.cli.predict import evaluate, predict
 from fedshield.cli.server import server_app
+from fedshield.cli.server_admin import server_remove_owner, server_status
 from fedshield.cli.shared import err_console, state
 from fedshield.cli.simulate import simulate
 from fedshield.common.errors import FedshieldError
@@ -44,6 +44,8 @@ app = typer.Typer(
 app.command()(simulate)
 app.command()(predict)
 app.command()(evaluate)
+server_app.command("status")(server_status)
+server_app.command("remove-owner")(server_remove_owner)
 for group, name in (
     (data_app, "data"),
     (ledger_app, "ledger"),

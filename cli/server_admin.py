@@ -1,7 +1,7 @@
 """``fedshield server status`` and ``fedshield server remove-owner``: the operator's view
 and control of a running federation (the work: server/status.py).
 
-Registered on cli/server.py's ``server_app``; inputs are checked before anything but
+Registered on the ``server`` group by cli/app.py; inputs are checked before anything but
 the standard library, typer and rich is imported, so a typo answers at once.
 """
 
@@ -15,7 +15,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fedshield.cli.server import server_app
 from fedshield.cli.shared import console, require_file
 from fedshield.common.errors import FedshieldError
 
@@ -41,7 +40,6 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-@server_app.command("status")
 def server_status(
     state: StateDir = Path("fedshield-server"),
     run: Annotated[
@@ -126,7 +124,6 @@ def _cells(*values) -> list[Text]:
     return [Text(str(value)) for value in values]
 
 
-@server_app.command("remove-owner")
 def server_remove_owner(
     node_key: Annotated[
         Path, typer.Option(help="The owner's public key (NAME.pub) registered with --node-key.")

@@ -131,9 +131,10 @@ def simulate(
         float,
         typer.Option(
             help="Seconds the server waits for replies each round; later replies are dropped. "
-            "Raise it for minilm on CPU, whose first round encodes every owner's texts."
+            "0 (default): fit the wait to the owners: the first round 600 s (minilm: 3 h, "
+            "it encodes every owner's texts), then 5 x the slowest round seen (at least 120 s)."
         ),
-    ] = 600.0,
+    ] = 0.0,
     physical_batch_size: Annotated[
         int,
         typer.Option(

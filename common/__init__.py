@@ -1,1 +1,12 @@
-"""x"""
+"""The shared kernel every process imports: no I/O of its own beyond what a caller asks.
+
+What both sides must agree on lives here once: the run configuration and its bounds
+(``config.py``), what crosses the wire (``wire.py``), the model and featuriser
+(``model.py``, ``minilm.py``, ``featurize.py``), the privacy maths (``privacy.py``), the
+audit log format (``audit_log.py``, ``audit_events.py``), durable writes
+(``durable.py``), data loading (``data.py``), certificates and keys (``pki.py``),
+process supervision (``processes.py``), the error hierarchy and exit codes
+(``errors.py``), and the version-checked reaches into Flower and Opacus internals
+(``flower_compat.py``, ``opacus_compat.py``).
+Imports neither ``fedshield.client`` nor ``fedshield.server``.
+"""

@@ -150,7 +150,7 @@ class RunConfig(_KebabConfig):
     fraction_train: float = 1.0
     min_train_nodes: int = 2
     fraction_evaluate: float = 0.0
-    round_timeout_s: float = 600.0
+    round_timeout_s: float = 0.0  # 0: learnt from the replies (server/round_timeout.py)
     out_dir: str = ""
     ledger_dir: str = ""
     audit_dir: str = ""
@@ -284,7 +284,12 @@ class RunConfig(_KebabConfig):
             self.fraction_evaluate,
             "must be in [0, 1]",
         )
-        _require(self.round_timeout_s > 0, "round-timeout-s", self.round_timeout_s, "must be > 0")
+        _require(
+            self.round_timeout_s >= 0,
+            "round-timeout-s",
+            self.round_timeout_s,
+            "must be > 0 seconds, or 0 to fit the wait to the owners' replies",
+        )
         _require(
             1 <= self.feat_out_dim <= 16384,
             "feat-out-dim",

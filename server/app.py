@@ -34,6 +34,7 @@ from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.poll import prompt_grid
+from fedshield.server.round_timeout import RoundTimeouts
 from fedshield.server.strategy import UpdateObserver, build_strategy
 from fedshield.server.validate import UpdateNormBound
 
@@ -60,9 +61,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_dict({**dict(context.run_config), **overrides})
-        run_federation(
-            prompt_grid(grid), config, on_round, flower_run_id=context.run_id, on_update=on_update
-        )
+        run_federation(grid, config, on_round, flower_run_id=context.run_id, on_update=on_update)
 
     return app
 
@@ -122,6 +121,8 @@ def run_federation(
     checkpoint = ServerCheckpoint.load(outputs.out_dir) if config.resume else None
     run_key = checkpoint.run_key if checkpoint else (config.run_key or uuid.uuid4().hex)
     norm_bound = UpdateNormBound.from_plan(config, len(classes))
+    timeouts = RoundTimeouts.for_plan(config.round_timeout_s, config.model)
+    grid = prompt_grid(grid, timeouts)
     owners = OwnerDirectory.from_environment()
     audit.append(
         Event.RUN_START,
@@ -136,6 +137,7 @@ def run_federation(
             "transport": config.transport or "unspecified (flwr run)",
             "initial-model": lineage[0] if lineage else "untrained",
             "update-norm-bound": norm_bound.describe(),
+            "round-timeout": timeouts.describe(),
             "owners-named-by": "the node key the SuperLink authenticated (SHA-256 "
             "fingerprint; node-<id> without one); owner-id is a self-declared label",
             "registered-owners": [
@@ -177,6 +179,7 @@ def run_federation(
         )
     config = config.replace(run_key=run_key)
     last_arrays = [initial_arrays]  # the newest global model, whatever ends the loop
+    waits_seen = [0]  # the waits (timeouts.used) already shown in an earlier round's entry
 
     def evaluate_global(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = flower_round + strategy.round_offset
@@ -198,8 +201,10 @@ def run_federation(
             "rejected": record.rejected if record else [],
             "impersonated": record.impersonated if record else [],
             "late": record.late if record else [],
+            "round-timeout-s": max(timeouts.used[waits_seen[0] :], default=None),
             "labels-self-declared": dict(record.labels) if record else {},
         }
+        waits_seen[0] = len(timeouts.used)
         history.append(entry)
         outputs.record_round(entry)
         audit.append(
@@ -242,7 +247,7 @@ def run_federation(
             grid=grid,
             initial_arrays=initial_arrays,
             num_rounds=remaining,
-            timeout=config.round_timeout_s,
+            timeout=config.round_timeout_s,  # a fixed wait; 0: the grid's learnt one
             train_config=plan,
             evaluate_config=ConfigRecord(dict(plan)),
             evaluate_fn=evaluate_global,

@@ -29,6 +29,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedshield.common.errors import ConfigError
+from fedshield.server.round_timeout import RoundTimeouts
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
@@ -57,8 +58,14 @@ def grid_poll_interval() -> float:
 class PromptGrid(Grid):
     """``grid`` with ``send_and_receive`` pulling replies every ``interval_s``."""
 
-    def __init__(self, grid: Grid, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        interval_s: float | None = None,
+        timeouts: RoundTimeouts | None = None,
+    ) -> None:
         self.inner = grid
+        self.timeouts = timeouts
         self.interval_s = grid_poll_interval() if interval_s is None else interval_s
         if not self.interval_s > 0:
             raise ConfigError(f"reply poll interval {self.interval_s} s: must be > 0")
@@ -96,12 +103,19 @@ class PromptGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """As Flower's: push, then pull until every reply is in or ``timeout`` passes."""
+        """As Flower's: push, then pull until every reply is in or the wait passes (the
+        strategy's ``timeout``, or the one ``timeouts`` learns from earlier rounds)."""
+        if self.timeouts is not None:
+            timeout = self.timeouts.next_timeout_s()
+        started = time.monotonic()
         pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
+        last_reply = started
         while pending:
             received = list(self.pull_messages(pending))
+            if received:
+                last_reply = time.monotonic()
             replies.extend(received)
             pending.difference_update(m.metadata.reply_to_message_id for m in received)
             if not pending:
@@ -113,6 +127,8 @@ class PromptGrid(Grid):
                 time.sleep(min(self.interval_s, left))
             else:
                 time.sleep(self.interval_s)
+        if self.timeouts is not None:
+            self.timeouts.observe(last_reply - started, every_owner_answered=not pending)
         return replies
 
     def __getattr__(self, name: str):
@@ -120,6 +136,11 @@ class PromptGrid(Grid):
         return getattr(self.inner, name)
 
 
-def prompt_grid(grid: Grid) -> Grid:
-    """The grid to hand the strategy: ``grid`` itself if it already is a PromptGrid."""
-    return grid if isinstance(grid, PromptGrid) else PromptGrid(grid)
+def prompt_grid(grid: Grid, timeouts: RoundTimeouts | None = None) -> PromptGrid:
+    """The grid to hand the strategy (``grid`` itself if it already is a PromptGrid),
+    waiting for replies as ``timeouts`` says when given."""
+    if not isinstance(grid, PromptGrid):
+        return PromptGrid(grid, timeouts=timeouts)
+    if timeouts is not None:
+        grid.timeouts = timeouts
+    return grid
