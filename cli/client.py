@@ -126,33 +126,14 @@ def client_start(
     77 the operator removed this node (the reason is printed); 130 / 143 stopped by SIGINT /
     SIGTERM; another non-zero: flower-supernode failed (the cause is printed).
     """
+    options = dict(locals())  # the owner's settings: OwnerConfig's fields, by name
     from fedshield.client.node import exit_at_once, start_node
     from fedshield.client.node_settings import SuperNodeSettings, check_inputs
     from fedshield.client.stop_signals import interrupt_on_sigint
     from fedshield.common.config import OwnerConfig
 
     interrupt_on_sigint()
-    owner = OwnerConfig.from_dict(
-        {
-            "data-path": str(data),
-            "text-column": text_column,
-            "label-column": label_column,
-            "epsilon-budget": epsilon_budget,
-            "delta": delta,
-            "ledger-dir": str(ledger_dir),
-            "audit-dir": str(audit_dir),
-            "owner-id": owner_id,
-            "device": device,
-            "cache-dir": cache_dir,
-            "allow-no-dp": allow_no_dp,
-            "allow-evaluate": allow_evaluate,
-            "evaluate-noise-multiplier": evaluate_noise_multiplier,
-            "run-epsilon-cap": run_epsilon_cap,
-            "classes": classes,
-            "count-noise": count_noise,
-            "public-record-count": public_record_count,
-        }
-    )
+    owner = OwnerConfig.from_options(**options, data_path=data)
     settings = SuperNodeSettings(
         superlink=superlink,
         ca=ca,

@@ -24,15 +24,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedshield.common import wire
-from fedshield.common.config import MAX_CLASSES, RunConfig
 from fedshield.common.errors import ConfigError
+from fedshield.common.plan import MAX_CLASSES, Plan
 from fedshield.common.untrusted import printable
 
 # Enough of a server-chosen key or value to recognise it, never enough to flood a log.
 ECHO_CHARS = 80
 # The longest honest string in a plan is 64 characters (run-key, server-audit-head).
 MAX_PLAN_STRING_CHARS = 128
-# A class name an operator may declare has 1-100 characters (config.CLASS_NAME).
+# A class name an operator may declare has 1-100 characters (plan.CLASS_NAME).
 MAX_CLASS_NAME_CHARS = 100
 # MAX_CLASSES names and their commas: the largest class list an owner accepts.
 MAX_CLASS_LIST_CHARS = MAX_CLASSES * (MAX_CLASS_NAME_CHARS + 1)
@@ -47,14 +47,12 @@ NPY_HEADER_MAX_BYTES = 1024
 # The records a fedshield server sends in a train or evaluate message.
 MESSAGE_RECORDS = {wire.ARRAYS: ArrayRecord, wire.CONFIG: ConfigRecord}
 
-_RUN_CONFIG_TYPES = {
-    f.name.replace("_", "-"): get_type_hints(RunConfig)[f.name] for f in fields(RunConfig)
-}
+_PLAN_TYPES = {f.name.replace("_", "-"): get_type_hints(Plan)[f.name] for f in fields(Plan)}
 # Every key the server puts in a train or evaluate config record (server/app.py
 # encode_train_plan; Flower's FedAvg adds server-round; server/strategy.py adds the
 # server's audit head to train configs), and the type each value must have.
 PLAN_KEY_TYPES: dict[str, type] = {
-    **{key: _RUN_CONFIG_TYPES[key] for key in wire.TRAIN_PLAN_KEYS},
+    **{key: _PLAN_TYPES[key] for key in wire.TRAIN_PLAN_KEYS},
     wire.CLASSES: str,
     wire.SERVER_ROUND: int,
     wire.SERVER_AUDIT_HEAD: str,

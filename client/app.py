@@ -55,13 +55,14 @@ from fedshield.common.errors import (
     PrivacyBudgetExceeded,
 )
 from fedshield.common.model import ModelSpec, unwrapped_state_dict
+from fedshield.common.plan import Plan
 from fedshield.common.privacy import ADD_REMOVE, accounted_event, check_delta
 
 log = logging.getLogger("fedshield.client")
 
 
 def training_settings(
-    plan: RunConfig, owner: Owner, num_classes: int, count: RecordCount
+    plan: Plan, owner: Owner, num_classes: int, count: RecordCount
 ) -> TrainSettings:
     """The round's settings; the noise multiplier is fixed or derived from the target.
 
@@ -69,7 +70,7 @@ def training_settings(
     ``num-rounds`` rounds of this owner's training, with its count release, compose to
     at most the target (``train.calibrated``, which refuses plans too long to
     calibrate). Calibrated on the released count, never the exact one. The learning
-    rate is the plan's, or per class (``RunConfig.learning_rate_for``).
+    rate is the plan's, or per class (``Plan.learning_rate_for``).
     """
     settings = TrainSettings.from_plan(plan)
     settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
@@ -130,7 +131,7 @@ def _refusal(msg: Message, owner_id: str, exc: Exception) -> Message:
 def train_round(
     msg: Message,
     context: Context,
-    plan: RunConfig,
+    plan: Plan,
     classes: tuple[str, ...],
     server_round: int,
     owner: Owner,

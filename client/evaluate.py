@@ -21,9 +21,9 @@ from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.config import RunConfig
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelSpec, evaluate_model
+from fedshield.common.plan import Plan
 from fedshield.common.privacy import DpEvent
 
 # A DP evaluate answer bounds each record's loss to wire.EVALUATE_LOSS_CLIP, so one
@@ -34,7 +34,7 @@ EVALUATE_LOSS_CLIP = wire.EVALUATE_LOSS_CLIP
 def evaluate_round(
     msg: Message,
     context: Context,
-    plan: RunConfig,
+    plan: Plan,
     classes: tuple[str, ...],
     owner: Owner,
     audit: AuditLog,

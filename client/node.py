@@ -115,28 +115,18 @@ def node_config(settings: SuperNodeSettings, readiness: Readiness) -> dict:
         f"supernode-auth key {readiness.node_key_fingerprint}"
     )
     return {
+        **owner.as_dict(),
         "data-path": str(Path(owner.data_path).resolve()),
-        "text-column": owner.text_column,
-        "label-column": owner.label_column,
-        "epsilon-budget": owner.epsilon_budget,
-        "delta": owner.delta,
         "ledger-dir": str(Path(owner.ledger_dir).expanduser().resolve()),
         "audit-dir": str(Path(owner.audit_dir).expanduser().resolve()),
         "cache-dir": str(Path(owner.cache_dir).expanduser().resolve()) if owner.cache_dir else "",
         # Default label from the node key (public), never from the data's fingerprint.
         "owner-id": owner.owner_id or _default_owner_id(readiness.node_key_fingerprint),
-        "device": owner.device,
         "transport": transport,
-        "allow-no-dp": owner.allow_no_dp,
-        "allow-evaluate": owner.allow_evaluate,
-        "evaluate-noise-multiplier": owner.evaluate_noise_multiplier,
-        "run-epsilon-cap": owner.run_epsilon_cap,
         # Settled now, not per round: the owner's --classes, else the federation's
         # published list (the mismatch was shown on this console only). A round's class
         # check is then a comparison of settings, never a question about the records.
         "classes": owner.classes or _published_classes(readiness),
-        "count-noise": owner.count_noise,
-        "public-record-count": owner.public_record_count,
     }
 
 

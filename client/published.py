@@ -19,7 +19,6 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedshield.common.config import CLASS_NAME, MAX_CLASSES
 from fedshield.common.errors import FedshieldError
 from fedshield.common.federation_info import (
     FEDERATION_FORMAT,
@@ -28,6 +27,7 @@ from fedshield.common.federation_info import (
     NOTICE_PATH_PREFIX,
     notice_id,
 )
+from fedshield.common.plan import CLASS_NAME, MAX_CLASSES
 from fedshield.common.untrusted import printable
 
 if TYPE_CHECKING:

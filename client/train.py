@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
-from fedshield.common.config import RunConfig
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
+from fedshield.common.plan import Plan
 from fedshield.common.privacy import ADD_REMOVE, DpEvent, noise_for_target_epsilon
 
 
@@ -59,7 +59,7 @@ class TrainSettings:
     model_spec: ModelSpec = ModelSpec()
 
     @classmethod
-    def from_plan(cls, plan: RunConfig) -> TrainSettings:
+    def from_plan(cls, plan: Plan) -> TrainSettings:
         """The plan's training keys (noise as given; see client.app.training_settings)."""
         return cls(
             local_epochs=plan.local_epochs,

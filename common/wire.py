@@ -17,8 +17,8 @@ import hashlib
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedshield.common.config import MAX_CLASSES, RunConfig
 from fedshield.common.errors import ConfigError
+from fedshield.common.plan import MAX_CLASSES, Plan
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -31,29 +31,7 @@ AUDIT_HEAD = "audit-head"
 SERVER_AUDIT_HEAD = "server-audit-head"
 PRIVACY_DEFINITION = "privacy-definition"  # the neighbouring relation of the release
 
-TRAIN_PLAN_KEYS = (
-    "num-rounds",
-    "run-key",
-    "dp",
-    "target-epsilon",
-    "noise-multiplier",
-    "max-grad-norm",
-    "batch-size",
-    "local-epochs",
-    "learning-rate",
-    "momentum",
-    "seed",
-    "model",
-    "finetune-layers",
-    "max-tokens",
-    "physical-batch-size",
-    "encoder-learning-rate",
-    "feat-n-buckets",
-    "feat-ngram-max",
-    "feat-out-dim",
-    "feat-entries-per-bucket",
-    "feat-seed",
-)
+TRAIN_PLAN_KEYS = Plan.keys()  # declared once, as Plan's fields
 REPLY_METRIC_KEYS = (
     "num-examples",
     "epsilon",
@@ -163,15 +141,15 @@ def check_reply_fields(kind: str, content: RecordDict) -> None:
         raise RuntimeError(f"{kind} reply carries undeclared fields {sorted(unexpected)}")
 
 
-def encode_train_plan(config: RunConfig, classes: tuple[str, ...]) -> ConfigRecord:
-    values = config.as_dict()
-    record = ConfigRecord({key: values[key] for key in TRAIN_PLAN_KEYS})
+def encode_train_plan(config: Plan, classes: tuple[str, ...]) -> ConfigRecord:
+    """The plan part of ``config`` (a RunConfig holds more, which never leaves)."""
+    record = ConfigRecord(config.plan().as_dict())
     record[CLASSES] = ",".join(classes)
     return record
 
 
-def decode_train_plan(record: ConfigRecord) -> tuple[RunConfig, tuple[str, ...], int]:
-    """The plan as a RunConfig (other keys at defaults), the class names and the round."""
+def decode_train_plan(record: ConfigRecord) -> tuple[Plan, tuple[str, ...], int]:
+    """The plan, the class names and the round."""
     values = {key: record[key] for key in TRAIN_PLAN_KEYS if key in record}
     classes = tuple(c for c in str(record.get(CLASSES, "")).split(",") if c)
     # The class count sets the model's size at the owner: bounded, like every plan value.
@@ -180,7 +158,7 @@ def decode_train_plan(record: ConfigRecord) -> tuple[RunConfig, tuple[str, ...],
             f"the plan's class list has {len(classes)} names ({len(set(classes))} distinct); "
             f"an owner accepts 2 to {MAX_CLASSES} distinct classes"
         )
-    return RunConfig.from_dict(values), classes, int(record.get(SERVER_ROUND, 0))
+    return Plan.from_dict(values), classes, int(record.get(SERVER_ROUND, 0))
 
 
 def arrays_digest(arrays: ArrayRecord) -> tuple[str, int]:
