@@ -1,7 +1,8 @@
 """``fedshield predict`` and ``fedshield evaluate``: use a run's model on this machine.
 
 Both check their paths before torch or pandas is imported, so a typo answers at once;
-the model itself is verified (SHA-256, format, rebuilt digests) by common/inference.py.
+the model is verified (SHA-256, format, rebuilt digests) by common/model_card.py and
+used by inference/ (predict.py, evaluate.py).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def predict(
 
     Example: fedshield predict --model runs/demo --text "A moving, beautifully acted film."
     """
-    from fedshield.common.inference import PREDICTION_SUFFIXES, read_model_card
+    from fedshield.common.model_card import read_model_card
+    from fedshield.inference.predict import PREDICTION_SUFFIXES
 
     if bool(text) == (file is not None):
         raise FedshieldError("pass either --text (one or more) or --file, not both and not neither")
@@ -80,7 +82,7 @@ def predict(
         _require_suffix(out, "--out", PREDICTION_SUFFIXES)
     read_model_card(model)  # a wrong folder or an altered model.pt answers before torch loads
 
-    from fedshield.common.inference import load_model, read_texts, write_predictions
+    from fedshield.inference.predict import load_model, read_texts, write_predictions
 
     loaded = load_model(model, device)
     texts = list(text) if text else read_texts(file, text_column)
@@ -127,7 +129,8 @@ def evaluate(
 
     Rows of the confusion matrix are true classes, columns predicted ones. A label the model does not know is an error that names it: remove or relabel those rows.
     """
-    from fedshield.common.inference import PLOT_SUFFIXES, read_model_card
+    from fedshield.common.model_card import read_model_card
+    from fedshield.inference.evaluate import PLOT_SUFFIXES
 
     require_file(data, "--data")
     if plot is not None:
@@ -137,8 +140,9 @@ def evaluate(
     read_model_card(model)
 
     from fedshield.common.durable import write_bytes_atomic
-    from fedshield.common.inference import evaluate as evaluate_model
-    from fedshield.common.inference import load_model, plot_confusion
+    from fedshield.common.plots import plot_confusion
+    from fedshield.inference.evaluate import evaluate as evaluate_model
+    from fedshield.inference.predict import load_model
 
     result = evaluate_model(load_model(model, device), data, text_column, label_column)
     console.print(

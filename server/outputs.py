@@ -24,8 +24,13 @@ from flwr.app import ArrayRecord
 
 from fedshield.common.durable import write_atomic, write_bytes_atomic
 from fedshield.common.errors import ConfigError
-from fedshield.common.inference import MODEL_FORMAT, model_differences, read_model_card
 from fedshield.common.model import ModelSpec
+from fedshield.common.model_card import (
+    MODEL_FORMAT,
+    file_sha256,
+    model_differences,
+    read_model_card,
+)
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -69,7 +74,7 @@ class RunOutputs:
             "format": MODEL_FORMAT,
             "classes": list(classes),
             **spec.describe(),
-            "model-sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "model-sha256": file_sha256(path),
             "lineage": list(lineage or []),
         }
         if class_names:  # what a label means, for people reading predictions (built-in data)

@@ -1,4 +1,5 @@
-"""Layers point one way: cli -> simulation -> server, client, audit -> common.
+"""Layers point one way: cli -> simulation -> server, client, audit -> common, and
+cli -> inference -> common.
 
 Read from the source with ``ast``, so a lazy import inside a function counts too.
 """
@@ -15,8 +16,9 @@ ALLOWED = {
     "client": {"common"},
     "server": {"common"},
     "audit": {"common"},
+    "inference": {"common"},
     "simulation": {"server", "client", "audit", "common"},
-    "cli": {"simulation", "server", "client", "audit", "common"},
+    "cli": {"simulation", "server", "client", "audit", "inference", "common"},
 }
 
 

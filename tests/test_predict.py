@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedshield.common import inference
+from fedshield.common import model_card
 from fedshield.common.errors import DataError
+from fedshield.inference import evaluate, predict
 from tests.conftest import FEDSHIELD
 
 from .test_simulation import simulate
@@ -62,11 +63,11 @@ def run_dir(tmp_path_factory, data) -> Path:
 def test_the_format_read_is_the_format_the_server_writes():
     from fedshield.server.outputs import MODEL_FORMAT
 
-    assert inference.MODEL_FORMAT == MODEL_FORMAT
+    assert model_card.MODEL_FORMAT == MODEL_FORMAT
 
 
 def test_predict_classifies_texts_with_probabilities(run_dir, tmp_path):
-    model = inference.load_model(run_dir)
+    model = predict.load_model(run_dir)
     assert list(model.classes) == CLASSES
     texts = ["A moving, beautifully acted film.", "Dull, far too long, and badly written."]
     predictions = model.predict(texts)
@@ -75,7 +76,7 @@ def test_predict_classifies_texts_with_probabilities(run_dir, tmp_path):
         assert p.label in CLASSES
         assert p.probability == max(p.probabilities.values())
         assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    out = inference.write_predictions(predictions, tmp_path / "preds.jsonl")
+    out = predict.write_predictions(predictions, tmp_path / "preds.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["predicted"] for r in rows] == [p.label for p in predictions]
 
@@ -142,7 +143,7 @@ def test_a_label_the_model_does_not_know_is_an_error_that_names_it(run_dir, data
     path = tmp_path / "extra.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"'sports' \(5 rows\) are not among the model's classes"):
-        inference.evaluate(inference.load_model(run_dir), path)
+        evaluate.evaluate(predict.load_model(run_dir), path)
 
 
 def test_a_changed_or_unknown_model_is_refused(run_dir, tmp_path):
@@ -151,22 +152,24 @@ def test_a_changed_or_unknown_model_is_refused(run_dir, tmp_path):
     weights = bytearray((tampered / "model.pt").read_bytes())
     weights[-100] ^= 0x01
     (tampered / "model.pt").write_bytes(bytes(weights))
-    with pytest.raises(inference.ModelRefused, match="SHA-256 .* is not the .* model.json records"):
-        inference.load_model(tampered)
+    with pytest.raises(
+        model_card.ModelRefused, match="SHA-256 .* is not the .* model.json records"
+    ):
+        predict.load_model(tampered)
 
     renamed = tmp_path / "future"
     shutil.copytree(run_dir, renamed, ignore=shutil.ignore_patterns("audit", "ledgers"))
     meta = json.loads((renamed / "model.json").read_text())
     (renamed / "model.json").write_text(json.dumps({**meta, "format": "fedshield-model/9"}))
-    with pytest.raises(inference.ModelRefused, match="model format 'fedshield-model/9'"):
-        inference.read_model_card(renamed)
+    with pytest.raises(model_card.ModelRefused, match="model format 'fedshield-model/9'"):
+        model_card.read_model_card(renamed)
 
     other = tmp_path / "other-features"
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("audit", "ledgers"))
     meta["featurizer"]["feat-seed"] = 1  # same weights, another feature map: wrong answers
     (other / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(inference.ModelRefused, match="featurizer-projection-sha256"):
-        inference.load_model(other)
+    with pytest.raises(model_card.ModelRefused, match="featurizer-projection-sha256"):
+        predict.load_model(other)
 
 
 def _cli_without_heavy_imports(*args: str) -> tuple[int, str, list[str], float, float]:
@@ -238,7 +241,7 @@ def test_a_minilm_model_round_trips_when_the_encoder_is_installed(tmp_path):
     with torch.no_grad():
         head.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))  # a head that favours class "b"
     RunOutputs(tmp_path).save_model(ArrayRecord(head.state_dict()), ("a", "b", "c"), spec)
-    model = inference.load_model(tmp_path, "cpu")
+    model = predict.load_model(tmp_path, "cpu")
     [prediction] = model.predict(["a short review"])
     assert prediction.label == "b"
     assert prediction.probability == pytest.approx(np.exp(2) / (np.exp(2) + 2), rel=1e-5)
