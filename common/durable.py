@@ -9,6 +9,7 @@ file or the new one, never a mix; a reader never sees a partial file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +43,10 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o
 
 def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     write_atomic(path, lambda handle: handle.write(data), mode)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks: the one file hash (data fingerprints,
+    model.pt in model.json, the shipped encoder weights)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -13,7 +13,6 @@ and what the server aggregates. Every trainable layer is ``nn.Linear`` or
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import math
 from functools import lru_cache
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedshield.common.durable import file_sha256
 from fedshield.common.errors import ConfigError
 
 NUM_LAYERS = 6
@@ -81,11 +81,7 @@ def _tokenizer():
 @lru_cache(maxsize=1)
 def weights_sha256() -> str:
     """SHA-256 of the shipped weights file: lets nodes prove they start from one model."""
-    digest = hashlib.sha256()
-    with open(_model_dir() / "model.safetensors", "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(_model_dir() / "model.safetensors")
 
 
 def tokenize(texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:

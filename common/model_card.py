@@ -14,12 +14,12 @@ Nothing heavy is imported at module level (torch and the model only inside
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedshield.common.durable import file_sha256
 from fedshield.common.errors import FedshieldError
 
 if TYPE_CHECKING:
@@ -33,13 +33,6 @@ _CARD_KEYS = ("format", "classes", "class-names", "model-sha256", "lineage")
 
 class ModelRefused(FedshieldError):
     """A saved model is missing, altered, of an unknown format, or not what it claims."""
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes: what model.json records for model.pt, written by the
-    server (server/outputs.py) and checked here with this one function."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

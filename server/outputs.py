@@ -22,15 +22,10 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from fedshield.common.durable import write_atomic, write_bytes_atomic
+from fedshield.common.durable import file_sha256, write_atomic, write_bytes_atomic
 from fedshield.common.errors import ConfigError
 from fedshield.common.model import ModelSpec
-from fedshield.common.model_card import (
-    MODEL_FORMAT,
-    file_sha256,
-    model_differences,
-    read_model_card,
-)
+from fedshield.common.model_card import MODEL_FORMAT, model_differences, read_model_card
 
 
 def write_json_atomic(path: Path, data: object) -> None:
