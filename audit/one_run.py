@@ -281,7 +281,7 @@ def check_empirical(empirical: dict, run_keys: set[str], charges: list) -> dict:
     """What the report concludes from an empirical result, not trusting the file.
 
     ``run_keys`` are the runs found in the verified logs; ``charges`` the owners' verified
-    charges (audit/owners.py ``Charge``). The claim is the largest epsilon the owners'
+    charges (audit/owner_records.py ``Charge``). The claim is the largest epsilon the owners'
     signed logs record for the tested run; the bound is recomputed from the file's own
     evidence (canaries, guesses, correct, tests) at the logs' delta.
     """

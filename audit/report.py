@@ -6,7 +6,7 @@ and covers each run (ids, period, settings, outcome: audit/runs.py) and each own
 (key fingerprint, budget history, charges, refusals with reasons: audit/owners.py), so
 a data-protection officer can sign it as it stands. The recomputation does not use the
 owners' accountant (PLD, dp-accounting): the exact closed form for full-batch rounds,
-Opacus's PRV interval otherwise (audit/owners.py ``epsilon_interval``), with RDP as a
+Opacus's PRV interval otherwise (audit/epsilon.py ``epsilon_interval``), with RDP as a
 looser cross-check; a claim is flagged if it is above the recomputation by more than
 1%, below it, or above RDP. Output: a self-contained ``report.html`` (plots embedded) and
 its twin ``report.json`` (audit/render.py).
@@ -19,14 +19,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fedshield.audit.epsilon import RECOMPUTATION, TOLERANCE, independent_epsilon
 from fedshield.audit.one_run import check_empirical
-from fedshield.audit.owners import (
-    RECOMPUTATION,
-    TOLERANCE,
-    OwnerAudit,
-    independent_epsilon,
-    owner_audits,
-)
+from fedshield.audit.owner_records import OwnerAudit
+from fedshield.audit.owners import owner_audits
 from fedshield.audit.runs import RunSummary, run_summaries
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire

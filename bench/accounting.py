@@ -16,7 +16,7 @@ import warnings
 
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedshield.audit.owners import epsilon_interval
+from fedshield.audit.epsilon import epsilon_interval
 from fedshield.common.audit_events import LoggedDpEvent
 from fedshield.common.privacy import DpEvent, epsilon_rdp, epsilon_spent, noise_for_target_epsilon
 

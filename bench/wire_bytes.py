@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedshield.client import app as client_module
 from fedshield.common import wire
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_csv_path
+from fedshield.common.flower_compat import message_objects, message_proto_bytes, set_task_identity
 from fedshield.common.model import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,7 +41,7 @@ def object_sizes(msg: Message) -> dict:
     by_type: dict[str, int] = {}
     count: dict[str, int] = {}
     total = 0
-    for obj in get_all_nested_objects(msg).values():
+    for obj in message_objects(msg).values():
         n = len(obj.deflate())
         name = type(obj).__name__
         by_type[name] = by_type.get(name, 0) + n
@@ -52,9 +52,7 @@ def object_sizes(msg: Message) -> dict:
 
 def proto_size(msg: Message) -> int | None:
     try:
-        from flwr.common.serde import message_to_proto
-
-        return message_to_proto(msg).ByteSize()
+        return message_proto_bytes(msg)
     except Exception as exc:  # noqa: BLE001 - report, do not fail
         print(f"message_to_proto failed: {type(exc).__name__}: {exc}")
         return None
@@ -66,9 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=2000)
     args = ap.parse_args()
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+    set_task_identity(task_id=1, run_id=42, node_id=1)
     plan = RunConfig()
     classes = ("0", "1")
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,8 +95,8 @@ def audit_report(
     """Privacy budget audit a data-protection officer can sign: runs, owners and their
     node keys, budgets and their changes, refusals with reasons, epsilon recomputed
     independently, and each data-security requirement mapped to evidence."""
+    from fedshield.audit.browser import find_browser
     from fedshield.audit.evaluation import load_evaluation
-    from fedshield.audit.render import find_browser
 
     paths = _log_paths(logs)
     if out.exists() and not out.is_dir():
@@ -145,8 +145,8 @@ def audit_report(
     console.print(f"Overall: {overall_line(report)}", highlight=False, markup=False)
     console.print(f"Report: {html_path} (and {json_path.name})", highlight=False)
     if screenshot is not None:
-        from fedshield.audit.render import PAGE_WIDTH_PX, measure_page
-        from fedshield.audit.render import screenshot as take_screenshot
+        from fedshield.audit.browser import PAGE_WIDTH_PX, measure_page
+        from fedshield.audit.browser import screenshot as take_screenshot
 
         width, _ = measure_page(html_path)
         take_screenshot(html_path, screenshot)

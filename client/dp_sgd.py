@@ -21,12 +21,12 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import Sampler
 
 from fedshield.client.secure_random import SecureRandom
+from fedshield.common.opacus_compat import mark_noised, refuse_if_already_noised
 
 
 class PoissonBatchSampler(Sampler[list[int]]):
@@ -76,7 +76,7 @@ class _SecureNoise:
         sums = [p.summed_grad for p in self.params]
         for summed in sums:
             # Opacus's guard that no clipped sum is released twice.
-            _check_processed_flag(summed)
+            refuse_if_already_noised(summed)
         # One draw (and one host-to-device copy) for every parameter: independent
         # N(0, std^2) entries either way, without a call per tensor.
         sizes = [summed.numel() for summed in sums]
@@ -84,7 +84,7 @@ class _SecureNoise:
         noises = self.secure_random.normal_like(flat, std).split(sizes)
         for p, summed, noise in zip(self.params, sums, noises, strict=True):
             p.grad = (summed + noise.view_as(summed)).view_as(p)
-            _mark_as_processed(summed)
+            mark_noised(summed)
 
 
 class SecureDPOptimizer(_SecureNoise, DPOptimizer):

@@ -10,7 +10,8 @@ push the reply) and exits. Each task still gets its own process, so nothing but 
 inherited read-only caches survives from one message to the next.
 
 Flower 1.42 offers no executor plug-in point for ``flower-superexec``; this module runs
-Flower's ``run_superexec`` loop with ``get_executor`` pointed at ``ZygoteExecutor``.
+Flower's ``run_superexec`` loop with ``get_executor`` pointed at ``ZygoteExecutor``
+(every such reach into Flower is in common/flower_compat.py, version-checked).
 Deployed with ``flower-supernode --isolation process`` and a SuperExec auth secret.
 
 Guarantee: only the installed fedshield ClientApp runs here. A SuperNode otherwise
@@ -56,6 +57,15 @@ from pathlib import Path
 
 from fedshield.common.audit_events import Event
 from fedshield.common.errors import FedshieldError
+from fedshield.common.flower_compat import (
+    current_task_run_id,
+    is_clientapp_task,
+    launch_accepted,
+    launch_failed,
+    restrict_clientapp_runtime,
+    run_clientapp_task,
+    run_superexec_with,
+)
 from fedshield.common.processes import die_with_parent
 
 log = logging.getLogger("fedshield.client")
@@ -116,38 +126,25 @@ def check_fab_is_fedshield(fab: bytes) -> dict[str, str]:
 
 def pin_fedshield_clientapp(owner_settings: dict | None) -> None:
     """Make Flower's ``run_clientapp`` run only the installed fedshield ClientApp."""
-    from flwr.supernode.runtime import run_clientapp as runtime
 
-    def admit_only_fedshield_fab(fab_file, install_dir=None, skip_prompt=False) -> None:
-        del install_dir, skip_prompt  # nothing is installed: the code is fedshield's own
+    def admit_only_fedshield_fab(fab_file: bytes) -> None:
+        # Nothing is installed either way: the code that runs is fedshield's own.
         try:
             check_fab_is_fedshield(fab_file)
         except ForeignAppRefused as refusal:
             _record_refusal(owner_settings, refusal)
             raise
 
-    def load_installed_fedshield_clientapp(default_app_ref, app_path, multi_app):
-        del default_app_ref, app_path, multi_app
+    def load_installed_fedshield_clientapp():
+        from fedshield.client.app import app  # already imported by warm_up()
 
-        def load(fab_id: str, fab_version: str, fab_hash: str):
-            del fab_id, fab_version, fab_hash
-            from fedshield.client.app import app  # already imported by warm_up()
+        return app
 
-            return app
-
-        return load
-
-    runtime.install_from_fab = admit_only_fedshield_fab
-    runtime.get_load_client_app_fn = load_installed_fedshield_clientapp
+    restrict_clientapp_runtime(admit_only_fedshield_fab, load_installed_fedshield_clientapp)
 
 
 def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    try:
-        run_id: int | None = TaskIdentity.run_id  # set by Flower when it pulled the task
-    except RuntimeError:
-        run_id = None
+    run_id = current_task_run_id()  # set by Flower when it pulled the task
     log.error("fedshield: refused run %s, app %s: %s", run_id, refusal.identity, refusal.reason)
     if not owner_settings or not owner_settings.get("audit-dir"):
         return
@@ -166,8 +163,6 @@ def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> 
 
 def _run_task(spec: dict, owner_settings: dict | None) -> None:
     """In a forked child: run one ClientApp task with Flower's own runtime, then exit."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-
     pin_fedshield_clientapp(owner_settings)
     certificates = (
         Path(spec["root_certificates_path"]).read_bytes()
@@ -176,13 +171,11 @@ def _run_task(spec: dict, owner_settings: dict | None) -> None:
     )
     code = 0
     try:
-        run_clientapp(
+        run_clientapp_task(
             runtime_api_address=spec["runtime_api_address"],
             token=spec["token"],
             insecure=spec["insecure"],
             certificates=certificates,
-            parent_pid=None,
-            runtime_dependency_install=False,
         )
     except SystemExit as exc:  # Flower ends every task with sys.exit(code)
         code = exc.code if isinstance(exc.code, int) else 1
@@ -254,13 +247,8 @@ class ZygoteExecutor:
         del task_type, fab_hash, insecure, root_certificates_path
 
     def launch(self, spec):
-        from flwr.supercore.constant import TaskType
-        from flwr.supercore.superexec.executor import LaunchResult
-
-        if spec.task_type != TaskType.CLIENT_APP:
-            return LaunchResult.failed(
-                f"fedshield's executor runs ClientApps only, not {spec.task_type}"
-            )
+        if not is_clientapp_task(spec):
+            return launch_failed(f"fedshield's executor runs ClientApps only, not {spec.task_type}")
         self._specs.write(
             json.dumps(
                 {
@@ -272,7 +260,7 @@ class ZygoteExecutor:
             )
             + "\n"
         )
-        return LaunchResult.accepted()
+        return launch_accepted()
 
     def reconcile(self) -> None:
         pass
@@ -295,22 +283,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
 
-    from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
-    from flwr.supercore.superexec import run_superexec as superexec_module
-
     owner_settings = json.loads(args.owner_settings) if args.owner_settings else None
     warm_up(owner_settings)
     # Fork the zygote now, while this process is still single-threaded.
     executor = ZygoteExecutor(owner_settings)
-    superexec_module.get_executor = lambda *_, **__: executor
-    superexec_module.run_superexec(
+    run_superexec_with(
+        executor,
         runtime_api_address=args.runtime_api_address,
-        insecure=True,  # the SuperNode's app API listens on loopback only
-        superexec_auth_secret=load_superexec_auth_secret(
-            secret_file=args.superexec_auth_secret_file
-        ),
+        secret_file=args.superexec_auth_secret_file,
         parent_pid=args.parent_pid,
-        runtime_dependency_install=False,
     )
 
 

@@ -24,12 +24,12 @@ and Runtime API are flwr's, from the same arguments as ``flower-supernode``):
   SuperNode's in-memory state every ``LOCAL_WAIT_S`` (0.05 s, as the executor's task
   poll, ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``) instead of 0.5 s: no network involved.
 
-How: replace the module's ``time`` with a clock whose ``sleep`` maps those two literal
-waits, and wrap its ``_pull_and_store_message`` and ``_push_messages`` to note activity;
-then call flwr's own ``flower-supernode`` entry point. Because this reaches into flwr's
-internals, it first checks that the installed flwr is a version it was written for
-and that the three waits are where and what they were; if not, it says so loudly and
-runs Flower's SuperNode unchanged (slower rounds, nothing else lost).
+How: ``shorten_supernode_waits`` (common/flower_compat.py, where every reach into
+flwr's internals lives) maps those two literal waits and notes activity; then flwr's own
+``flower-supernode`` entry point runs in this process. That reach first checks that the
+installed flwr is the version it was written for and that the waits are where and what
+they were; if not, this says so loudly and runs Flower's SuperNode unchanged (slower
+rounds, nothing else lost).
 
     python -m fedshield.client.supernode_launcher [--poll-min-s S] [--poll-max-s S] -- \
         FLOWER-SUPERNODE ARGUMENTS...
@@ -41,30 +41,20 @@ Settings (also read by ``supernode_program()``, which builds that command line):
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import threading
-import time as _real_time
-from collections.abc import Callable
+from importlib.metadata import entry_points
 
-# Written for, and checked against, these flwr releases (pyproject pins >=1.42,<1.43).
-SUPPORTED_FLWR = ("1.42.",)
+from fedshield.common.errors import ConfigError, DependencyMismatch
+from fedshield.common.flower_compat import FLWR_IDLE_POLL_S, shorten_supernode_waits
+
 DEFAULT_POLL_MIN_S = 0.1
-DEFAULT_POLL_MAX_S = 3.0  # flwr 1.42's own idle interval
+DEFAULT_POLL_MAX_S = float(FLWR_IDLE_POLL_S)  # flwr 1.42's own idle interval
 BACKOFF = 1.5
 LOCAL_WAIT_S = 0.05
 POLL_MIN_ENV = "FEDSHIELD_FLEET_POLL_MIN_S"
 POLL_MAX_ENV = "FEDSHIELD_FLEET_POLL_MAX_S"
-
-# The literal waits in flwr/supernode/start_client_internal.py (1.42) this replaces.
-FLWR_IDLE_POLL_S = 3
-FLWR_LOCAL_WAIT_S = 0.5
-_FLWR_MODULE = "flwr.supernode.start_client_internal"
-_EXPECTED = {
-    "start_client_internal": f"time.sleep({FLWR_IDLE_POLL_S})",
-    "_push_messages": f"time.sleep({FLWR_LOCAL_WAIT_S})",
-}
 
 
 class PollSchedule:
@@ -90,75 +80,12 @@ class PollSchedule:
             return wait
 
 
-class _Clock:
-    """Stands in for ``time`` inside flwr's SuperNode loop module only."""
-
-    def __init__(self, schedule: PollSchedule, local_wait_s: float) -> None:
-        self._schedule = schedule
-        self._local_wait_s = local_wait_s
-
-    def sleep(self, seconds: float) -> None:
-        if seconds == FLWR_IDLE_POLL_S:
-            _real_time.sleep(self._schedule.next_wait())
-        elif seconds == FLWR_LOCAL_WAIT_S:
-            _real_time.sleep(self._local_wait_s)
-        else:
-            _real_time.sleep(seconds)
-
-    def __getattr__(self, name: str):
-        return getattr(_real_time, name)
-
-
-def _flwr_version() -> str:
-    from importlib.metadata import version
-
-    return version("flwr")
-
-
-def incompatibility(module) -> str | None:
-    """Why flwr's SuperNode loop is not the one this launcher was written for, or None."""
-    found = _flwr_version()
-    if not found.startswith(SUPPORTED_FLWR):
-        return f"flwr {found} is not one of {', '.join(v + 'x' for v in SUPPORTED_FLWR)}"
-    for function, wait in _EXPECTED.items():
-        target = getattr(module, function, None)
-        if target is None or not callable(target):
-            return f"{_FLWR_MODULE}.{function} is gone"
-        if wait not in inspect.getsource(target):
-            return f"{_FLWR_MODULE}.{function} no longer calls {wait}"
-    if not hasattr(module, "time") or not callable(
-        getattr(module, "_pull_and_store_message", None)
-    ):
-        return f"{_FLWR_MODULE} no longer has time and _pull_and_store_message"
-    return None
-
-
-def _noting_activity(function: Callable, schedule: PollSchedule, *, when_none: bool) -> Callable:
-    def wrapper(*args, **kwargs):
-        result = function(*args, **kwargs)
-        if when_none or result is not None:
-            schedule.activity()
-        return result
-
-    wrapper.__wrapped__ = function
-    return wrapper
-
-
 def install(schedule: PollSchedule, local_wait_s: float = LOCAL_WAIT_S) -> str | None:
     """Shorten the waits in flwr's SuperNode loop; returns why not, or None when done."""
-    import importlib
-
-    module = importlib.import_module(_FLWR_MODULE)
-    reason = incompatibility(module)
-    if reason is not None:
-        return reason
-    module.time = _Clock(schedule, local_wait_s)
-    # A received message: returns its run id (None when the poll found nothing).
-    module._pull_and_store_message = _noting_activity(
-        module._pull_and_store_message, schedule, when_none=False
-    )
-    # Replies sent: the next round's message follows soon.
-    module._push_messages = _noting_activity(module._push_messages, schedule, when_none=True)
+    try:
+        shorten_supernode_waits(schedule.next_wait, local_wait_s, schedule.activity)
+    except DependencyMismatch as mismatch:
+        return str(mismatch)
     return None
 
 
@@ -180,8 +107,6 @@ def supernode_program(
     Unset intervals come from ``FEDSHIELD_FLEET_POLL_MIN_S`` / ``..._MAX_S``, else the
     defaults; a bad value raises ConfigError naming the variable.
     """
-    from fedshield.common.errors import ConfigError
-
     values = []
     for given, env, default in (
         (poll_min_s, POLL_MIN_ENV, DEFAULT_POLL_MIN_S),
@@ -239,16 +164,16 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         print(
-            f"fedshield: WARNING: {reason}; running Flower's SuperNode unchanged, which polls "
-            f"every {FLWR_IDLE_POLL_S} s: rounds will be slower. Install the flwr version "
-            "fedshield names (pip install fedshield) to get the short poll back.",
+            f"fedshield: WARNING: {reason}. Until then Flower's SuperNode runs unchanged, "
+            f"polling every {FLWR_IDLE_POLL_S} s: rounds will be slower.",
             file=sys.stderr,
             flush=True,
         )
-    from flwr.supernode.cli import flower_supernode
-
+    # The `flower-supernode` console script's own target (public), in this process so
+    # that the shortened waits apply.
+    (flower_supernode,) = entry_points(group="console_scripts", name="flower-supernode")
     sys.argv = ["flower-supernode", *flower_args]
-    flower_supernode()
+    flower_supernode.load()()
 
 
 if __name__ == "__main__":

@@ -52,3 +52,10 @@ class SimulationEngineFailed(FedshieldError):
     """The simulation engine (Ray) could not start: nothing ran, nothing was charged."""
 
     exit_code = 8
+
+
+class DependencyMismatch(FedshieldError):
+    """An installed Flower or Opacus is not the release whose internals fedshield reaches
+    into (common/flower_compat.py, common/opacus_compat.py)."""
+
+    exit_code = 9

@@ -10,8 +10,8 @@ SuperLink starts use it there) and runs this gateway on the public ``--host/--po
 
 - TLS with the federation's server certificate (the same ``server.pem``/``server.key``):
   owners, who pin the federation's CA, see no difference;
-- it forwards exactly the Fleet calls a SuperNode makes (``FLEET_PATHS``, from
-  ``flwr/supernode/fleet_http_client.py``) as POST, and ``/health`` as GET/HEAD; the two
+- it forwards exactly the Fleet calls a SuperNode makes (``FLEET_PATHS``, kept with
+  Flower's other internals in common/flower_compat.py) as POST, ``/health`` as GET/HEAD; the two
   self-registration calls only when node authentication is off (``--insecure``), since a
   SuperLink with node authentication refuses them anyway;
 - it passes on Flower's own headers (``flwr-*``: the signed timestamp, public key and
@@ -70,32 +70,19 @@ from fedshield.common.federation_info import (
     NOTICE_PATH_PREFIX,
     NOTICES_DIR,
 )
+from fedshield.common.flower_compat import (
+    FLEET_PATHS,
+    PUSH_MESSAGES_PATH,
+    SELF_REGISTRATION_PATHS,
+    fleet_node_auth,
+)
 from fedshield.server.fleet_sender import (
     RegisteredNodes,
     SenderRefused,
     authenticated_key,
-    check_flower_version,
     check_push_senders,
 )
 
-# Every call of flwr 1.42's FleetHttpClient a SuperNode with node authentication makes.
-FLEET_PATHS = frozenset(
-    {
-        "/v1/fleet/activate-node",
-        "/v1/fleet/deactivate-node",
-        "/v1/fleet/send-node-heartbeat",
-        "/v1/fleet/pull-messages",
-        "/v1/fleet/push-messages",
-        "/v1/fleet/get-run",
-        "/v1/fleet/get-fab",
-        "/v1/fleet/push-object",
-        "/v1/fleet/pull-object",
-        "/v1/fleet/confirm-message-received",
-    }
-)
-# A SuperNode without a key (--insecure) registers itself; with node authentication the
-# SuperLink refuses these, so the gateway does not forward them then.
-SELF_REGISTRATION_PATHS = frozenset({"/v1/fleet/register-node", "/v1/fleet/unregister-node"})
 HEALTH_PATH = "/health"
 FORWARDED_REQUEST_HEADERS = frozenset(
     {"content-type", "content-length", "accept", "accept-encoding"}
@@ -107,7 +94,6 @@ UPSTREAM_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 # authentication: without a cap a stranger's huge POST fills the SuperLink's memory.
 # Model updates travel in push-object (MiniLM: about 7 MB per layer); push-messages
 # carries a reply's metadata and object ids only, and is read whole to check its senders.
-PUSH_MESSAGES_PATH = "/v1/fleet/push-messages"
 MAX_BODY_BYTES = {"/v1/fleet/push-object": 256 << 20, PUSH_MESSAGES_PATH: 4 << 20}
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT_CONNECTIONS = 512
@@ -184,7 +170,7 @@ class FleetGateway:
         # Only authenticated nodes have a sender to check (--insecure: self-registered).
         self.checks_senders = settings.pki_dir is not None
         if self.checks_senders:
-            check_flower_version()
+            fleet_node_auth()  # a moved flwr fails here, at start, not at the first reply
         self.registered = RegisteredNodes(settings.state_dir)
 
     async def __call__(self, scope, receive, send) -> None:

@@ -14,16 +14,15 @@ recorded for it, else the request's ``node.node_id`` (which the SuperLink itself
 to that key) -> refuse unless ``node.node_id`` and every message's ``src_node_id`` are
 that node. A key the operator removed is refused outright.
 
-The Flower internals this reads (checked against flwr 1.42): the header names and time
-window of ``flwr/superlink/routers/fleet/node_auth.py`` and ``PushMessagesRequest`` from
-``flwr.proto.fleet_pb2``. Nothing else in fedshield imports them.
+The Flower internals this reads, the header names and time window of
+``flwr/superlink/routers/fleet/node_auth.py`` and the fields of ``PushMessagesRequest``,
+come from common/flower_compat.py, which checks the installed flwr version.
 """
 
 from __future__ import annotations
 
 import binascii
 import datetime as dt
-import importlib.metadata
 import json
 from base64 import b64decode
 from collections.abc import Mapping
@@ -33,27 +32,11 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.common.constant import SYSTEM_TIME_TOLERANCE, TIMESTAMP_HEADER, TIMESTAMP_TOLERANCE
-from flwr.proto.fleet_pb2 import PushMessagesRequest  # pylint: disable=no-name-in-module
-from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIGNATURE_HEADER
-from google.protobuf.message import DecodeError
 
+from fedshield.common.flower_compat import fleet_node_auth, push_messages_senders
 from fedshield.server.identity import public_key_fingerprint
 
-FLOWER_VERSIONS = ("1.42.",)  # the Fleet wire format and auth headers read here
 OWNERS_FILE = "owners.json"  # server/deployment.py writes it; read here without importing it
-
-
-def check_flower_version() -> None:
-    """Fail loudly when Flower moved: the header names and protobuf may have changed."""
-    found = importlib.metadata.version("flwr")
-    if not found.startswith(FLOWER_VERSIONS):
-        raise RuntimeError(
-            f"fedshield's Fleet gateway checks push-messages senders against flwr "
-            f"{'/'.join(v + 'x' for v in FLOWER_VERSIONS)}, found flwr {found}: re-check "
-            "server/fleet_sender.py against flwr/superlink/routers/fleet/node_auth.py and "
-            "flwr/proto/fleet.proto, then widen FLOWER_VERSIONS (or install flwr 1.42)"
-        )
 
 
 class SenderRefused(Exception):
@@ -67,13 +50,14 @@ class SenderRefused(Exception):
 
 def authenticated_key(headers: Mapping[str, str], now: dt.datetime | None = None) -> str:
     """The fingerprint of the key that signed this call, checked as the SuperLink checks it."""
+    auth = fleet_node_auth()
     try:
-        public_key = b64decode(headers[FLEET_HTTP_PUBLIC_KEY_HEADER], validate=True)
-        signature = b64decode(headers[FLEET_HTTP_SIGNATURE_HEADER], validate=True)
-        timestamp = headers[TIMESTAMP_HEADER]
+        public_key = b64decode(headers[auth.public_key_header], validate=True)
+        signature = b64decode(headers[auth.signature_header], validate=True)
+        timestamp = headers[auth.timestamp_header]
         signed_at = dt.datetime.fromisoformat(timestamp)
         age = ((now or dt.datetime.now(dt.UTC)) - signed_at).total_seconds()
-        if not -SYSTEM_TIME_TOLERANCE < age < TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE:
+        if not auth.min_age_s < age < auth.max_age_s:
             raise ValueError(f"timestamp {timestamp[:40]!r} outside the allowed window")
         key = serialization.load_pem_public_key(public_key)
         if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -130,12 +114,10 @@ class RegisteredNodes:
 def check_push_senders(body: bytes, fingerprint: str, registered_node: int | None) -> int:
     """The node every message of a push-messages ``body`` must come from; refuses a
     body where the request's node or any message's sender is another node."""
-    request = PushMessagesRequest()
     try:
-        request.ParseFromString(body)
-    except DecodeError as exc:
-        raise SenderRefused(f"not a PushMessagesRequest: {exc}", 400) from None
-    claimed = int(request.node.node_id)
+        claimed, messages = push_messages_senders(body)
+    except ValueError as exc:
+        raise SenderRefused(str(exc), 400) from None
     node = registered_node if registered_node is not None else claimed
     if claimed != node:
         raise SenderRefused(
@@ -143,8 +125,7 @@ def check_push_senders(body: bytes, fingerprint: str, registered_node: int | Non
             fingerprint=fingerprint,
             **{"authenticated-node-id": node, "request-node-id": claimed},
         )
-    for message in request.messages_list:
-        sender = int(message.metadata.src_node_id)
+    for sender, reply_to in messages:
         if sender != node:
             raise SenderRefused(
                 f"node {node} pushed a reply claiming to come from node {sender}",
@@ -152,7 +133,7 @@ def check_push_senders(body: bytes, fingerprint: str, registered_node: int | Non
                 **{
                     "authenticated-node-id": node,
                     "claimed-src-node-id": sender,
-                    "reply-to-message-id": message.metadata.reply_to_message_id[:80],
+                    "reply-to-message-id": reply_to[:80],
                 },
             )
     return node

@@ -32,7 +32,7 @@ from fedshield.common.errors import ConfigError
 from fedshield.server.round_timeout import RoundTimeouts
 
 if TYPE_CHECKING:
-    from flwr.supercore.run import Run
+    from fedshield.common.flower_compat import Run
 
 DEFAULT_GRID_POLL_S = 0.1
 GRID_POLL_ENV = "FEDSHIELD_GRID_POLL_S"

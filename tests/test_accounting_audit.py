@@ -4,7 +4,8 @@ crafted log cannot crash or exhaust the auditor."""
 
 from __future__ import annotations
 
-from fedshield.audit.owners import claim_problem, owner_audits
+from fedshield.audit.epsilon import claim_problem
+from fedshield.audit.owners import owner_audits
 from fedshield.audit.verify import verify_log
 from fedshield.common.audit_events import Event, LoggedDpEvent
 from fedshield.common.audit_log import AuditLog

@@ -18,15 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from fedshield.audit.browser import PAGE_WIDTH_PX, find_browser, measure_page, screenshot
 from fedshield.audit.evaluation import EvaluationFileError, load_evaluation
 from fedshield.audit.owners import owner_audits
-from fedshield.audit.render import (
-    PAGE_WIDTH_PX,
-    find_browser,
-    measure_page,
-    screenshot,
-    write_report,
-)
+from fedshield.audit.render import write_report
 from fedshield.audit.report import (
     TOLERANCE,
     _anchors,

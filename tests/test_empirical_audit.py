@@ -81,7 +81,7 @@ def test_with_dp_the_bound_stays_below_the_claim(private_run):
     summary = result(out)
     bound = summary["lower-bound"]
     assert summary["dp"] and summary["claimed-epsilon"] == pytest.approx(1.0, abs=0.01)
-    # The independent recomputation agrees with the claim (audit/owners.py).
+    # The independent recomputation agrees with the claim (audit/epsilon.py).
     assert summary["recomputed-epsilon"] == pytest.approx(summary["claimed-epsilon"], rel=0.02)
     assert bound["epsilon_lower_bound"] < summary["claimed-epsilon"]
     assert not summary["exceeds-claim"]

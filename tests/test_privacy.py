@@ -10,7 +10,7 @@ import time
 import pytest
 
 # The auditor's computations (closed form, Opacus PRV, dp-accounting RDP).
-from fedshield.audit.owners import epsilon_interval, rdp_epsilon
+from fedshield.audit.epsilon import epsilon_interval, rdp_epsilon
 from fedshield.common.audit_events import LoggedDpEvent
 from fedshield.common.errors import ConfigError
 from fedshield.common.privacy import (
