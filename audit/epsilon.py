@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import math
 
-from fedshield.common.audit_events import LoggedDpEvent
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.opacus_compat import prv_dprv
 from fedshield.common.privacy import (
     ACCOUNTANT,
     LEGACY_ACCOUNTANT,
-    DpEvent,
     epsilon_gaussian_exact,
     pld_applies,
 )
@@ -42,11 +41,7 @@ RECOMPUTATION = (
 )
 
 
-def _as_events(events: list[LoggedDpEvent]) -> list[DpEvent]:
-    return [DpEvent(e.noise_multiplier, e.sample_rate, int(e.steps)) for e in events]
-
-
-def rdp_epsilon(events: list[LoggedDpEvent], delta: float) -> float:
+def rdp_epsilon(events: list[DpEvent], delta: float) -> float:
     """Epsilon of Poisson-subsampled Gaussian events, composed by dp-accounting's RDP."""
     import dp_accounting
 
@@ -72,11 +67,11 @@ class TooLongToRecompute(ValueError):
     """A history beyond PLD's range: the owners compose it by RDP, and so does the audit."""
 
 
-def _pld_applies(events: list[LoggedDpEvent]) -> bool:
-    return pld_applies(_as_events(events))
+def _pld_applies(events: list[DpEvent]) -> bool:
+    return pld_applies(events)
 
 
-def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, float]:
+def epsilon_interval(events: list[DpEvent], delta: float) -> tuple[float, float]:
     """An interval holding the true epsilon, computed without the owners' PLD accountant.
 
     Full-batch histories (sample rate 1): the exact closed form, a point. Otherwise
@@ -91,7 +86,7 @@ def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, 
     if not _pld_applies(events):
         raise TooLongToRecompute(f"{sum(int(e.steps) for e in events)} steps")
     if all(e.sample_rate >= 1.0 for e in events):
-        exact = epsilon_gaussian_exact(_as_events(events), delta)
+        exact = epsilon_gaussian_exact(events, delta)
         return exact, exact
     from opacus.accountants import PRVAccountant
 
@@ -105,9 +100,7 @@ def epsilon_interval(events: list[LoggedDpEvent], delta: float) -> tuple[float, 
     return float(low), float(high)
 
 
-def independent_epsilon(
-    events: list[LoggedDpEvent], delta: float, accountant: str = ACCOUNTANT
-) -> float:
+def independent_epsilon(events: list[DpEvent], delta: float, accountant: str = ACCOUNTANT) -> float:
     """Epsilon recomputed without the code the owner ran: what a claim is judged against.
 
     For a PLD claim, the upper end of :func:`epsilon_interval`; for an RDP claim (older
@@ -120,7 +113,7 @@ def independent_epsilon(
 
 
 def claim_problem(
-    claimed: float, events: list[LoggedDpEvent], delta: float, accountant: str
+    claimed: float, events: list[DpEvent], delta: float, accountant: str
 ) -> tuple[float, float, str | None]:
     """(recomputed, RDP cross-check, problem or None) for one claimed epsilon.
 
@@ -143,7 +136,7 @@ def claim_problem(
 
 
 def _judge_claim(
-    claimed: float, events: list[LoggedDpEvent], delta: float, accountant: str
+    claimed: float, events: list[DpEvent], delta: float, accountant: str
 ) -> tuple[float, float, str | None]:
     rdp = rdp_epsilon(events, delta)
     if accountant == LEGACY_ACCOUNTANT:

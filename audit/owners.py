@@ -24,7 +24,8 @@ from fedshield.audit.epsilon import claim_problem, independent_epsilon
 from fedshield.audit.owner_records import BudgetChange, Charge, DataFile, OwnerAudit, Refusal
 from fedshield.audit.verify import Verification
 from fedshield.common import wire
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.privacy import LEGACY_ACCOUNTANT
 
 REFUSAL_EVENTS = (Event.ROUND_REFUSED, Event.EVALUATE_REFUSED, Event.ROUND_ERROR)
@@ -121,7 +122,7 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     actors = sorted({t.entry["actor"] for t in entries if t.entry["type"] != Event.CHECKPOINT})
     audit = OwnerAudit(" / ".join(actors), ledger_id)
     audit.logs = sorted({t.log for t in entries})
-    previous_events: list[LoggedDpEvent] | None = None
+    previous_events: list[DpEvent] | None = None
     budget_in_force: float | None = None
     refusals_since_change: list[Refusal] = []
     records_by_file: dict[str, int] = {}
@@ -174,16 +175,14 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
 def _check_charge(
     audit: OwnerAudit,
     tagged: _Tagged,
-    previous_events: list[LoggedDpEvent] | None,
+    previous_events: list[DpEvent] | None,
     budget_in_force: float | None,
-) -> list[LoggedDpEvent]:
+) -> list[DpEvent]:
     """Recompute one charge, judge it against the budget in force; returns its history."""
     data = tagged.entry["data"]
     server_round = int(data["server-round"])
-    events = [LoggedDpEvent.from_entry(e) for e in data["ledger-events"]]
-    new_event = LoggedDpEvent.from_entry(
-        [data["noise-multiplier"], data["sample-rate"], data["steps"]]
-    )
+    events = [DpEvent.from_entry(e) for e in data["ledger-events"]]
+    new_event = DpEvent.from_entry([data["noise-multiplier"], data["sample-rate"], data["steps"]])
     if previous_events is not None and events[:-1] != previous_events:
         audit.problems.append(
             f"round {server_round}: ledger history differs from the previous entry's "
@@ -236,7 +235,7 @@ def _check_charge(
     return events
 
 
-def _epsilon_or_nan(events: list[LoggedDpEvent], delta: float) -> float:
+def _epsilon_or_nan(events: list[DpEvent], delta: float) -> float:
     try:
         return independent_epsilon(events, delta)
     except (ArithmeticError, MemoryError, ValueError):
@@ -253,7 +252,7 @@ def _data_files(charges: list[Charge], records: dict[str, int]) -> list[DataFile
             records=records.get(fingerprint),
             charges=len(group),
             epsilon_alone=_epsilon_or_nan(
-                [LoggedDpEvent(c.noise_multiplier, c.sample_rate, c.steps) for c in group],
+                [DpEvent(c.noise_multiplier, c.sample_rate, c.steps) for c in group],
                 group[-1].delta,
             ),
             first_charge=group[0].time,

@@ -17,8 +17,8 @@ import warnings
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedshield.audit.epsilon import epsilon_interval
-from fedshield.common.audit_events import LoggedDpEvent
-from fedshield.common.privacy import DpEvent, epsilon_rdp, epsilon_spent, noise_for_target_epsilon
+from fedshield.common.dp_event import DpEvent
+from fedshield.common.privacy import epsilon_rdp, epsilon_spent, noise_for_target_epsilon
 
 DELTA = 1e-5
 SETTINGS = [  # (what, target epsilon, sample rate, steps)
@@ -49,7 +49,7 @@ def main() -> None:
         sigma = noise_for_target_epsilon(target, DELTA, rate, steps)
         took = time.perf_counter() - started
         events = [DpEvent(sigma, rate, steps)]
-        low, high = epsilon_interval([LoggedDpEvent(sigma, rate, steps)], DELTA)
+        low, high = epsilon_interval([DpEvent(sigma, rate, steps)], DELTA)
         independent = f"{high:.4f}" if low == high else f"[{low:.4f}, {high:.4f}]"
         print(
             f"| {what} | {target:g} | {rdp_sigma:.3f} | {sigma:.3f} | {1 - sigma / rdp_sigma:.1%} "

@@ -255,7 +255,8 @@ def run_naive(data: Data, scheme: str, seed: int, epsilon: float | None) -> dict
                 # this round's events composed with the previous rounds' (same sigma, q)
                 sigma_q = engine.accountant.history[0][:2]
                 n_steps = sum(h[2] for h in engine.accountant.history)
-                from fedshield.common.privacy import DpEvent, epsilon_spent
+                from fedshield.common.dp_event import DpEvent
+                from fedshield.common.privacy import epsilon_spent
 
                 ev = DpEvent(sigma_q[0], sigma_q[1], n_steps)
                 eps_spent.append(epsilon_spent([ev] * (rnd + 1), 1e-5))

@@ -16,10 +16,11 @@ from flwr.app import Context, Message
 from fedshield.client.accept import check_model_arrays
 from fedshield.client.owner import Owner
 from fedshield.common import wire
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.model import ModelSpec
-from fedshield.common.privacy import ADD_REMOVE, DpEvent, accountant_used, epsilon_spent
+from fedshield.common.privacy import ADD_REMOVE, accountant_used, epsilon_spent
 
 
 def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
@@ -105,10 +106,7 @@ def charge_and_audit(
             "epsilon-after": epsilon,
             "epsilon-budget": owner.epsilon_budget,
             "budget-remaining": owner.epsilon_budget - epsilon,
-            "ledger-events": [
-                LoggedDpEvent(e.noise_multiplier, e.sample_rate, e.steps).as_entry()
-                for e in history
-            ],
+            "ledger-events": [e.as_entry() for e in history],
         },
     )
     return epsilon

@@ -27,7 +27,8 @@ from fedshield.client.ledger import KIND_COUNT
 from fedshield.client.owner import Owner
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.privacy import ADD_REMOVE, DpEvent
+from fedshield.common.dp_event import DpEvent
+from fedshield.common.privacy import ADD_REMOVE
 
 
 @dataclass(frozen=True)

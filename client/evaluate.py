@@ -21,10 +21,10 @@ from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelSpec, evaluate_model
 from fedshield.common.plan import Plan
-from fedshield.common.privacy import DpEvent
 
 # A DP evaluate answer bounds each record's loss to wire.EVALUATE_LOSS_CLIP, so one
 # record moves the loss sum by at most that and the correct count by at most 1.

@@ -41,9 +41,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import LedgerCorrupted, PolicyRefusal, PrivacyBudgetExceeded
-from fedshield.common.privacy import ADD_REMOVE, DpEvent, epsilon_spent
+from fedshield.common.privacy import ADD_REMOVE, epsilon_spent
 
 LEDGER_FORMAT = 2
 LEGACY_FORMAT = 1

@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
 from fedshield.common.plan import Plan
-from fedshield.common.privacy import ADD_REMOVE, DpEvent, noise_for_target_epsilon
+from fedshield.common.privacy import ADD_REMOVE, noise_for_target_epsilon
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,10 @@
 
 Guarantee: writers (client, server) and the auditor's report name entry types only
 through ``Event``, so a type cannot be written under one spelling and read under
-another. DP events in entries are ``LoggedDpEvent`` records with named fields; entries
-written before this schema (positional ``[sigma, q, steps]``) still read back.
+another. DP events in entries are ``common/dp_event.DpEvent`` records (``as_entry``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 
 class Event:
@@ -51,30 +47,3 @@ class Event:
     # reply refused because it answers no task sent, or not from the node it went to
     EVALUATE_RECEIVED = "evaluate-received"
     REPLY_IMPERSONATED = "reply-impersonated"
-
-
-@dataclass(frozen=True)
-class LoggedDpEvent:
-    """``steps`` steps of the Poisson-subsampled Gaussian mechanism at ``sample_rate``
-    with ``noise_multiplier``, as an audit entry carries it (the auditor recomputes
-    epsilon from these alone)."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-
-    def as_entry(self) -> dict[str, Any]:
-        return {
-            "noise-multiplier": self.noise_multiplier,
-            "sample-rate": self.sample_rate,
-            "steps": self.steps,
-        }
-
-    @classmethod
-    def from_entry(cls, value: dict | list | tuple) -> LoggedDpEvent:
-        if isinstance(value, dict):
-            return cls(
-                float(value["noise-multiplier"]), float(value["sample-rate"]), int(value["steps"])
-            )
-        sigma, q, steps = value  # entries written before the named form
-        return cls(float(sigma), float(q), int(steps))

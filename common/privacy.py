@@ -27,13 +27,13 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import ConfigError
 
 RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
@@ -64,26 +64,6 @@ PLD_MAX_MECHANISMS = 64
 ADD_REMOVE = "add-remove"
 REPLACE_ONE = "replace-one"
 RELATIONS = (ADD_REMOVE, REPLACE_ONE)
-
-
-@dataclass(frozen=True)
-class DpEvent:
-    """``steps`` steps of the Poisson-subsampled Gaussian mechanism."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def merge_history(cls, history: Sequence[tuple[float, float, int]]) -> DpEvent:
-        """One event from an Opacus accountant's history of one round's training."""
-        if len({(sigma, q) for sigma, q, _ in history}) != 1:
-            raise ValueError(f"one round must use one (sigma, q), got history {history}")
-        sigma, q, _ = history[0]
-        return cls(noise_multiplier=sigma, sample_rate=q, steps=sum(s for *_, s in history))
 
 
 def accounted_event(event: DpEvent, relation: str) -> DpEvent:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from fedshield.audit.epsilon import claim_problem
 from fedshield.audit.owners import owner_audits
 from fedshield.audit.verify import verify_log
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.privacy import (
     ACCOUNTANT,
     PLD_MAX_STEPS,
-    DpEvent,
     accountant_used,
     epsilon_spent,
 )
@@ -23,7 +23,7 @@ DELTA = 1e-5
 def _honest_claim(sigma: float, q: float, steps: int) -> str | None:
     events = [DpEvent(sigma, q, steps)]
     claimed, used = epsilon_spent(events, DELTA), accountant_used(events, DELTA)
-    return claim_problem(claimed, [LoggedDpEvent(sigma, q, steps)], DELTA, used)[2]
+    return claim_problem(claimed, [DpEvent(sigma, q, steps)], DELTA, used)[2]
 
 
 def test_an_honest_pld_claim_over_many_subsampled_steps_passes_the_audit():
@@ -39,14 +39,14 @@ def test_an_honest_claim_past_pld_max_steps_passes_the_audit():
     assert accountant_used([DpEvent(1000.0, 1.0, PLD_MAX_STEPS + 1)], DELTA) == "rdp"
     assert _honest_claim(1000.0, 1.0, PLD_MAX_STEPS + 1) is None
     claimed = epsilon_spent([DpEvent(1000.0, 1.0, PLD_MAX_STEPS + 1)], DELTA)
-    events = [LoggedDpEvent(1000.0, 1.0, PLD_MAX_STEPS + 1)]
+    events = [DpEvent(1000.0, 1.0, PLD_MAX_STEPS + 1)]
     assert "beyond PLD's range" in claim_problem(claimed, events, DELTA, ACCOUNTANT)[2]
 
 
 def test_a_crafted_step_count_cannot_crash_the_auditor(tmp_path):
     # A log entry with 10^12 steps: Opacus's PRV tries to allocate petabytes
     # (MemoryError, the whole report fails); 2e6 steps takes > 20 GB and gets OOM-killed.
-    history = [LoggedDpEvent(50.0, 0.01, 10**12)]
+    history = [DpEvent(50.0, 0.01, 10**12)]
     entry = {
         "server-round": 1,
         "kind": "train",

@@ -18,8 +18,8 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedshield.client.ledger import LEDGER_FILE, PrivacyLedger
 from fedshield.common import wire
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.model import build_model
-from fedshield.common.privacy import DpEvent
 from tests.test_client_app import PLAN, owner_context, run_train, train_message
 from tests.test_hostile_server import client_app, evaluate_message
 

@@ -31,13 +31,14 @@ from fedshield.audit.report import (
 )
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
-from fedshield.common.audit_events import Event, LoggedDpEvent
+from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
-from fedshield.common.privacy import ACCOUNTANT, DpEvent, epsilon_rdp, epsilon_spent
+from fedshield.common.dp_event import DpEvent
+from fedshield.common.privacy import ACCOUNTANT, epsilon_rdp, epsilon_spent
 from tests.conftest import FEDSHIELD
 
 DELTA = 1e-5
-EVENT = LoggedDpEvent(noise_multiplier=1.1, sample_rate=0.05, steps=20)
+EVENT = DpEvent(noise_multiplier=1.1, sample_rate=0.05, steps=20)
 # epsilon after 1, 2, 3 such events at DELTA (PLD): 1.59, 2.00, 2.34
 NODE_KEY = "SHA256:q3ZmR0Yk5Q0n2cX8Jc1m8v0o1Jm8y3kqg4E2fH7dQ9s"
 CONFIG = {
@@ -53,19 +54,17 @@ CONFIG = {
 }
 
 
-def epsilon(history: list[LoggedDpEvent]) -> float:
+def epsilon(history: list[DpEvent]) -> float:
     return _epsilon(tuple(history))
 
 
 @functools.cache
-def _epsilon(history: tuple[LoggedDpEvent, ...]) -> float:
-    return epsilon_spent(
-        [DpEvent(e.noise_multiplier, e.sample_rate, e.steps) for e in history], DELTA
-    )
+def _epsilon(history: tuple[DpEvent, ...]) -> float:
+    return epsilon_spent(list(history), DELTA)
 
 
 def charged(
-    history: list[LoggedDpEvent],
+    history: list[DpEvent],
     claimed: float | None = None,
     budget: float = 5.0,
     ledger: str = "L1",
@@ -105,7 +104,7 @@ class Owner:
     ledger_id: str
     data_fingerprint: str = "a" * 64
     node_key: str | None = None
-    history: list[LoggedDpEvent] = field(default_factory=list)
+    history: list[DpEvent] = field(default_factory=list)
     recorded_budget: float | None = None
 
 
@@ -222,7 +221,7 @@ def test_a_ledger_charged_by_rdp_before_the_pld_switch_still_verifies(tmp_path):
     """Entries that name no accountant were charged by RDP, and are judged by RDP."""
     history = [EVENT] * 3
     legacy = {k: v for k, v in charged(history).items() if k != "accountant"}
-    rdp = epsilon_rdp([DpEvent(e.noise_multiplier, e.sample_rate, e.steps) for e in history], DELTA)
+    rdp = epsilon_rdp(list(history), DELTA)
     legacy["epsilon-after"] = rdp
     [owner] = owner_audits([owner_log(tmp_path, (Event.DP_CHARGED, legacy))])
     assert owner.ok, owner.problems
@@ -241,8 +240,8 @@ def test_a_pld_claim_below_the_independent_interval_is_flagged(tmp_path):
 
 
 def test_old_positional_dp_events_still_read_back():
-    assert LoggedDpEvent.from_entry([1.1, 0.05, 20]) == EVENT
-    assert LoggedDpEvent.from_entry(EVENT.as_entry()) == EVENT
+    assert DpEvent.from_entry([1.1, 0.05, 20]) == EVENT
+    assert DpEvent.from_entry(EVENT.as_entry()) == EVENT
 
 
 def test_the_report_says_when_by_what_from_which_inputs_and_each_runs_ids_period_settings(
@@ -334,7 +333,7 @@ def test_a_charge_above_the_budget_in_force_at_the_time_is_flagged(tmp_path):
     [
         (charged([EVENT, EVENT], claimed=0.01), "claimed epsilon"),  # under-claimed
         (charged([EVENT, EVENT], budget=0.1), "exceeds the budget"),
-        (charged([LoggedDpEvent(9.0, 0.05, 20), EVENT]), "ledger history differs"),  # rewritten
+        (charged([DpEvent(9.0, 0.05, 20), EVENT]), "ledger history differs"),  # rewritten
     ],
 )
 def test_a_dishonest_or_over_budget_owner_is_flagged(tmp_path, second, problem):

@@ -56,7 +56,8 @@ def test_data_check_summarises_without_showing_text(owner_csv):
 
 def test_ledger_show_reports_the_composed_epsilon(owner_csv, tmp_path):
     from fedshield.client.ledger import OwnerLimits, PrivacyLedger
-    from fedshield.common.privacy import DpEvent, epsilon_spent
+    from fedshield.common.dp_event import DpEvent
+    from fedshield.common.privacy import epsilon_spent
 
     event = DpEvent(1.2, 0.1, 10)
     ledger = PrivacyLedger(tmp_path, OwnerLimits(10.0, 1e-5))

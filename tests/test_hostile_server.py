@@ -22,8 +22,9 @@ from fedshield.audit.report import build_report
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common import wire
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.model import build_model
-from fedshield.common.privacy import DpEvent, epsilon_spent
+from fedshield.common.privacy import epsilon_spent
 from tests.test_client_app import (
     CLASSES,
     PLAN,

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from fedshield.client.ledger import OwnerLimits, PrivacyLedger
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import LedgerCorrupted, PrivacyBudgetExceeded
-from fedshield.common.privacy import DpEvent, epsilon_spent
+from fedshield.common.privacy import epsilon_spent
 
 EVENT = DpEvent(noise_multiplier=1.1, sample_rate=0.064, steps=16)
 DELTA = 1e-5

@@ -10,11 +10,10 @@ import torch
 
 from fedshield.audit.report import independent_epsilon
 from fedshield.common import minilm
-from fedshield.common.audit_events import LoggedDpEvent
 from fedshield.common.config import RunConfig
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import ConfigError
 from fedshield.common.model import ModelSpec
-from fedshield.common.privacy import DpEvent
 
 from .test_simulation import simulate
 
@@ -86,10 +85,7 @@ def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_o
         # the count's DP release, then one charge per round
         assert [c["kind"] for c in charges] == ["count"] + ["train"] * 8, log
         last = charges[-1]
-        events = [
-            DpEvent(e.noise_multiplier, e.sample_rate, e.steps)
-            for e in map(LoggedDpEvent.from_entry, last["ledger-events"])
-        ]
+        events = [DpEvent.from_entry(e) for e in last["ledger-events"]]
         assert last["epsilon-after"] == pytest.approx(
             independent_epsilon(events, last["delta"]), rel=0.02
         )

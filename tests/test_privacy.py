@@ -11,10 +11,9 @@ import pytest
 
 # The auditor's computations (closed form, Opacus PRV, dp-accounting RDP).
 from fedshield.audit.epsilon import epsilon_interval, rdp_epsilon
-from fedshield.common.audit_events import LoggedDpEvent
+from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import ConfigError
 from fedshield.common.privacy import (
-    DpEvent,
     check_delta,
     epsilon_gaussian_exact,
     epsilon_rdp,
@@ -23,10 +22,6 @@ from fedshield.common.privacy import (
 )
 
 DELTA = 1e-5
-
-
-def _logged(events: list[DpEvent]) -> list[LoggedDpEvent]:
-    return [LoggedDpEvent(e.noise_multiplier, e.sample_rate, e.steps) for e in events]
 
 
 def test_the_closed_form_matches_a_hand_computation():
@@ -50,7 +45,7 @@ def test_full_batch_epsilon_is_within_1_percent_of_the_exact_figure_and_never_be
     exact = epsilon_gaussian_exact(events, DELTA)
     ours = epsilon_spent(events, DELTA)
     assert exact <= ours <= exact * 1.01
-    assert epsilon_interval(_logged(events), DELTA) == (exact, exact)
+    assert epsilon_interval(events, DELTA) == (exact, exact)
 
 
 def test_the_demo_rounds_cost_2_764_not_rdps_2_997():
@@ -72,9 +67,9 @@ def test_the_demo_rounds_cost_2_764_not_rdps_2_997():
 )
 def test_subsampled_epsilon_lies_in_the_independent_prv_interval_and_below_rdp(events):
     ours = epsilon_spent(events, DELTA)
-    low, high = epsilon_interval(_logged(events), DELTA)
+    low, high = epsilon_interval(events, DELTA)
     assert low * 0.998 <= ours <= high * 1.01
-    rdp = rdp_epsilon(_logged(events), DELTA)
+    rdp = rdp_epsilon(events, DELTA)
     assert ours <= rdp and ours <= epsilon_rdp(events, DELTA)
 
 
