@@ -12,11 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedshield.common.errors import FedshieldError
-
-
-class EvaluationFileError(FedshieldError):
-    """The evaluation file given to the report is missing or not in the expected format."""
+from fedshield.common.errors import EvaluationFileError, FedshieldError
 
 
 def read_json_object(path: Path, hint: str, error: type[FedshieldError] = FedshieldError) -> dict:

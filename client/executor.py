@@ -56,7 +56,7 @@ from io import BytesIO
 from pathlib import Path
 
 from fedshield.common.audit_events import Event
-from fedshield.common.errors import FedshieldError
+from fedshield.common.errors import ForeignAppRefused
 from fedshield.common.flower_compat import (
     current_task_run_id,
     is_clientapp_task,
@@ -75,15 +75,6 @@ FEDSHIELD_CLIENTAPP = "fedshield.client.app:app"
 # Flower's manifest of hashes.
 FAB_FILES_ALLOWED = frozenset({"pyproject.toml", "README.md", ".info/CONTENT"})
 MAX_FAB_PYPROJECT_BYTES = 1 << 20
-
-
-class ForeignAppRefused(FedshieldError):
-    """A run asked this SuperNode to execute an app other than the installed fedshield one."""
-
-    def __init__(self, reason: str, identity: dict[str, str]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.identity = identity  # fab-hash, fab-name, clientapp: for the audit entry
 
 
 def check_fab_is_fedshield(fab: bytes) -> dict[str, str]:

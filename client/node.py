@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING
 from fedshield.client.class_check import check_federation_classes
 from fedshield.client.published import FederationInfo, fetch_federation_info
 from fedshield.client.stop_signals import StopSignals
-from fedshield.client.superlink_wait import StoppedBySignal, wait_for_superlink
+from fedshield.client.superlink_wait import wait_for_superlink
 from fedshield.client.supernode import STOP_FAILED, STOP_SIGNAL, NodeStop, run_supernode
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import split_class_names
+from fedshield.common.errors import StoppedBySignal
 from fedshield.common.pki import node_key_fingerprint
 
 if TYPE_CHECKING:  # torch-free at import: the CLI checks its inputs before loading these

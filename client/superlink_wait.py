@@ -16,28 +16,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedshield.client.node_settings import split_address
-from fedshield.common.errors import FedshieldError
+from fedshield.common.errors import FedshieldError, StoppedBySignal, SuperLinkUnreachable
 from fedshield.common.pki import certificate_sha256, probe_tls_endpoint
 
 if TYPE_CHECKING:
     from fedshield.client.node_settings import SuperNodeSettings
     from fedshield.client.stop_signals import StopSignals
-
-EXIT_SUPERLINK_UNREACHABLE = 69  # sysexits EX_UNAVAILABLE
-
-
-class SuperLinkUnreachable(FedshieldError):
-    """The SuperLink did not answer within the owner's retry limits."""
-
-    exit_code = EXIT_SUPERLINK_UNREACHABLE
-
-
-class StoppedBySignal(FedshieldError):
-    """SIGINT or SIGTERM arrived while the node waited for the SuperLink."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 def _retryable(exc: OSError) -> bool:

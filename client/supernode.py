@@ -8,8 +8,8 @@ the owner can act on. The executor and the SuperNode share a fresh random secret
 the owner's settings reach the ClientApp only through the node config built by the
 owner (client/node.py), never from the server.
 
-Exit codes beyond the errors' own (common/errors.py): ``EXIT_SUPERLINK_UNREACHABLE``
-(69, client/superlink_wait.py), ``EXIT_REMOVED`` (77, the operator removed this node),
+Exit codes (all in common/errors.py): ``EXIT_SUPERLINK_UNREACHABLE`` (69, gave up
+reaching the SuperLink), ``EXIT_REMOVED`` (77, the operator removed this node),
 128 + the signal for a stop on SIGINT (130) or SIGTERM (143), and flower-supernode's own
 status when it failed.
 """
@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedshield.client.published import fetch_removal_notice
-from fedshield.client.superlink_wait import EXIT_SUPERLINK_UNREACHABLE, superlink_answers
+from fedshield.client.superlink_wait import superlink_answers
 from fedshield.client.supernode_launcher import supernode_program
+from fedshield.common.errors import EXIT_REMOVED, EXIT_SUPERLINK_UNREACHABLE
 from fedshield.common.pki import node_key_fingerprint
 from fedshield.common.processes import die_with_parent, flower_env, stop_process_groups
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from fedshield.client.node_settings import SuperNodeSettings
     from fedshield.client.stop_signals import StopSignals
 
-EXIT_REMOVED = 77  # sysexits EX_NOPERM: the federation no longer admits this node
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL: Flower's own forced exit waits 5 s
 
 # flower-supernode's failure lines, and what the data owner can do about each.

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedshield.common.audit_events import Event
-from fedshield.common.errors import FedshieldError
+from fedshield.common.errors import AuditLogError
 
 GENESIS = "0" * 64
 LOG_FORMAT = "fedshield-audit/1"
@@ -50,10 +50,6 @@ TAIL_WINDOW_BYTES = 256 * 1024
 # ~50,000 charges, far past any budget; a bigger entry is a bug or an attack. Refused, not
 # stored as a digest: a log that silently drops what its caller named is weaker evidence.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
-
-
-class AuditLogError(FedshieldError):
-    """The audit log cannot be opened or appended to."""
 
 
 def canonical(entry: dict[str, Any]) -> bytes:

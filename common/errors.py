@@ -1,4 +1,15 @@
-"""One exception hierarchy; the CLI turns each into a message and a non-zero exit code."""
+"""One exception hierarchy and every exit code: the CLI turns each error into one line and
+its exit code (a traceback only with ``--debug``).
+
+Exit codes: 2 an input, data, configuration or class-list problem (the default); 3 budget;
+4 ledger; 5 the owner's policy; 6 a run without an accepted update; 7 a run stopped early;
+8 the simulation engine did not start; 9 an installed Flower or Opacus is not the release
+fedshield was written for; 69 an owner gave up reaching the SuperLink; 77 the operator
+removed this owner's node; 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM).
+
+Exceptions that never reach a person (a reply refused inside the server, a request body
+too large for the gateway) stay private to their module, as control flow.
+"""
 
 from __future__ import annotations
 
@@ -59,3 +70,42 @@ class DependencyMismatch(FedshieldError):
     into (common/flower_compat.py, common/opacus_compat.py)."""
 
     exit_code = 9
+
+
+EXIT_SUPERLINK_UNREACHABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_REMOVED = 77  # sysexits EX_NOPERM: the federation no longer admits this node
+
+
+class SuperLinkUnreachable(FedshieldError):
+    """The SuperLink did not answer within the owner's retry limits."""
+
+    exit_code = EXIT_SUPERLINK_UNREACHABLE
+
+
+class StoppedBySignal(FedshieldError):
+    """SIGINT or SIGTERM arrived while the node waited for the SuperLink."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class ForeignAppRefused(FedshieldError):
+    """A run asked this SuperNode to execute an app other than the installed fedshield one."""
+
+    def __init__(self, reason: str, identity: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.identity = identity  # fab-hash, fab-name, clientapp: for the audit entry
+
+
+class ModelRefused(FedshieldError):
+    """A saved model is missing, altered, of an unknown format, or not what it claims."""
+
+
+class AuditLogError(FedshieldError):
+    """The audit log cannot be opened or appended to."""
+
+
+class EvaluationFileError(FedshieldError):
+    """The evaluation file given to the report is missing or not in the expected format."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedshield.common.durable import file_sha256
-from fedshield.common.errors import FedshieldError
+from fedshield.common.errors import ModelRefused
 
 if TYPE_CHECKING:
     from fedshield.common.model import ModelSpec
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 MODEL_FORMAT = "fedshield-model/2"
 # Keys of model.json that are facts about the file, not the model's description.
 _CARD_KEYS = ("format", "classes", "class-names", "model-sha256", "lineage")
-
-
-class ModelRefused(FedshieldError):
-    """A saved model is missing, altered, of an unknown format, or not what it claims."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedshield.common.errors import DataError
-from fedshield.common.model_card import ModelCard, ModelRefused, read_model_card, spec_from_card
+from fedshield.common.errors import DataError, ModelRefused
+from fedshield.common.model_card import ModelCard, read_model_card, spec_from_card
 
 if TYPE_CHECKING:
     import numpy as np

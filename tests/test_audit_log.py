@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedshield.audit.verify import verify_log
-from fedshield.common.audit_log import AuditLog, AuditLogError
+from fedshield.common.audit_log import AuditLog
+from fedshield.common.errors import AuditLogError
 
 
 def write_log(directory, entries: int = 30) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedshield.audit.browser import PAGE_WIDTH_PX, find_browser, measure_page, screenshot
-from fedshield.audit.evaluation import EvaluationFileError, load_evaluation
+from fedshield.audit.evaluation import load_evaluation
 from fedshield.audit.owners import owner_audits
 from fedshield.audit.render import write_report
 from fedshield.audit.report import (
@@ -34,6 +34,7 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.dp_event import DpEvent
+from fedshield.common.errors import EvaluationFileError
 from fedshield.common.privacy import ACCOUNTANT, epsilon_rdp, epsilon_spent
 from tests.conftest import FEDSHIELD
 

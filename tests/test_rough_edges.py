@@ -129,7 +129,8 @@ def predicted(folder: Path) -> str:
 
 def test_predictions_show_the_class_names_the_model_card_records(tmp_path):
     from fedshield.common.data import builtin_class_names
-    from fedshield.common.model_card import ModelRefused, read_model_card
+    from fedshield.common.errors import ModelRefused
+    from fedshield.common.model_card import read_model_card
 
     assert builtin_class_names("imdb") == {"0": "negative", "1": "positive"}
     assert builtin_class_names("/data/eval.csv") == {}  # a file's labels are its own names
