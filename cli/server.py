@@ -129,8 +129,8 @@ def server_start(
     ):
         if value != default or key not in values:  # an explicit flag wins over --run-config
             values[key] = value
-    from fedshield.server.deployment import SuperLinkSettings
     from fedshield.server.operator import FederationRequest, serve_federation
+    from fedshield.server.superlink import SuperLinkSettings
 
     if insecure:
         warn_insecure()

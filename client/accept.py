@@ -49,7 +49,7 @@ MESSAGE_RECORDS = {wire.ARRAYS: ArrayRecord, wire.CONFIG: ConfigRecord}
 
 _PLAN_TYPES = {f.name.replace("_", "-"): get_type_hints(Plan)[f.name] for f in fields(Plan)}
 # Every key the server puts in a train or evaluate config record (server/app.py
-# encode_train_plan; Flower's FedAvg adds server-round; server/strategy.py adds the
+# encode_train_plan; Flower's FedAvg adds server-round; server/validating_strategy.py adds the
 # server's audit head to train configs), and the type each value must have.
 PLAN_KEY_TYPES: dict[str, type] = {
     **{key: _PLAN_TYPES[key] for key in wire.TRAIN_PLAN_KEYS},

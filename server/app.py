@@ -2,7 +2,7 @@
 
 start from an untrained model or a finished run's model (``continue-from``) ->
 configure (the training plan) -> send to owners -> validate and aggregate replies
-(server/strategy.py) -> evaluate the new global model on the evaluation data ->
+(server/validating_strategy.py) -> evaluate the new global model on the evaluation data ->
 record the round (metrics.json) -> next round, or stop early once every owner refuses
 for budget; at the end, the outcome (completed, stopped-early, failed: no accepted
 update) and, if any update was accepted, the model.
@@ -35,8 +35,9 @@ from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.poll import prompt_grid
 from fedshield.server.round_timeout import RoundTimeouts
-from fedshield.server.strategy import UpdateObserver, build_strategy
+from fedshield.server.strategy import build_strategy
 from fedshield.server.validate import UpdateNormBound
+from fedshield.server.validating_strategy import UpdateObserver
 
 log = logging.getLogger("fedshield.server")
 
@@ -54,7 +55,7 @@ def make_server_app(
 ) -> ServerApp:
     """A ServerApp; ``run_overrides`` stand in for run config that ``flwr run`` would pass.
 
-    ``on_update`` sees every accepted update (server/strategy.py ``UpdateObserver``)."""
+    ``on_update`` sees every accepted update (server/validating_strategy.py ``UpdateObserver``)."""
     overrides = dict(run_overrides or {})
     app = ServerApp()
 

@@ -35,8 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedshield.common.flower_compat import fleet_node_auth, push_messages_senders
 from fedshield.server.identity import public_key_fingerprint
-
-OWNERS_FILE = "owners.json"  # server/deployment.py writes it; read here without importing it
+from fedshield.server.owner_registry import OWNERS_FILE
 
 
 class SenderRefused(Exception):

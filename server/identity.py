@@ -81,7 +81,7 @@ class OwnerDirectory:
         state = os.environ.get(STATE_DIR_ENV, "").strip()
         if not state:
             return cls()
-        from fedshield.server.deployment import load_owner_registry
+        from fedshield.server.owner_registry import load_owner_registry
 
         return cls(load_owner_registry(Path(state)))
 

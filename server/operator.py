@@ -16,10 +16,18 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from fedshield.common.config import CLASS_NAME, RunConfig
+from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.federation_info import write_federation_info
+from fedshield.common.plan import CLASS_NAME
 from fedshield.server import deployment as dep
+from fedshield.server.owner_registry import set_max_weights
+from fedshield.server.superlink import (
+    DeploymentError,
+    ServingSuperLink,
+    SuperLinkSettings,
+    transport_evidence,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class FederationRequest:
     max_weights: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -> RunConfig:
+def check_request(settings: SuperLinkSettings, request: FederationRequest) -> RunConfig:
     """Refuse a run without explicit classes and evaluation data, a missing encoder and
     unauthenticated keys before starting; returns the run's configuration."""
     plan = RunConfig.from_dict(request.run_values)
@@ -80,7 +88,7 @@ def check_request(settings: dep.SuperLinkSettings, request: FederationRequest) -
     return plan
 
 
-def publish_federation(settings: dep.SuperLinkSettings, plan: RunConfig) -> Path:
+def publish_federation(settings: SuperLinkSettings, plan: RunConfig) -> Path:
     """federation.json: what owners may read before joining (served by the gateway)."""
     public = ("num-rounds", "target-epsilon", "noise-multiplier", "delta", "max-grad-norm")
     values = plan.as_dict()
@@ -97,7 +105,7 @@ def publish_federation(settings: dep.SuperLinkSettings, plan: RunConfig) -> Path
 
 
 def serve_federation(
-    settings: dep.SuperLinkSettings, request: FederationRequest, say: Callable[[str], None]
+    settings: SuperLinkSettings, request: FederationRequest, say: Callable[[str], None]
 ) -> Path:
     """Run the whole lifecycle; returns the run's output folder."""
     values = dict(request.run_values)
@@ -121,9 +129,9 @@ def serve_federation(
     def register() -> None:  # before the public port opens: no owner meets an unknown key
         registered.extend(dep.register_node_keys(settings, keys) if keys else [])
         if request.max_weights:
-            dep.set_max_weights(settings.state_dir, request.max_weights)
+            set_max_weights(settings.state_dir, request.max_weights)
 
-    link = dep.ServingSuperLink(settings, before_public=register)
+    link = ServingSuperLink(settings, before_public=register)
     out = Path(values.get("out-dir") or runs / time.strftime("%Y%m%d-%H%M%S"))
     try:
         say(
@@ -149,12 +157,12 @@ def serve_federation(
             **values,
             "data": "",  # a deployed server holds no training data: the owners do
             "out-dir": str(out.resolve()),
-            "transport": dep.transport_evidence(settings, registered),
+            "transport": transport_evidence(settings, registered),
         }
         logs = settings.state_dir / "logs"
         status = dep.launch_run(settings, values, logs / "run.log", request.run_timeout_s)
         if status != 0:
-            raise dep.DeploymentError(f"flwr run exited with {status}; see {logs}")
+            raise DeploymentError(f"flwr run exited with {status}; see {logs}")
         if request.keep_running:
             say("SuperLink keeps running; Ctrl-C stops it.")
             while link.running:

@@ -29,6 +29,7 @@ from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.federation_info import NOTICE_PATH_PREFIX, notice_id, write_notice
 from fedshield.common.pki import ssh_public_key_fingerprint
 from fedshield.server import deployment as dep
+from fedshield.server.owner_registry import OWNERS_FILE, load_owner_registry, save_owner_registry
 
 UNKNOWN = "unknown"
 RUNS_DIR = "runs"  # in the state folder, as ``server start`` names its runs
@@ -194,7 +195,7 @@ def federation_status(state_dir: Path, run_dir: Path | None = None) -> dict:
     replies = _anchored_replies(_every_runs_entries(state_dir, run_dir))
     superlink, nodes = _superlink_view(state_dir)
 
-    registry = dep.load_owner_registry(state_dir)
+    registry = load_owner_registry(state_dir)
     registered_nodes = {str(o["node-id"]) for o in registry if o.get("node-id") is not None}
     keyed = [(o, None if o.get("node-id") is None else str(o["node-id"])) for o in registry]
     # Nodes the SuperLink knows that this folder did not register (e.g. by hand with flwr).
@@ -261,7 +262,7 @@ def remove_owner(
     """Announce (notice), unregister, record; returns what was done."""
     state_dir = Path(state_dir)
     fingerprint = ssh_public_key_fingerprint(public_key)
-    registry = dep.load_owner_registry(state_dir)
+    registry = load_owner_registry(state_dir)
     owner = next((o for o in registry if o["fingerprint"] == fingerprint), None)
     if owner is not None and owner.get("removed"):
         raise ConfigError(
@@ -272,13 +273,13 @@ def remove_owner(
     if known is not None and node_id is not None and int(known) != node_id:
         raise ConfigError(
             f"--node-id {node_id}: {public_key} was registered as node {known} "
-            f"({state_dir / dep.OWNERS_FILE}); drop --node-id"
+            f"({state_dir / OWNERS_FILE}); drop --node-id"
         )
     node_id = int(known) if known is not None else node_id
     if node_id is None:
         where = "is not in" if owner is None else "has no node id in"
         raise ConfigError(
-            f"{public_key} ({fingerprint}) {where} {state_dir / dep.OWNERS_FILE}, so its node "
+            f"{public_key} ({fingerprint}) {where} {state_dir / OWNERS_FILE}, so its node "
             "id is unknown here; find it with `flwr supernode ls` (FLWR_HOME="
             f"{state_dir / 'flwr-home'}) and pass --node-id"
         )
@@ -317,8 +318,8 @@ def remove_owner(
         }
         registry.append(owner)
     owner["node-id"], owner["removed"] = node_id, record
-    dep.save_owner_registry(state_dir, registry)
-    say(f"{state_dir / dep.OWNERS_FILE}: {owner['name']} marked removed")
+    save_owner_registry(state_dir, registry)
+    say(f"{state_dir / OWNERS_FILE}: {owner['name']} marked removed")
     audit_path = _record_in_audit_log(state_dir, owner, reason)
     if audit_path:
         say(f"audit: {Event.OWNER_REMOVED} appended to {audit_path}")

@@ -18,7 +18,7 @@ import warnings
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError, SimulationEngineFailed
 from fedshield.server.app import RoundCallback
-from fedshield.server.strategy import UpdateObserver
+from fedshield.server.validating_strategy import UpdateObserver
 
 log = logging.getLogger("fedshield.server")
 

@@ -357,7 +357,7 @@ def test_an_expired_server_certificate_is_refused(pki, data, tmp_path, processes
     )
     assert refused.returncode == 2 and "certificate expired on" in refused.stderr
     # ... and a SuperNode refuses a SuperLink that serves it anyway.
-    from fedshield.server.deployment import SuperLinkSettings, superlink_command
+    from fedshield.server.superlink import SuperLinkSettings, superlink_command
 
     port = free_port()
     command = superlink_command(

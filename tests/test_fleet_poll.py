@@ -115,12 +115,11 @@ def test_launched_supernode_joins_a_tls_superlink_with_node_auth(tmp_path: Path)
     from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
     from fedshield.common.processes import ManagedProcess, flower_env, free_port
     from fedshield.server.deployment import (
-        ServingSuperLink,
-        SuperLinkSettings,
         online_nodes,
         register_node_keys,
         write_connection_config,
     )
+    from fedshield.server.superlink import ServingSuperLink, SuperLinkSettings
 
     pki = tmp_path / "pki"
     init_ca(pki)

@@ -9,11 +9,12 @@ import pytest
 
 from fedshield.common.pki import create_node_key
 from fedshield.server import deployment as dep
+from fedshield.server.superlink import DeploymentError, SuperLinkSettings
 
 
 @pytest.fixture()
 def settings(tmp_path):
-    return dep.SuperLinkSettings(pki_dir=tmp_path / "pki", state_dir=tmp_path / "state")
+    return SuperLinkSettings(pki_dir=tmp_path / "pki", state_dir=tmp_path / "state")
 
 
 def answering(payload: dict, returncode: int = 0):
@@ -30,7 +31,7 @@ def test_a_failed_registration_is_an_error_even_when_flwr_exits_0(settings, tmp_
     monkeypatch.setattr(
         dep, "_flwr", answering({"success": False, "error-message": "database is locked"})
     )
-    with pytest.raises(dep.DeploymentError, match="database is locked"):
+    with pytest.raises(DeploymentError, match="database is locked"):
         dep.register_node_keys(settings, [pub])
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
+from fedshield.common.errors import ConfigError
 from fedshield.common.federation_info import (
     FEDERATION_FILE,
     FEDERATION_PATH,
@@ -31,6 +32,8 @@ from fedshield.common.federation_info import (
 from fedshield.common.pki import ssh_public_key_fingerprint
 from fedshield.common.processes import flower_env, free_port
 from fedshield.server import deployment as dep
+from fedshield.server.owner_registry import save_owner_registry
+from fedshield.server.superlink import SuperLinkSettings
 from tests import test_deployment as deployed
 from tests.conftest import FEDSHIELD
 from tests.test_deployment import Processes, client_args, start_server
@@ -288,7 +291,7 @@ def test_a_removed_key_is_not_registered_again(tmp_path, pki):
     removed = {"time": "2026-11-28T10:00:00+00:00", "reason": "left", "notice-id": "0" * 64}
     state = tmp_path / "state"
     state.mkdir()
-    dep.save_owner_registry(
+    save_owner_registry(
         state,
         [
             {
@@ -301,8 +304,8 @@ def test_a_removed_key_is_not_registered_again(tmp_path, pki):
             }
         ],
     )
-    settings = dep.SuperLinkSettings(pki_dir=pki, state_dir=state)
-    with pytest.raises(dep.ConfigError, match="was removed from this federation on 2026-11-28"):
+    settings = SuperLinkSettings(pki_dir=pki, state_dir=state)
+    with pytest.raises(ConfigError, match="was removed from this federation on 2026-11-28"):
         dep.register_node_keys(settings, [key])
 
 

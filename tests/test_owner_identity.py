@@ -23,7 +23,6 @@ from flwr.proto.node_pb2 import NodeInfo
 from fedshield.common import wire
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.pki import create_node_key
-from fedshield.server import deployment as dep
 from fedshield.server.fleet_sender import (
     RegisteredNodes,
     SenderRefused,
@@ -31,6 +30,7 @@ from fedshield.server.fleet_sender import (
     check_push_senders,
 )
 from fedshield.server.identity import DEFAULT_MAX_WEIGHT, OwnerDirectory, public_key_fingerprint
+from fedshield.server.owner_registry import save_owner_registry
 from fedshield.server.status import federation_status
 from fedshield.server.strategy import build_strategy
 from tests.test_server_strategy import GLOBAL, StubGrid
@@ -103,7 +103,7 @@ def test_the_gateway_verifies_the_signed_key_and_refuses_a_forged_or_stale_one()
 
 
 def test_a_push_is_forwarded_only_when_every_message_comes_from_the_signing_node(tmp_path):
-    dep.save_owner_registry(
+    save_owner_registry(
         tmp_path,
         [
             {"name": "a", "fingerprint": "SHA256:a", "node-id": 7, "removed": None},
@@ -165,7 +165,7 @@ def test_status_counts_the_evaluate_charge_under_the_owners_key(tmp_path):
         {"name": "owner-0", "key": str(pub), "fingerprint": fingerprint, "node-id": 4}
         | {"time": "2026-12-01T00:00:00+00:00", "removed": None}
     ]
-    dep.save_owner_registry(state, registry)
+    save_owner_registry(state, registry)
     run = state / "runs" / "r1"
     s = build_strategy(
         "fedavg",
@@ -198,7 +198,7 @@ def test_status_counts_the_evaluate_charge_under_the_owners_key(tmp_path):
 def test_a_reply_without_the_owners_audit_anchor_does_not_set_its_epsilon(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    dep.save_owner_registry(
+    save_owner_registry(
         state, [{"name": "a", "key": "a.pub", "fingerprint": "SHA256:a", "node-id": 4}]
     )
     log = AuditLog(state / "runs" / "r1" / "audit" / "server" / "audit.jsonl", "server")

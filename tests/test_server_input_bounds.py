@@ -20,10 +20,10 @@ from fedshield.audit.verify import verify_log
 from fedshield.client import accept
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common import wire
-from fedshield.common.audit_log import MAX_ENTRY_BYTES, TAIL_WINDOW_BYTES, AuditLog, AuditLogError
-from fedshield.common.plan import MAX_CLASSES
-from fedshield.common.errors import ConfigError
+from fedshield.common.audit_log import MAX_ENTRY_BYTES, TAIL_WINDOW_BYTES, AuditLog
+from fedshield.common.errors import AuditLogError, ConfigError
 from fedshield.common.model import build_model
+from fedshield.common.plan import MAX_CLASSES
 from tests.test_client_app import CLASSES, PLAN, owner_context, run_train, train_message
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
