@@ -37,6 +37,7 @@ from fedshield.client.supernode_launcher import supernode_program
 from fedshield.common.errors import EXIT_REMOVED, EXIT_SUPERLINK_UNREACHABLE
 from fedshield.common.pki import node_key_fingerprint
 from fedshield.common.processes import die_with_parent, flower_env, stop_process_groups
+from fedshield.common.toml_text import write_toml
 
 if TYPE_CHECKING:
     from fedshield.client.node_settings import SuperNodeSettings
@@ -89,19 +90,11 @@ STOP_SIGNAL, STOP_REMOVED, STOP_SUPERLINK_GONE, STOP_FAILED = (
 STOP_REASONS = (STOP_SIGNAL, STOP_REMOVED, STOP_SUPERLINK_GONE, STOP_FAILED)
 
 
-def _node_config_argument(values: dict) -> str:
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):  # TOML spells booleans in lower case
-            text = "true" if value else "false"
-        else:
-            text = f"'{value}'" if isinstance(value, str) else repr(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
-def supernode_command(settings: SuperNodeSettings, config: dict, secret_file: Path) -> list[str]:
-    """flower-supernode with process isolation: fedshield's warm executor runs the apps."""
+def supernode_command(
+    settings: SuperNodeSettings, node_config_file: Path, secret_file: Path
+) -> list[str]:
+    """flower-supernode with process isolation: fedshield's warm executor runs the apps.
+    The node config is a TOML file (common/toml_text.py): any value survives as written."""
     args = [
         *supernode_program(),
         "--superlink",
@@ -111,7 +104,7 @@ def supernode_command(settings: SuperNodeSettings, config: dict, secret_file: Pa
         "--port",
         str(settings.port),
         "--node-config",
-        _node_config_argument(config),
+        str(node_config_file),
         "--isolation",
         "process",
         "--superexec-auth-secret-file",
@@ -238,6 +231,7 @@ def run_supernode(
     secret_file = secret_dir / "secret"
     secret_file.write_bytes(secrets.token_bytes(32))
     secret_file.chmod(0o600)
+    node_config_file = write_toml(secret_dir / "node-config.toml", {None: config})
     children: list[subprocess.Popen] = []
     tail: list[str] = []
     connected, gave_up = threading.Event(), threading.Event()
@@ -256,7 +250,7 @@ def run_supernode(
     readers: list[threading.Thread] = []
     try:
         proc = subprocess.Popen(
-            supernode_command(settings, config, secret_file),
+            supernode_command(settings, node_config_file, secret_file),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=flower_env(),

@@ -28,6 +28,7 @@ from fedshield.common.config import RunConfig
 from fedshield.common.errors import ConfigError
 from fedshield.common.pki import CA_CERT, ssh_public_key_fingerprint
 from fedshield.common.processes import flower_binary, flower_env
+from fedshield.common.toml_text import write_toml
 from fedshield.server.owner_registry import refuse_removed_key, remember_registration
 from fedshield.server.superlink import DeploymentError, SuperLinkSettings
 
@@ -37,18 +38,15 @@ CONNECTION = "fedshield"
 def write_connection_config(settings: SuperLinkSettings) -> None:
     """The ``flwr`` CLI's connection to this SuperLink ($FLWR_HOME/config.toml)."""
     settings.flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "[superlink]",
-        f'default = "{CONNECTION}"',
-        "",
-        f"[superlink.{CONNECTION}]",
-        f'address = "{settings.superlink_address}"',
-    ]
+    connection: dict = {"address": settings.superlink_address}
     if settings.insecure:
-        lines.append("insecure = true")
+        connection["insecure"] = True
     else:
-        lines.append(f'root-certificates = "{(settings.pki_dir / CA_CERT).resolve()}"')
-    (settings.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+        connection["root-certificates"] = str((settings.pki_dir / CA_CERT).resolve())
+    write_toml(
+        settings.flwr_home / "config.toml",
+        {"superlink": {"default": CONNECTION}, f"superlink.{CONNECTION}": connection},
+    )
 
 
 def flwr_cli(flwr_home: Path, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
@@ -177,41 +175,27 @@ def wait_for_nodes(
 def write_app_dir(directory: Path) -> Path:
     """A Flower app directory whose FAB names the installed fedshield components."""
     directory.mkdir(parents=True, exist_ok=True)
-    defaults = RunConfig().as_dict()
-    config_lines = [f"{key} = {json.dumps(value)}" for key, value in defaults.items()]
-    (directory / "pyproject.toml").write_text(
-        "\n".join(
-            [
-                "[build-system]",
-                'requires = ["hatchling"]',
-                'build-backend = "hatchling.build"',
-                "",
-                "[project]",
-                'name = "fedshield-federation"',
-                f'version = "{version("fedshield")}"',
-                'description = "fedshield run (code: the installed fedshield package)"',
-                'license = "Apache-2.0"',
-                "dependencies = []",
-                "",
-                "[tool.flwr.app]",
-                'publisher = "fedshield"',
-                "",
-                "[tool.flwr.app.components]",
-                'serverapp = "fedshield.server.app:app"',
-                'clientapp = "fedshield.client.app:app"',
-                "",
-                "[tool.flwr.app.config]",
-                *config_lines,
-                "",
-            ]
-        )
+    write_toml(
+        directory / "pyproject.toml",
+        {
+            "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+            "project": {
+                "name": "fedshield-federation",
+                "version": version("fedshield"),
+                "description": "fedshield run (code: the installed fedshield package)",
+                "license": "Apache-2.0",
+                "dependencies": [],
+            },
+            "tool.flwr.app": {"publisher": "fedshield"},
+            "tool.flwr.app.components": {
+                "serverapp": "fedshield.server.app:app",
+                "clientapp": "fedshield.client.app:app",
+            },
+            "tool.flwr.app.config": RunConfig().as_dict(),
+        },
+        mode=0o644,
     )
     return directory
-
-
-def run_config_argument(values: dict) -> str:
-    """``flwr run --run-config`` syntax: space-separated TOML key=value pairs."""
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 
 def launch_run(settings: SuperLinkSettings, values: dict, log_path: Path, timeout_s: float) -> int:
@@ -224,7 +208,8 @@ def launch_run(settings: SuperLinkSettings, values: dict, log_path: Path, timeou
         CONNECTION,
         "--stream",
         "--run-config",
-        run_config_argument(values),
+        # A file, parsed whole: Flower's key=value form ends a value at its first quote.
+        str(write_toml(settings.state_dir / "run-config.toml", {None: values})),
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
