@@ -24,7 +24,7 @@ from fedshield.audit.epsilon import claim_problem, independent_epsilon
 from fedshield.audit.owner_records import BudgetChange, Charge, DataFile, OwnerAudit, Refusal
 from fedshield.audit.verify import Verification
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.privacy import LEGACY_ACCOUNTANT
 
@@ -50,12 +50,12 @@ def _ledger_hints(clients: list[Verification]) -> tuple[dict, dict]:
     by_actor: dict[str, set[str]] = {}
     for log in clients:
         for entry in log.entries:
-            ledger = entry["data"].get("ledger-id")
+            ledger = entry["data"].get(Field.LEDGER_ID)
             if entry["type"] not in (Event.DP_CHARGED, Event.BUDGET_CHANGED) or not ledger:
                 continue
             by_actor.setdefault(entry["actor"], set()).add(ledger)
-            if entry["data"].get("data-fingerprint"):
-                by_file[(entry["actor"], entry["data"]["data-fingerprint"])] = ledger
+            if entry["data"].get(Field.DATA_FINGERPRINT):
+                by_file[(entry["actor"], entry["data"][Field.DATA_FINGERPRINT])] = ledger
     return by_file, by_actor
 
 
@@ -75,12 +75,12 @@ def _tag_entries(clients: list[Verification]) -> dict[str, list[_Tagged]]:
         for entry in log.entries:
             data = entry["data"]
             if entry["type"] == Event.ROUND_START:
-                run_id, records = data.get("run-id"), data.get("records")
-                run_key = data.get("plan", {}).get("run-key")
-                fingerprint = data.get("data-fingerprint")
-            ledger = data.get("ledger-id") if isinstance(data, dict) else None
+                run_id, records = data.get(Field.RUN_ID), data.get(Field.RECORDS)
+                run_key = data.get(Field.PLAN, {}).get("run-key")
+                fingerprint = data.get(Field.DATA_FINGERPRINT)
+            ledger = data.get(Field.LEDGER_ID) if isinstance(data, dict) else None
             if not ledger and entry["type"] == Event.DP_CHARGED:
-                ledger = data.get("data-fingerprint")  # logs before ledgers had ids
+                ledger = data.get(Field.DATA_FINGERPRINT)  # logs before ledgers had ids
             if not ledger and fingerprint:
                 ledger = by_file.get((entry["actor"], fingerprint))
             if not ledger and len(by_actor.get(entry["actor"], ())) == 1:
@@ -104,13 +104,13 @@ def _tag_entries(clients: list[Verification]) -> dict[str, list[_Tagged]]:
 def _refusal(tagged: _Tagged) -> Refusal:
     data = tagged.entry["data"]
     if tagged.entry["type"] == Event.ROUND_ERROR:
-        code, reason = wire.ERROR_INTERNAL, str(data.get("error", ""))
+        code, reason = wire.ERROR_INTERNAL, str(data.get(Field.ERROR, ""))
     else:
-        code, reason = data.get("code"), str(data.get("reason", ""))
+        code, reason = data.get(Field.CODE), str(data.get(Field.REASON, ""))
     return Refusal(
         time=tagged.entry["ts"],
         run_id=tagged.run_id,
-        server_round=data.get("server-round"),
+        server_round=data.get(Field.SERVER_ROUND),
         kind="evaluate" if tagged.entry["type"] == Event.EVALUATE_REFUSED else "train",
         code=code,
         meaning=wire.REFUSAL_REASONS.get(code, "no code recorded") if code else "no code recorded",
@@ -130,22 +130,23 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
         if kind == Event.NODE_START:
-            fingerprint = data.get("node-key-fingerprint")
+            fingerprint = data.get(Field.NODE_KEY_FINGERPRINT)
             if fingerprint and fingerprint not in audit.key_fingerprints:
                 audit.key_fingerprints.append(fingerprint)
         elif kind == Event.ROUND_START:
-            if data.get("node-id") is not None and data["node-id"] not in audit.node_ids:
-                audit.node_ids.append(data["node-id"])
-            if data.get("data-fingerprint") and data.get("records") is not None:
-                records_by_file[data["data-fingerprint"]] = int(data["records"])
+            node_id = data.get(Field.NODE_ID)
+            if node_id is not None and node_id not in audit.node_ids:
+                audit.node_ids.append(node_id)
+            if data.get(Field.DATA_FINGERPRINT) and data.get(Field.RECORDS) is not None:
+                records_by_file[data[Field.DATA_FINGERPRINT]] = int(data[Field.RECORDS])
         elif kind in REFUSAL_EVENTS:
             refusal = _refusal(tagged)
             refusal.after_charges, refusal.budget_in_force = len(audit.charges), budget_in_force
             audit.refusals.append(refusal)
             refusals_since_change.append(refusal)
         elif kind == Event.BUDGET_CHANGED:
-            new = float(data["new-budget"])
-            old = data.get("old-budget")
+            new = float(data[Field.NEW_BUDGET])
+            old = data.get(Field.OLD_BUDGET)
             audit.budget_changes.append(
                 BudgetChange(
                     entry["ts"],
@@ -180,9 +181,11 @@ def _check_charge(
 ) -> list[DpEvent]:
     """Recompute one charge, judge it against the budget in force; returns its history."""
     data = tagged.entry["data"]
-    server_round = int(data["server-round"])
-    events = [DpEvent.from_entry(e) for e in data["ledger-events"]]
-    new_event = DpEvent.from_entry([data["noise-multiplier"], data["sample-rate"], data["steps"]])
+    server_round = int(data[Field.SERVER_ROUND])
+    events = [DpEvent.from_entry(e) for e in data[Field.LEDGER_EVENTS]]
+    new_event = DpEvent.from_entry(
+        [data[Field.NOISE_MULTIPLIER], data[Field.SAMPLE_RATE], data[Field.STEPS]]
+    )
     if previous_events is not None and events[:-1] != previous_events:
         audit.problems.append(
             f"round {server_round}: ledger history differs from the previous entry's "
@@ -192,14 +195,14 @@ def _check_charge(
         audit.problems.append(
             f"round {server_round}: the charged event is not the last in the ledger"
         )
-    delta = float(data["delta"])
-    claimed = float(data["epsilon-after"])
+    delta = float(data[Field.DELTA])
+    claimed = float(data[Field.EPSILON_AFTER])
     # entries written before the PLD switch name no accountant: they were charged by RDP
-    accountant = str(data.get("accountant", LEGACY_ACCOUNTANT))
+    accountant = str(data.get(Field.ACCOUNTANT, LEGACY_ACCOUNTANT))
     recomputed, rdp, mismatch = claim_problem(claimed, events, delta, accountant)
     if mismatch:
         audit.problems.append(f"round {server_round}: {mismatch}")
-    recorded_budget = float(data["epsilon-budget"])
+    recorded_budget = float(data[Field.EPSILON_BUDGET])
     if budget_in_force is not None and budget_in_force != recorded_budget:
         audit.problems.append(
             f"round {server_round}: the charge records budget {recorded_budget:g}, but the "
@@ -216,9 +219,9 @@ def _check_charge(
             run_id=tagged.run_id,
             run_key=tagged.run_key,
             server_round=server_round,
-            kind=str(data.get("kind", "train")),
-            relation=str(data.get("relation", "add-remove (count public)")),
-            data_fingerprint=str(data.get("data-fingerprint", "")),
+            kind=str(data.get(Field.KIND, "train")),
+            relation=str(data.get(Field.RELATION, "add-remove (count public)")),
+            data_fingerprint=str(data.get(Field.DATA_FINGERPRINT, "")),
             noise_multiplier=new_event.noise_multiplier,
             sample_rate=new_event.sample_rate,
             steps=new_event.steps,

@@ -26,7 +26,7 @@ from fedshield.audit.owners import owner_audits
 from fedshield.audit.runs import RunSummary, run_summaries
 from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 
 __all__ = [
     "TOLERANCE",
@@ -62,7 +62,7 @@ def requirements(
 ) -> list[Requirement]:
     rows = []
     transports = [
-        e["data"].get("transport", "")
+        e["data"].get(Field.TRANSPORT, "")
         for s in servers
         for e in s.entries
         if e["type"] == Event.RUN_START
@@ -87,7 +87,7 @@ def requirements(
 
     node_ids = sorted(
         {
-            e["data"]["node-id"]
+            e["data"][Field.NODE_ID]
             for s in servers
             for e in s.entries
             if e["type"] == Event.UPDATE_RECEIVED
@@ -117,7 +117,7 @@ def requirements(
     received = [e for log in logs for e in log.entries if e["type"] == Event.UPDATE_RECEIVED]
     rejected = _count(logs, Event.UPDATE_REJECTED)
     extra = sorted(
-        {k for e in (*released, *received) for k in e["data"]["metrics"] if k not in allowed}
+        {k for e in (*released, *received) for k in e["data"][Field.METRICS] if k not in allowed}
     )
     rows.append(
         Requirement(
@@ -209,18 +209,18 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
             kind = entry["type"]
             if kind not in (Event.UPDATE_RECEIVED, Event.EVALUATE_RECEIVED):
                 continue
-            if data.get("owner") not in given:
+            if data.get(Field.OWNER) not in given:
                 continue
-            where = f"{data['owner']} round {data.get('server-round')}"
-            found = client_hashes.get(data.get("owner-audit-head"))
+            where = f"{data[Field.OWNER]} round {data.get(Field.SERVER_ROUND)}"
+            found = client_hashes.get(data.get(Field.OWNER_AUDIT_HEAD))
             if found is None:
                 missing.append(where)
-            elif kind == Event.UPDATE_RECEIVED and found["data"].get("update-sha256") != data.get(
-                "update-sha256"
-            ):
+            elif kind == Event.UPDATE_RECEIVED and found["data"].get(
+                Field.UPDATE_SHA256
+            ) != data.get(Field.UPDATE_SHA256):
                 missing.append(f"{where}: digest differs")
-            elif kind == Event.EVALUATE_RECEIVED and found["data"].get("metrics") != data.get(
-                "metrics"
+            elif kind == Event.EVALUATE_RECEIVED and found["data"].get(Field.METRICS) != data.get(
+                Field.METRICS
             ):
                 missing.append(f"{where}: evaluate answer differs")
             else:
@@ -229,7 +229,7 @@ def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:
         for log in clients:
             for entry in log.entries:
                 head = (
-                    entry["data"].get("plan", {}).get(wire.SERVER_AUDIT_HEAD)
+                    entry["data"].get(Field.PLAN, {}).get(wire.SERVER_AUDIT_HEAD)
                     if entry["type"] == Event.ROUND_START
                     else None
                 )
@@ -253,10 +253,10 @@ def _owners_given(clients: list[Verification]) -> set[str]:
         for entry in log.entries:
             given.add(entry["actor"])
             data = entry.get("data") or {}
-            if entry["type"] == Event.NODE_START and data.get("node-key-fingerprint"):
-                given.add(data["node-key-fingerprint"])
-            if entry["type"] == Event.ROUND_START and data.get("node-id") is not None:
-                given.add(f"node-{data['node-id']}")
+            if entry["type"] == Event.NODE_START and data.get(Field.NODE_KEY_FINGERPRINT):
+                given.add(data[Field.NODE_KEY_FINGERPRINT])
+            if entry["type"] == Event.ROUND_START and data.get(Field.NODE_ID) is not None:
+                given.add(f"node-{data[Field.NODE_ID]}")
     return given
 
 

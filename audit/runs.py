@@ -6,7 +6,7 @@ Guarantees:
   (``resume`` in its config, then ``run-resumed``) continues the run before it;
 - its ids are those the logs hold: the run key and Flower run id come from the owners'
   ``round-start`` entries whose plan carries the hash of one of the run's
-  ``round-configured`` entries (fields of the same name in ``run-start`` win);
+  ``round-configured`` entries (``run-start``'s own ``run-key`` and ``flower-run-id`` win);
 - "rounds with an accepted update" counts rounds in which the server accepted at least
   one owner's update (an ``update-received`` entry), not rounds run: a run whose every
   round was refused has 0 of them;
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from fedshield.audit.verify import Verification
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 
 # Run-start config keys a reader signs off on, in the order they are shown.
 SETTINGS = (
@@ -118,8 +118,8 @@ class RunSummary:
 
 def _owner_text(data: dict) -> str:
     """The owner as the server named it, with the label it declared, marked as such."""
-    owner = str(data.get("owner"))
-    label = data.get("owner-label-self-declared")
+    owner = str(data.get(Field.OWNER))
+    label = data.get(Field.OWNER_LABEL_SELF_DECLARED)
     return f"{owner} (self-declared: {label})" if label and label != owner else owner
 
 
@@ -138,20 +138,20 @@ def _initial_model(value: object) -> str:
 
 def _start(run: RunSummary, entry: dict) -> None:
     data = entry["data"]
-    config = data.get("config", {})
+    config = data.get(Field.CONFIG, {})
     run.settings = {k: config[k] for k in SETTINGS if k in config}
     run.rounds_planned = int(config["num-rounds"]) if "num-rounds" in config else None
-    run.classes = list(data.get("classes", []))
-    run.transport = str(data.get("transport", ""))
-    run.model = _model_name(data.get("model")) or str(config.get("model", ""))
-    run.initial_model = _initial_model(data.get("initial-model", "untrained"))
-    run.eval_data = str(data.get("eval-data") or config.get("eval-data") or "")
-    for key in ("run-key",):
-        value = data.get(key) or config.get(key)
-        if value and value not in run.run_keys:
-            run.run_keys.append(str(value))
-    if data.get("run-id") is not None and data["run-id"] not in run.flower_run_ids:
-        run.flower_run_ids.append(data["run-id"])
+    run.classes = list(data.get(Field.CLASSES, []))
+    run.transport = str(data.get(Field.TRANSPORT, ""))
+    run.model = _model_name(data.get(Field.MODEL)) or str(config.get("model", ""))
+    run.initial_model = _initial_model(data.get(Field.INITIAL_MODEL, "untrained"))
+    run.eval_data = str(data.get(Field.EVAL_DATA) or config.get("eval-data") or "")
+    run_key = data.get(Field.RUN_KEY) or config.get("run-key")
+    if run_key and run_key not in run.run_keys:
+        run.run_keys.append(str(run_key))
+    flower_run_id = data.get(Field.FLOWER_RUN_ID)
+    if flower_run_id is not None and flower_run_id not in run.flower_run_ids:
+        run.flower_run_ids.append(flower_run_id)
 
 
 def _server_runs(log: Verification) -> list[RunSummary]:
@@ -160,7 +160,7 @@ def _server_runs(log: Verification) -> list[RunSummary]:
     for entry in log.entries:
         data, kind = entry["data"], entry["type"]
         if kind == Event.RUN_START:
-            resumed = bool(data.get("config", {}).get("resume")) and current is not None
+            resumed = bool(data.get(Field.CONFIG, {}).get("resume")) and current is not None
             if not resumed:
                 current = RunSummary(str(log.path), first_event=entry["ts"])
                 runs.append(current)
@@ -169,9 +169,9 @@ def _server_runs(log: Verification) -> list[RunSummary]:
         if current is None:
             continue
         current.last_event = entry["ts"]
-        server_round = data.get("server-round")
+        server_round = data.get(Field.SERVER_ROUND)
         if kind == Event.RUN_RESUMED:
-            current.resumed_from_round.append(int(data.get("from-round", 0)))
+            current.resumed_from_round.append(int(data.get(Field.FROM_ROUND, 0)))
         elif kind == Event.ROUND_CONFIGURED:
             current._configured_hashes.add(entry["hash"])
         elif kind == Event.ROUND_EVALUATED and server_round and server_round > 0:
@@ -183,39 +183,39 @@ def _server_runs(log: Verification) -> list[RunSummary]:
             owner = _owner_text(data)
             if owner not in current.owners_with_updates:
                 current.owners_with_updates.append(owner)
-            sigma = data.get("metrics", {}).get("noise-multiplier")
+            sigma = data.get(Field.METRICS, {}).get("noise-multiplier")
             if sigma is not None and sigma not in current.noise_multipliers_used:
                 current.noise_multipliers_used.append(sigma)
         elif kind == Event.UPDATE_REJECTED:
             current.updates_rejected.append(
-                f"round {server_round} {data.get('message-type', 'train')}: "
-                f"{_owner_text(data)}: {data.get('reason')}"
+                f"round {server_round} {data.get(Field.MESSAGE_TYPE, 'train')}: "
+                f"{_owner_text(data)}: {data.get(Field.REASON)}"
             )
         elif kind == Event.REPLY_IMPERSONATED:
-            victim = data.get("task-owner") or f"node {data.get('task-node-id')}"
+            victim = data.get(Field.TASK_OWNER) or f"node {data.get(Field.TASK_NODE_ID)}"
             current.replies_impersonated.append(
-                f"round {server_round} {data.get('message-type', 'train')}: node "
-                f"{data.get('sender-node-id')} replied to {victim}'s task "
-                f"{str(data.get('reply-to-message-id', ''))[:16]}: {data.get('reason')}"
+                f"round {server_round} {data.get(Field.MESSAGE_TYPE, 'train')}: node "
+                f"{data.get(Field.SENDER_NODE_ID)} replied to {victim}'s task "
+                f"{str(data.get(Field.REPLY_TO_MESSAGE_ID, ''))[:16]}: {data.get(Field.REASON)}"
             )
         elif kind == Event.CLIENT_REFUSED:
-            code = data.get("code")
+            code = data.get(Field.CODE)
             current.refusals.append(
                 ServerRefusal(
                     entry["ts"],
                     server_round,
-                    data.get("node-id"),
+                    data.get(Field.NODE_ID),
                     code,
                     wire.REFUSAL_REASONS.get(code, "not a fedshield refusal code"),
-                    str(data.get("reason", "")),
+                    str(data.get(Field.REASON, "")),
                 )
             )
         elif kind == Event.CLIENTS_DROPPED:
-            current.dropped_node_ids += len(data.get("node-ids", []))
+            current.dropped_node_ids += len(data.get(Field.NODE_IDS, []))
         elif kind == Event.RUN_END:
-            final = data.get("final", {})
+            final = data.get(Field.FINAL, {})
             current.ended = True
-            current.model_sha256 = data.get("model-sha256")
+            current.model_sha256 = data.get(Field.MODEL_SHA256)
             current.final_accuracy = final.get("accuracy")
             current.outcome = str(final.get("outcome", ""))
     return runs
@@ -231,10 +231,10 @@ def _link_owner_rounds(runs: list[RunSummary], clients: list[Verification]) -> N
             if entry["type"] != Event.ROUND_START:
                 continue
             data = entry["data"]
-            plan = data.get("plan", {})
+            plan = data.get(Field.PLAN, {})
             run = by_head.get(plan.get(wire.SERVER_AUDIT_HEAD))
             if run is None:
-                key = str(plan.get("run-key") or data.get("run-id"))
+                key = str(plan.get("run-key") or data.get(Field.RUN_ID))
                 run = orphans.setdefault(key, RunSummary(OWNERS_ONLY))
                 run.first_event = min(run.first_event or entry["ts"], entry["ts"])
                 run.last_event = max(run.last_event, entry["ts"])
@@ -242,11 +242,12 @@ def _link_owner_rounds(runs: list[RunSummary], clients: list[Verification]) -> N
                 if "num-rounds" in plan:
                     run.rounds_planned = int(plan["num-rounds"])
                 run.model = str(plan.get("model", ""))
-                run.transport = str(data.get("transport", ""))
+                run.transport = str(data.get(Field.TRANSPORT, ""))
             if plan.get("run-key") and plan["run-key"] not in run.run_keys:
                 run.run_keys.append(str(plan["run-key"]))
-            if data.get("run-id") is not None and data["run-id"] not in run.flower_run_ids:
-                run.flower_run_ids.append(data["run-id"])
+            run_id = data.get(Field.RUN_ID)
+            if run_id is not None and run_id not in run.flower_run_ids:
+                run.flower_run_ids.append(run_id)
     runs.extend(orphans.values())
 
 

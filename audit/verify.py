@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedshield.common.audit_events import Field
 from fedshield.common.audit_log import CHECKPOINT, GENESIS, LOG_START, canonical, entry_hash
 
 REQUIRED = ("seq", "ts", "type", "actor", "data", "prev", "hash")
@@ -93,11 +94,11 @@ def verify_log(path: str | Path, pinned_public_key: str | None = None) -> Verifi
                 f"seq {index}: content does not match its hash (the entry was edited)",
             )
         if index == 0:
-            if entry["type"] != LOG_START or "public-key" not in entry["data"]:
+            if entry["type"] != LOG_START or Field.PUBLIC_KEY not in entry["data"]:
                 return _fail(
                     result, line_no, "the first entry is not a log-start with a public key"
                 )
-            result.public_key = entry["data"]["public-key"]
+            result.public_key = entry["data"][Field.PUBLIC_KEY]
             if pinned_public_key and result.public_key != pinned_public_key.strip():
                 return _fail(
                     result,
@@ -107,12 +108,12 @@ def verify_log(path: str | Path, pinned_public_key: str | None = None) -> Verifi
             key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(result.public_key))
         if entry["type"] == CHECKPOINT:
             data = entry["data"]
-            if data.get("signed-hash") != prev_hash or data.get("signed-seq") != index - 1:
+            if data.get(Field.SIGNED_HASH) != prev_hash or data.get(Field.SIGNED_SEQ) != index - 1:
                 return _fail(
                     result, line_no, f"seq {index}: checkpoint does not sign the entry before it"
                 )
             try:
-                key.verify(bytes.fromhex(data["signature"]), bytes.fromhex(prev_hash))
+                key.verify(bytes.fromhex(data[Field.SIGNATURE]), bytes.fromhex(prev_hash))
             except (InvalidSignature, ValueError, KeyError):
                 return _fail(result, line_no, f"seq {index}: checkpoint signature does not verify")
             result.last_checkpoint_seq = index

@@ -44,7 +44,7 @@ from fedshield.client.train import (
     train_locally,
 )
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import (
@@ -145,16 +145,16 @@ def train_round(
     audit.append(
         Event.ROUND_START,
         **{
-            "run-id": context.run_id,
-            "node-id": context.node_id,
-            "server-round": server_round,
-            "data-fingerprint": owner.dataset.fingerprint,
-            "records": len(owner.dataset),
+            Field.RUN_ID: context.run_id,
+            Field.NODE_ID: context.node_id,
+            Field.SERVER_ROUND: server_round,
+            Field.DATA_FINGERPRINT: owner.dataset.fingerprint,
+            Field.RECORDS: len(owner.dataset),
             "records-left-out": owner.dataset.left_out,
-            "class-counts": owner.dataset.class_counts(),
-            "plan": dict(msg.content[wire.CONFIG]),
+            Field.CLASS_COUNTS: owner.dataset.class_counts(),
+            Field.PLAN: dict(msg.content[wire.CONFIG]),
             "device": str(owner.device),
-            "transport": dict(context.node_config).get("transport", "flower-managed"),
+            Field.TRANSPORT: dict(context.node_config).get("transport", "flower-managed"),
         },
     )
     releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint)
@@ -165,9 +165,9 @@ def train_round(
         audit.append(
             Event.UPDATE_RE_RELEASED,
             **{
-                "server-round": server_round,
-                "update-sha256": wire.arrays_digest(arrays)[0],
-                "reason": "the server re-sent a round already answered; same update, no new charge",
+                Field.SERVER_ROUND: server_round,
+                Field.UPDATE_SHA256: wire.arrays_digest(arrays)[0],
+                Field.REASON: "the server re-sent a round already answered; same update, no new charge",
             },
         )
         return _reply(
@@ -222,8 +222,8 @@ def train_round(
         audit.append(
             Event.NON_PRIVATE_ROUND,
             **{
-                "server-round": server_round,
-                "warning": "NON-PRIVATE: the plan asked for dp=false and the owner opted in "
+                Field.SERVER_ROUND: server_round,
+                Field.WARNING: "NON-PRIVATE: the plan asked for dp=false and the owner opted in "
                 "(allow-no-dp); this update is not differentially private",
             },
         )
@@ -259,11 +259,11 @@ def _reply(
     released = audit.append(
         Event.UPDATE_RELEASED,
         **{
-            "server-round": server_round,
-            "update-sha256": digest,
-            "update-bytes": size,
-            "update-l2-distance": wire.arrays_l2_distance(arrays, msg.content[wire.ARRAYS]),
-            "metrics": dict(metrics),
+            Field.SERVER_ROUND: server_round,
+            Field.UPDATE_SHA256: digest,
+            Field.UPDATE_BYTES: size,
+            Field.UPDATE_L2_DISTANCE: wire.arrays_l2_distance(arrays, msg.content[wire.ARRAYS]),
+            Field.METRICS: dict(metrics),
         },
     )
     owner_record = ConfigRecord(
@@ -289,7 +289,7 @@ def _record_refusal(audit: AuditLog, kind: str, server_round: int, exc: Exceptio
         reason = reason[:MAX_LOGGED_REASON_CHARS] + f"... ({len(reason)} characters)"
     audit.append(
         Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
-        **{"server-round": server_round, "code": refusal_code(exc), "reason": reason},
+        **{Field.SERVER_ROUND: server_round, Field.CODE: refusal_code(exc), Field.REASON: reason},
     )
 
 
@@ -352,8 +352,8 @@ def _handle_or_refuse(
         audit.append(
             Event.ROUND_ERROR,
             **{
-                "server-round": server_round,
-                "error": f"{type(exc).__name__}: {str(exc)[:MAX_LOGGED_REASON_CHARS]}",
+                Field.SERVER_ROUND: server_round,
+                Field.ERROR: f"{type(exc).__name__}: {str(exc)[:MAX_LOGGED_REASON_CHARS]}",
             },
         )
         return _refusal(msg, owner.owner_id, exc)

@@ -16,7 +16,7 @@ from flwr.app import Context, Message
 from fedshield.client.accept import check_model_arrays
 from fedshield.client.owner import Owner
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.model import ModelSpec
@@ -40,10 +40,10 @@ def record_budget_change(owner: Owner, audit: AuditLog) -> None:
         audit.append(
             Event.BUDGET_CHANGED,
             **{
-                "old-budget": change.old,
-                "new-budget": change.new,
+                Field.OLD_BUDGET: change.old,
+                Field.NEW_BUDGET: change.new,
                 "changed-at": change.recorded_at,
-                "ledger-id": owner.ledger.state().ledger_id,
+                Field.LEDGER_ID: owner.ledger.state().ledger_id,
             },
         )
 
@@ -82,16 +82,16 @@ def charge_and_audit(
     audit.append(
         Event.DP_CHARGED,
         **{
-            "server-round": server_round,
-            "kind": kind,
-            "ledger-id": state.ledger_id,
-            "data-fingerprint": owner.dataset.fingerprint,
-            "noise-multiplier": event.noise_multiplier,
+            Field.SERVER_ROUND: server_round,
+            Field.KIND: kind,
+            Field.LEDGER_ID: state.ledger_id,
+            Field.DATA_FINGERPRINT: owner.dataset.fingerprint,
+            Field.NOISE_MULTIPLIER: event.noise_multiplier,
             "max-grad-norm": max_grad_norm,
-            "sample-rate": event.sample_rate,
-            "steps": event.steps,
-            "delta": owner.delta,
-            "relation": relation,
+            Field.SAMPLE_RATE: event.sample_rate,
+            Field.STEPS: event.steps,
+            Field.DELTA: owner.delta,
+            Field.RELATION: relation,
             **({"released-count": released} if released is not None else {}),
             **(
                 {
@@ -101,12 +101,12 @@ def charge_and_audit(
                 if trained is not None and trained != event
                 else {}
             ),
-            "accountant": accountant_used(history, owner.delta),
+            Field.ACCOUNTANT: accountant_used(history, owner.delta),
             "epsilon-before": epsilon_spent(history[:-1], owner.delta),
-            "epsilon-after": epsilon,
-            "epsilon-budget": owner.epsilon_budget,
+            Field.EPSILON_AFTER: epsilon,
+            Field.EPSILON_BUDGET: owner.epsilon_budget,
             "budget-remaining": owner.epsilon_budget - epsilon,
-            "ledger-events": [e.as_entry() for e in history],
+            Field.LEDGER_EVENTS: [e.as_entry() for e in history],
         },
     )
     return epsilon

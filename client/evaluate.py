@@ -19,7 +19,7 @@ from fedshield.client.ledger import KIND_EVALUATE
 from fedshield.client.owner import Owner, owner_inputs
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
@@ -95,7 +95,7 @@ def evaluate_round(
     )
     released = audit.append(
         Event.EVALUATE_RELEASED,
-        **{"server-round": server_round, "metrics": dict(metrics)},
+        **{Field.SERVER_ROUND: server_round, Field.METRICS: dict(metrics)},
     )
     owner_record = ConfigRecord({wire.OWNER_ID: owner.owner_id, wire.AUDIT_HEAD: released["hash"]})
     content = RecordDict({wire.METRICS: metrics, wire.OWNER: owner_record})

@@ -55,7 +55,7 @@ from hashlib import sha256
 from io import BytesIO
 from pathlib import Path
 
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.errors import ForeignAppRefused
 from fedshield.common.flower_compat import (
     current_task_run_id,
@@ -147,7 +147,7 @@ def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> 
     )
     audit.append(
         Event.FOREIGN_APP_REFUSED,
-        **{"run-id": run_id, **refusal.identity, "reason": refusal.reason},
+        **{Field.RUN_ID: run_id, **refusal.identity, Field.REASON: refusal.reason},
     )
     audit.checkpoint("foreign-app-refused")
 

@@ -34,7 +34,7 @@ from fedshield.client.published import FederationInfo, fetch_federation_info
 from fedshield.client.stop_signals import StopSignals
 from fedshield.client.superlink_wait import wait_for_superlink
 from fedshield.client.supernode import STOP_FAILED, STOP_SIGNAL, NodeStop, run_supernode
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import split_class_names
 from fedshield.common.errors import StoppedBySignal
@@ -148,17 +148,15 @@ def _owner_audit(config: dict) -> AuditLog:
 def record_node_start(settings: SuperNodeSettings, readiness: Readiness, config: dict) -> None:
     audit = _owner_audit(config)
     if settings.insecure:
-        audit.append(
-            Event.INSECURE_MODE_WARNING,
-            warning="no TLS and no node authentication: traffic is readable and forgeable",
-        )
+        warning = "no TLS and no node authentication: traffic is readable and forgeable"
+        audit.append(Event.INSECURE_MODE_WARNING, **{Field.WARNING: warning})
     federation = readiness.federation
     audit.append(
         Event.NODE_START,
         **{
             "superlink": settings.superlink,
-            "node-key-fingerprint": readiness.node_key_fingerprint,
-            "transport": readiness.transport,
+            Field.NODE_KEY_FINGERPRINT: readiness.node_key_fingerprint,
+            Field.TRANSPORT: readiness.transport,
             "superlink-wait": readiness.superlink_wait,
             "retry-policy": settings.retry.describe(),
             "federation-classes": (
@@ -166,12 +164,12 @@ def record_node_start(settings: SuperNodeSettings, readiness: Readiness, config:
                 if federation and federation.classes
                 else f"not checked: {federation.problem if federation else 'not read'}"
             ),
-            "data-fingerprint": readiness.dataset.fingerprint,
-            "records": len(readiness.dataset),
-            "class-counts": readiness.dataset.class_counts(),
-            "epsilon-budget": settings.owner.epsilon_budget,
+            Field.DATA_FINGERPRINT: readiness.dataset.fingerprint,
+            Field.RECORDS: len(readiness.dataset),
+            Field.CLASS_COUNTS: readiness.dataset.class_counts(),
+            Field.EPSILON_BUDGET: settings.owner.epsilon_budget,
             "epsilon-spent": readiness.epsilon_spent,
-            "delta": settings.owner.delta,
+            Field.DELTA: settings.owner.delta,
         },
     )
     audit.checkpoint("node-start")
@@ -181,7 +179,7 @@ def record_node_stop(config: dict, stop: NodeStop) -> None:
     audit = _owner_audit(config)
     audit.append(
         Event.NODE_STOP,
-        **{"reason": stop.reason, "exit-code": stop.exit_code, "message": stop.message},
+        **{Field.REASON: stop.reason, "exit-code": stop.exit_code, "message": stop.message},
         **stop.details,
     )
     audit.checkpoint("node-stop")

@@ -14,6 +14,8 @@ Guarantees:
   last line;
 - nothing passed in is stored unless the caller names it; callers log digests, sizes,
   counts and DP parameters, never text (tests plant a marker to check);
+- every entry has a declared type and only its declared fields
+  (common/audit_events.py ``FIELDS``): any other is refused before anything is written;
 - no entry can wedge the log: an entry over ``MAX_ENTRY_BYTES`` is refused before
   anything is written, and the writer finds the chain's head however long the last
   entry is (it reads back from the end until it holds a whole line).
@@ -38,7 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import FIELDS, Event, Field
 from fedshield.common.errors import AuditLogError
 
 GENESIS = "0" * 64
@@ -163,6 +165,23 @@ class AuditLog:
                     return window, start == 0
                 span *= 2
 
+    def _refuse_undeclared(self, event_type: str, data: dict[str, Any]) -> None:
+        """Refuse an entry of an undeclared type, or with a key its type does not declare."""
+        # A log that silently gains types or fields no reader knows is weaker evidence.
+        declared = FIELDS.get(event_type)
+        if declared is None:
+            raise AuditLogError(
+                f"{self.path}: entry type {event_type!r} is not declared; nothing was "
+                "written; declare it in common/audit_events.py (Event and FIELDS)"
+            )
+        undeclared = sorted(set(data) - declared)
+        if undeclared:
+            raise AuditLogError(
+                f"{self.path}: a {event_type!r} entry may not carry "
+                f"{', '.join(map(repr, undeclared))} (its fields: {', '.join(sorted(declared))}); "
+                "nothing was written; declare it in common/audit_events.py (FIELDS)"
+            )
+
     def _refuse_oversized(self, event_type: str, data: dict[str, Any]) -> None:
         """Refuse an entry over ``MAX_ENTRY_BYTES`` before anything is written."""
         # seq, ts, prev and hash have bounded lengths: stand-ins of their longest forms.
@@ -185,13 +204,12 @@ class AuditLog:
 
     def append(self, event_type: str, **data: Any) -> dict[str, Any]:
         """Append one entry (and a checkpoint when one is due); returns the entry."""
+        self._refuse_undeclared(event_type, data)
         self._refuse_oversized(event_type, data)
         with self._locked() as fd:
             seq, prev, since = self._tail()
             if seq == 0 and event_type != LOG_START:
-                prev = self._append_entry(
-                    fd, seq, prev, LOG_START, {"format": LOG_FORMAT, "public-key": self.public_key}
-                )["hash"]
+                prev = self._append_log_start(fd, prev)
                 seq, since = seq + 1, since + 1
             entry = self._append_entry(fd, seq, prev, event_type, data)
             if since + 1 >= self.checkpoint_every:
@@ -203,11 +221,14 @@ class AuditLog:
         with self._locked() as fd:
             seq, prev, _ = self._tail()
             if seq == 0:
-                prev = self._append_entry(
-                    fd, 0, prev, LOG_START, {"format": LOG_FORMAT, "public-key": self.public_key}
-                )["hash"]
+                prev = self._append_log_start(fd, prev)
                 seq = 1
             return self._append_checkpoint(fd, seq, prev, reason)
+
+    def _append_log_start(self, fd: int, prev: str) -> str:
+        """The first entry (seq 0): the log's format and the public key; returns its hash."""
+        data = {Field.FORMAT: LOG_FORMAT, Field.PUBLIC_KEY: self.public_key}
+        return self._append_entry(fd, 0, prev, LOG_START, data)["hash"]
 
     def _append_entry(
         self, fd: int, seq: int, prev: str, event_type: str, data: dict
@@ -229,9 +250,9 @@ class AuditLog:
     ) -> dict[str, Any]:
         signature = self._key.sign(bytes.fromhex(signed_hash)).hex()
         data = {
-            "signed-hash": signed_hash,
-            "signed-seq": seq - 1,
-            "signature": signature,
-            "reason": reason,
+            Field.SIGNED_HASH: signed_hash,
+            Field.SIGNED_SEQ: seq - 1,
+            Field.SIGNATURE: signature,
+            Field.REASON: reason,
         }
         return self._append_entry(fd, seq, signed_hash, CHECKPOINT, data)

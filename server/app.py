@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_class_names
@@ -128,16 +128,16 @@ def run_federation(
     audit.append(
         Event.RUN_START,
         **{
-            "run-key": run_key,
-            "flower-run-id": flower_run_id,
-            "config": config.as_dict(),
-            "classes": list(classes),
-            "model": spec.describe(),
+            Field.RUN_KEY: run_key,
+            Field.FLOWER_RUN_ID: flower_run_id,
+            Field.CONFIG: config.as_dict(),
+            Field.CLASSES: list(classes),
+            Field.MODEL: spec.describe(),
             "test-records": len(test),
-            "eval-data": test.source,
-            "transport": config.transport or "unspecified (flwr run)",
-            "initial-model": lineage[0] if lineage else "untrained",
-            "update-norm-bound": norm_bound.describe(),
+            Field.EVAL_DATA: test.source,
+            Field.TRANSPORT: config.transport or "unspecified (flwr run)",
+            Field.INITIAL_MODEL: lineage[0] if lineage else "untrained",
+            Field.UPDATE_NORM_BOUND: norm_bound.describe(),
             "round-timeout": timeouts.describe(),
             "owners-named-by": "the node key the SuperLink authenticated (SHA-256 "
             "fingerprint; node-<id> without one); owner-id is a self-declared label",
@@ -174,8 +174,8 @@ def run_federation(
         audit.append(
             Event.RUN_RESUMED,
             **{
-                "from-round": checkpoint.server_round,
-                "model-sha256": wire.arrays_digest(initial_arrays)[0],
+                Field.FROM_ROUND: checkpoint.server_round,
+                Field.MODEL_SHA256: wire.arrays_digest(initial_arrays)[0],
             },
         )
     config = config.replace(run_key=run_key)
@@ -211,7 +211,7 @@ def run_federation(
         audit.append(
             Event.ROUND_EVALUATED,
             **{
-                "server-round": server_round,
+                Field.SERVER_ROUND: server_round,
                 "accuracy": accuracy,
                 "loss": loss,
                 "epsilon-reported": entry["epsilon"],
@@ -274,7 +274,7 @@ def run_federation(
         outputs.save_model(last_arrays[0], classes, spec, lineage, names)
         model_sha256 = json.loads((outputs.out_dir / "model.json").read_text())["model-sha256"]
     outputs.record_final(final, config.as_dict())
-    audit.append(Event.RUN_END, **{"final": final, "model-sha256": model_sha256})
+    audit.append(Event.RUN_END, **{Field.FINAL: final, Field.MODEL_SHA256: model_sha256})
     audit.checkpoint("run-end")
     return {"final": final, "rounds": history, "out_dir": str(outputs.out_dir)}
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from fedshield.common.audit_events import Field
+
 log = logging.getLogger("fedshield.server")
 
 # Set by ``fedshield server start`` for the SuperLink, whose ServerApp process inherits
@@ -60,11 +62,12 @@ class OwnerIdentity:
     max_weight: int
 
     def describe(self) -> dict:
+        """The owner as the server's audit entries name it."""
         return {
-            "owner": self.name,
-            "node-id": self.node_id,
-            "node-key-fingerprint": self.fingerprint,
-            "registered-as": self.registered_as,
+            Field.OWNER: self.name,
+            Field.NODE_ID: self.node_id,
+            Field.NODE_KEY_FINGERPRINT: self.fingerprint,
+            Field.REGISTERED_AS: self.registered_as,
         }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.untrusted import printable
 from fedshield.server.identity import OwnerDirectory, OwnerIdentity
@@ -92,13 +92,13 @@ def check_senders(
         audit.append(
             Event.REPLY_IMPERSONATED,
             **{
-                "server-round": server_round,
-                "message-type": kind,
-                "sender-node-id": sender,
-                "reply-to-message-id": printable(task_id, 80),
-                "task-node-id": task_node,
-                "task-owner": victim,
-                "reason": reason,
+                Field.SERVER_ROUND: server_round,
+                Field.MESSAGE_TYPE: kind,
+                Field.SENDER_NODE_ID: sender,
+                Field.REPLY_TO_MESSAGE_ID: printable(task_id, 80),
+                Field.TASK_NODE_ID: task_node,
+                Field.TASK_OWNER: victim,
+                Field.REASON: reason,
             },
         )
     return checked
@@ -126,12 +126,12 @@ def record_refusal(
     audit.append(
         Event.CLIENT_REFUSED,
         **{
-            "server-round": server_round,
-            "message-type": kind,
+            Field.SERVER_ROUND: server_round,
+            Field.MESSAGE_TYPE: kind,
             **owner.describe(),
             "reason-as-sent": printable(reply.error.reason or "", 300),
-            "code": code,
-            "reason": reason,
+            Field.CODE: code,
+            Field.REASON: reason,
         },
     )
 
@@ -151,9 +151,9 @@ def record_rejection(
     audit.append(
         Event.UPDATE_REJECTED,
         **{
-            "server-round": server_round,
-            "message-type": kind,
+            Field.SERVER_ROUND: server_round,
+            Field.MESSAGE_TYPE: kind,
             **owner.describe(),
-            "reason": str(exc),
+            Field.REASON: str(exc),
         },
     )

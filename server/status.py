@@ -24,7 +24,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.errors import ConfigError, FedshieldError
 from fedshield.common.federation_info import NOTICE_PATH_PREFIX, notice_id, write_notice
 from fedshield.common.pki import ssh_public_key_fingerprint
@@ -99,7 +99,7 @@ def _run_view(run_dir: Path, entries: list[dict]) -> dict:
     starts = [e["data"] for e in entries if e.get("type") == Event.RUN_START]
     planned = (metrics.get("run") or {}).get("num-rounds")
     if planned is None and starts:
-        planned = starts[-1].get("config", {}).get("num-rounds")
+        planned = starts[-1].get(Field.CONFIG, {}).get("num-rounds")
     return {
         "folder": str(run_dir),
         "rounds-done": max((r["round"] for r in rounds), default=0),
@@ -113,7 +113,7 @@ def _run_view(run_dir: Path, entries: list[dict]) -> dict:
 def _owner_key(data: dict) -> str:
     """How a server entry names its owner: the key fingerprint, else the node id (logs
     written before owners were named by key)."""
-    return data.get("node-key-fingerprint") or f"node:{data.get('node-id')}"
+    return data.get(Field.NODE_KEY_FINGERPRINT) or f"node:{data.get(Field.NODE_ID)}"
 
 
 def _anchored_replies(entries: list[dict]) -> dict[str, dict]:
@@ -124,23 +124,23 @@ def _anchored_replies(entries: list[dict]) -> dict[str, dict]:
     for entry in entries:
         kind = kinds.get(entry.get("type"))
         data = entry.get("data") or {}
-        if kind is None or not data.get("owner-audit-head"):
+        if kind is None or not data.get(Field.OWNER_AUDIT_HEAD):
             continue
-        metrics = data.get("metrics") or {}
+        metrics = data.get(Field.METRICS) or {}
         seen = owners.setdefault(_owner_key(data), {"epsilon-budget": None})
         seen.update(
             {
                 "epsilon": metrics.get("epsilon"),
-                "round": data.get("server-round"),
+                "round": data.get(Field.SERVER_ROUND),
                 "kind": kind,
-                "owner-audit-head": data["owner-audit-head"],
-                "node-id": data.get("node-id"),
-                "fingerprint": data.get("node-key-fingerprint"),
+                "owner-audit-head": data[Field.OWNER_AUDIT_HEAD],
+                "node-id": data.get(Field.NODE_ID),
+                "fingerprint": data.get(Field.NODE_KEY_FINGERPRINT),
             }
         )
         if kind == "train":
             seen["epsilon-budget"] = metrics.get("epsilon-budget")
-        label = data.get("owner-label-self-declared")
+        label = data.get(Field.OWNER_LABEL_SELF_DECLARED)
         if label:
             seen["label"] = label
     return owners
@@ -349,10 +349,10 @@ def _record_in_audit_log(state_dir: Path, owner: dict, reason: str) -> Path | No
         log.append(
             Event.OWNER_REMOVED,
             **{
-                "node-id": owner["node-id"],
-                "node-key-fingerprint": owner["fingerprint"],
+                Field.NODE_ID: owner["node-id"],
+                Field.NODE_KEY_FINGERPRINT: owner["fingerprint"],
                 "name": owner["name"],
-                "reason": reason,
+                Field.REASON: reason,
             },
         )
         log.checkpoint("owner-removed")

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedshield.common import wire
-from fedshield.common.audit_events import Event
+from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.untrusted import owner_label, printable
 from fedshield.server.identity import OwnerDirectory, OwnerIdentity
@@ -111,7 +111,10 @@ class ValidatingStrategy(Strategy):
         # later then shows against the owners' logs, as theirs do against this one.
         configured = self.audit.append(
             Event.ROUND_CONFIGURED,
-            **{"server-round": server_round, "global-sha256": wire.arrays_digest(arrays)[0]},
+            **{
+                Field.SERVER_ROUND: server_round,
+                Field.GLOBAL_SHA256: wire.arrays_digest(arrays)[0],
+            },
         )
         config[wire.SERVER_AUDIT_HEAD] = configured["hash"]
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
@@ -122,9 +125,9 @@ class ValidatingStrategy(Strategy):
         self.audit.append(
             Event.ROUND_SAMPLED,
             **{
-                "server-round": server_round,
-                "node-ids": self._sampled,
-                "owners": [self.owners.identity(n).name for n in self._sampled],
+                Field.SERVER_ROUND: server_round,
+                Field.NODE_IDS: self._sampled,
+                Field.OWNERS: [self.owners.identity(n).name for n in self._sampled],
             },
         )
         return messages
@@ -176,16 +179,16 @@ class ValidatingStrategy(Strategy):
             self.audit.append(
                 Event.UPDATE_RECEIVED,
                 **{
-                    "server-round": server_round,
+                    Field.SERVER_ROUND: server_round,
                     **owner.describe(),
-                    "owner-label-self-declared": label,
-                    "update-sha256": digest,
-                    "update-bytes": size,
-                    "update-l2-distance": norm,
-                    "update-norm-bound": bound,
-                    "aggregation-weight": weight,
-                    "metrics": dict(metrics),
-                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD, 80),
+                    Field.OWNER_LABEL_SELF_DECLARED: label,
+                    Field.UPDATE_SHA256: digest,
+                    Field.UPDATE_BYTES: size,
+                    Field.UPDATE_L2_DISTANCE: norm,
+                    Field.UPDATE_NORM_BOUND: bound,
+                    Field.AGGREGATION_WEIGHT: weight,
+                    Field.METRICS: dict(metrics),
+                    Field.OWNER_AUDIT_HEAD: self._owner_field(reply, wire.AUDIT_HEAD, 80),
                 },
             )
             if weight < count:
@@ -226,11 +229,15 @@ class ValidatingStrategy(Strategy):
             )
             self.audit.append(
                 Event.CLIENTS_DROPPED,
-                **{"server-round": server_round, "node-ids": record.dropped, "owners": record.late},
+                **{
+                    Field.SERVER_ROUND: server_round,
+                    Field.NODE_IDS: record.dropped,
+                    Field.OWNERS: record.late,
+                },
             )
         if not accepted:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
-            self.audit.append(Event.ROUND_NOT_AGGREGATED, **{"server-round": server_round})
+            self.audit.append(Event.ROUND_NOT_AGGREGATED, **{Field.SERVER_ROUND: server_round})
             return None, None
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
         if arrays is not None:
@@ -238,9 +245,9 @@ class ValidatingStrategy(Strategy):
             self.audit.append(
                 Event.AGGREGATED,
                 **{
-                    "server-round": server_round,
+                    Field.SERVER_ROUND: server_round,
                     "participants": record.participants,
-                    "global-sha256": wire.arrays_digest(arrays)[0],
+                    Field.GLOBAL_SHA256: wire.arrays_digest(arrays)[0],
                 },
             )
         return arrays, metrics
@@ -303,12 +310,12 @@ class ValidatingStrategy(Strategy):
             self.audit.append(
                 Event.EVALUATE_RECEIVED,
                 **{
-                    "server-round": server_round,
+                    Field.SERVER_ROUND: server_round,
                     **owner.describe(),
-                    "owner-label-self-declared": label,
-                    "aggregation-weight": weight,
-                    "metrics": dict(metrics),
-                    "owner-audit-head": self._owner_field(reply, wire.AUDIT_HEAD, 80),
+                    Field.OWNER_LABEL_SELF_DECLARED: label,
+                    Field.AGGREGATION_WEIGHT: weight,
+                    Field.METRICS: dict(metrics),
+                    Field.OWNER_AUDIT_HEAD: self._owner_field(reply, wire.AUDIT_HEAD, 80),
                 },
             )
             record.epsilon[owner.name] = float(metrics["epsilon"])
