@@ -1,0 +1,299 @@
+"""End to end: `fedshield simulate` runs a real Flower simulation (ServerApp + ClientApps
+on Ray) on a slice of the built-in IMDB data, and its outcome is checked, not its logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedshield.audit.report import independent_epsilon
+from fedshield.client.ledger import PrivacyLedger
+from fedshield.common.privacy import epsilon_spent
+from tests.support.cli import FEDSHIELD
+from tests.support.simulation import TAG, simulate
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--clients", "3", "--rounds", "3", "--partition", "iid"]
+MARKER = "qzvmarker4471"
+DELTA = 1e-5
+
+
+def ledgers(directory: Path) -> dict[str, PrivacyLedger]:
+    """The simulated owners' ledgers under a run's ledger folder, by owner."""
+    return {p.parent.name: PrivacyLedger(p.parent) for p in sorted(directory.glob("*/ledger.json"))}
+
+
+def ray_processes(tag: str) -> list[str]:
+    """Ray's processes left by the simulation tagged ``tag``: found by the tag in their
+    environment, so the check holds while other tests (xdist workers) run simulations."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if ("raylet" in args or "gcs_server" in args) and (
+                f"{TAG}={tag}".encode() in (proc / "environ").read_bytes()
+            ):
+                left.append(args)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return left
+
+
+@pytest.fixture(scope="module")
+def planted_csv(tmp_path_factory) -> Path:
+    """4,000 real IMDB reviews; 200 of them carry a marker that must never leave."""
+    import pandas as pd
+
+    from fedshield.common.data import builtin_csv_path
+
+    frame = pd.read_csv(builtin_csv_path())
+    frame = frame[frame["source"] == "imdb"].sample(n=4000, random_state=1).reset_index(drop=True)
+    frame.loc[:199, "text"] = frame.loc[:199, "text"] + f" {MARKER}"
+    path = tmp_path_factory.mktemp("data") / "owner-reviews.csv"
+    frame[["text", "label"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, planted_csv):
+    out = tmp_path_factory.mktemp("run1")
+    proc = simulate(
+        *SMALL,
+        "--data",
+        str(planted_csv),
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        "4",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc, planted_csv
+
+
+def test_accuracy_rises_above_the_untrained_model(first_run):
+    out, proc, _ = first_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    # 3 DP rounds at epsilon 2 on a small slice: the gain varies with the (unseeded, CSPRNG)
+    # noise; one CI run reached +0.085, so the bar is a rise clearly above the held-out
+    # sampling error (+0.05, about two standard errors here), not a fixed +0.1.
+    assert metrics["final"]["accuracy"] > rounds[0]["accuracy"] + 0.05
+    assert "Held-out accuracy" in proc.stdout
+    assert (out / "model.pt").exists() and json.loads((out / "model.json").read_text())[
+        "classes"
+    ] == ["0", "1"]
+
+
+def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):
+    out, _, _ = first_run
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"][1:]
+    owners = sorted(rounds[0]["epsilon"])
+    # Simulated owners have no node keys: the server names them by node id; the label
+    # each declares is kept beside, as its own claim.
+    assert len(owners) == 3 and all(owner.startswith("node-") for owner in owners)
+    labels = rounds[0]["labels-self-declared"]
+    assert sorted(labels.values()) == ["client-0", "client-1", "client-2"]
+    for owner in owners:
+        series = [r["epsilon"][owner] for r in rounds]
+        assert all(a < b for a, b in zip(series, series[1:], strict=False)), series
+        assert series[-1] <= 2.0
+    found = ledgers(out / "ledgers")
+    assert len(found) == 3
+    claimed = sorted(r for r in rounds[-1]["epsilon"].values())
+    recomputed = sorted(
+        epsilon_spent([e.event for e in led.entries()], DELTA) for led in found.values()
+    )
+    independent = sorted(
+        independent_epsilon([e.event for e in led.entries()], DELTA) for led in found.values()
+    )
+    assert claimed == pytest.approx(recomputed, rel=1e-9)
+    assert claimed == pytest.approx(independent, rel=0.01)
+    # the count's DP release, then one charge per round
+    assert all(
+        [e.kind for e in led.entries()] == ["count"] + ["train"] * 3 for led in found.values()
+    )
+
+
+def test_no_process_is_left_running(first_run):
+    assert ray_processes(first_run[1].tag) == []
+
+
+def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
+    out, _, _ = first_run
+    ledger_dir = out / "ledgers"
+    before = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
+    second = simulate(
+        *SMALL,
+        "--data",
+        str(first_run[2]),
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        "4",
+        "--ledger-dir",
+        str(ledger_dir),
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
+    assert after.keys() == before.keys()
+    for name, eps in after.items():
+        assert before[name] < eps <= 4.0
+        assert eps == pytest.approx(
+            epsilon_spent([e.event for e in PrivacyLedger(ledger_dir / name).entries()], DELTA)
+        )
+    # the same partitions: the count released in the first run is reused, not charged again
+    assert all(len(led.entries()) == 7 for led in ledgers(ledger_dir).values())
+
+    # A third run under a budget that the first round would pass: every owner refuses
+    # before training, the server reports it and stops, and no ledger moves.
+    budget = f"{max(after.values()) + 1e-3:.6f}"
+    third = simulate(
+        *SMALL,
+        "--data",
+        str(first_run[2]),
+        "--epsilon",
+        "2",
+        "--epsilon-budget",
+        budget,
+        "--ledger-dir",
+        str(ledger_dir),
+        "--out",
+        str(tmp_path / "run3"),
+    )
+    # It exits 6 (no accepted update), stops after the first round and saves no model.
+    assert third.returncode == 6, third.stderr[-3000:]
+    assert "no owner's update was accepted" in " ".join(third.stderr.split())
+    metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
+    assert metrics["final"]["outcome"] == "failed" and len(metrics["rounds"]) == 2
+    assert not (tmp_path / "run3" / "model.pt").exists()
+    for entry in metrics["rounds"][1:]:
+        assert entry["participants"] == [] and len(entry["refusals"]) == 3
+        assert all("privacy budget" in reason for reason in entry["refusals"])
+    assert {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()} == after
+
+
+def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(first_run, tmp_path):
+    out, _, _ = first_run
+    verify = subprocess.run(
+        [*FEDSHIELD, "audit", "verify", str(out / "audit")], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stdout.count(": OK,") == 4  # server + 3 owners
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "report", str(out / "audit"), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["owners"]) == 3
+    for owner in report["owners"]:
+        assert owner["ok"], owner["problems"]
+        assert owner["final_claimed"] == pytest.approx(owner["final_recomputed"], rel=0.01)
+        assert owner["final_claimed"] <= owner["budget"]
+    rows = {r["name"]: r for r in report["requirements"]}
+    assert len(rows) == 6 and all(r["evidence"] for r in rows.values())
+    assert rows["Confidentiality in transit"]["status"] == "n/a"  # in-process simulation
+    assert all(
+        rows[name]["status"] == "pass"
+        for name in (
+            "Data minimisation / desensitisation",
+            "Privacy of individual records (DP)",
+            "Integrity of records and logs",
+            "Availability / resilience",
+        )
+    )
+    # 9 owner heads in the server log + 9 server heads in the owners' logs (3 owners x 3 rounds)
+    assert report["anchors"]["matched"] == 18 and report["anchors"]["missing"] == []
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Privacy budget audit" in page
+
+
+def test_a_tampered_run_log_fails_verification_with_the_line(first_run, tmp_path):
+    out, _, _ = first_run
+    log = (out / "audit" / "client-1" / "audit.jsonl").read_text().splitlines()
+    line = next(i for i, text in enumerate(log) if '"epsilon-after":' in text)
+    log[line] = log[line].replace('"epsilon-after":', '"epsilon-after":0.0001,"was":')
+    tampered = tmp_path / "audit.jsonl"
+    tampered.write_text("\n".join(log) + "\n")
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "verify", str(tampered)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert f"line {line + 1}:" in proc.stderr and "FAILED" in proc.stderr
+
+
+def test_the_planted_marker_appears_in_no_output_log_or_ledger(first_run):
+    out, proc, _ = first_run
+    assert MARKER not in proc.stdout + proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "audit.jsonl" for p in files) and any(
+        p.name == "metrics.json" for p in files
+    )
+    for path in files:
+        assert MARKER.encode() not in path.read_bytes(), path
+
+
+def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
+    proc = simulate(
+        "--clients",
+        "100",
+        "--fraction-train",
+        "0.1",
+        "--rounds",
+        "2",
+        "--max-records",
+        "6000",
+        "--partition",
+        "iid",
+        "--out",
+        str(tmp_path / "load"),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rounds = json.loads((tmp_path / "load" / "metrics.json").read_text())["rounds"]
+    assert [len(r["participants"]) for r in rounds[1:]] == [10, 10]
+    assert len(ledgers(tmp_path / "load" / "ledgers")) <= 20
+    assert ray_processes(proc.tag) == []
+
+
+def test_a_server_log_cut_back_to_an_earlier_checkpoint_is_caught_by_the_owners_logs(
+    first_run, tmp_path
+):
+    out, _, _ = first_run
+    lines = (out / "audit" / "server" / "audit.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"reason":"round-1-end"' in line)
+    audit = tmp_path / "audit"
+    (audit / "server").mkdir(parents=True)
+    (audit / "server" / "audit.jsonl").write_text("".join(lines[: cut + 1]))
+    assert (
+        subprocess.run(
+            [*FEDSHIELD, "audit", "verify", str(audit / "server")], capture_output=True
+        ).returncode
+        == 0
+    )
+    for owner in ("client-0", "client-1", "client-2"):
+        (audit / owner).mkdir()
+        (audit / owner / "audit.jsonl").write_bytes(
+            (out / "audit" / owner / "audit.jsonl").read_bytes()
+        )
+    proc = subprocess.run(
+        [*FEDSHIELD, "audit", "report", str(audit), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {r["name"]: r["status"] for r in report["requirements"]}
+    assert rows["Integrity of records and logs"] == "fail"
+    assert any("is not in the server log" in m for m in report["anchors"]["missing"])
