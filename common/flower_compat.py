@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.supercore.run import Run  # noqa: F401  (the type of flwr.serverapp.Grid.run)
 
-# As pyproject.toml pins it (tests/test_compat.py checks that the two agree).
+# As pyproject.toml pins it (tests/unit/test_compat.py checks that the two agree).
 FLWR_SUPPORTED = ">=1.42,<1.43"
 FLWR_FIX = f"pip install 'flwr[simulation]{FLWR_SUPPORTED}'"
 

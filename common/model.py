@@ -12,7 +12,7 @@ Two model families, chosen by the run's ``model`` key:
 Guarantee: a model is split into a frozen, public *encoding* (run once per record at the
 owner, never sent) and a *trainable* module (the only thing trained, noised and sent).
 Every trainable layer is ``nn.Linear`` or ``nn.LayerNorm``, whose Opacus per-sample
-gradients ``tests/test_per_sample_gradients.py`` checks against per-example autograd.
+gradients ``tests/unit/test_per_sample_gradients.py`` checks against per-example autograd.
 The trainable module's starting point is the same on every node without shipping a
 seed: zero-initialised heads, public pretrained layers.
 """

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from opacus.accountants import PRVAccountant
 
-# As pyproject.toml pins it (tests/test_compat.py checks that the two agree).
+# As pyproject.toml pins it (tests/unit/test_compat.py checks that the two agree).
 OPACUS_SUPPORTED = ">=1.6,<1.7"
 OPACUS_FIX = f"pip install 'opacus{OPACUS_SUPPORTED}'"
 

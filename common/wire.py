@@ -96,7 +96,7 @@ REPLY_SCHEMA: dict[str, dict[str, str]] = {
 }
 # The fields whose values may differ between an owner on D and on D minus one record,
 # given the same count release: the DP releases themselves (each charged). Every other
-# field, and every refusal, must be identical (tests/test_adjacency.py).
+# field, and every refusal, must be identical (tests/unit/test_adjacency.py).
 DP_RELEASE_FIELDS = {
     kind: {field for field, why in schema.items() if why == DP_RELEASE}
     for kind, schema in REPLY_SCHEMA.items()
