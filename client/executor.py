@@ -47,6 +47,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import tomllib
@@ -56,15 +57,17 @@ from io import BytesIO
 from pathlib import Path
 
 from fedshield.common.audit_events import Event, Field
-from fedshield.common.errors import ForeignAppRefused
+from fedshield.common.errors import DependencyMismatch, ForeignAppRefused
 from fedshield.common.flower_compat import (
     current_task_run_id,
+    import_clientapp_runtime,
     is_clientapp_task,
     launch_accepted,
     launch_failed,
     restrict_clientapp_runtime,
     run_clientapp_task,
     run_superexec_with,
+    shorten_object_pull_retries,
 )
 from fedshield.common.processes import die_with_parent
 
@@ -152,7 +155,7 @@ def _record_refusal(owner_settings: dict | None, refusal: ForeignAppRefused) -> 
     audit.checkpoint("foreign-app-refused")
 
 
-def _run_task(spec: dict, owner_settings: dict | None) -> None:
+def _run_task(spec: dict, owner_settings: dict | None, learned_fd: int | None = None) -> None:
     """In a forked child: run one ClientApp task with Flower's own runtime, then exit."""
     pin_fedshield_clientapp(owner_settings)
     certificates = (
@@ -173,7 +176,44 @@ def _run_task(spec: dict, owner_settings: dict | None) -> None:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        if learned_fd is not None:
+            _hand_back_learned(learned_fd)
         os._exit(code)
+
+
+def _hand_back_learned(fd: int) -> None:
+    """Give the zygote the accounting results this task computed (common/privacy.py's
+    memo, functions of public parameters only), so the next task does not recompute
+    them (a noise calibration: 0.5-2 s)."""
+    from fedshield.common import privacy
+
+    for line in privacy.learned_lines():
+        if len(line) > select.PIPE_BUF:
+            continue  # only writes up to PIPE_BUF are atomic beside other tasks' writes
+        try:
+            os.write(fd, line)
+        except OSError:  # pipe full (non-blocking) or gone: a cache, not needed
+            return
+
+
+def _take_learned(fd: int, pending: bytearray) -> None:
+    """In the zygote: take in what finished tasks handed back (never blocks)."""
+    from fedshield.common import privacy
+
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        pending += chunk
+    if len(pending) > 1 << 20:  # no line break in 1 MiB: not what tasks write; drop it
+        pending.clear()
+    *lines, rest = bytes(pending).split(b"\n")
+    pending[:] = rest
+    for line in lines:
+        privacy.learn(line)
 
 
 def _follow(parent: int, sig: int) -> None:
@@ -187,19 +227,40 @@ def _follow(parent: int, sig: int) -> None:
 def _zygote(read_fd: int, owner_settings: dict | None) -> None:
     """Single-threaded loop: one JSON ExecutionSpec per line in, one fork per task."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
+    # Tasks hand back accounting results on this pipe; non-blocking both ways, so a full
+    # pipe drops cache entries instead of stalling a task or the zygote.
+    learned_read, learned_write = os.pipe()
+    os.set_blocking(learned_read, False)
+    os.set_blocking(learned_write, False)
+    learned = bytearray()
     with os.fdopen(read_fd, "r") as specs:
         for line in specs:
             spec = json.loads(line)
+            _take_learned(learned_read, learned)
             zygote = os.getpid()
             if os.fork() == 0:
                 _follow(zygote, signal.SIGKILL)  # a task never outlives the node's executor
-                _run_task(spec, owner_settings)
+                os.close(learned_read)
+                _run_task(spec, owner_settings, learned_write)
     os._exit(0)
 
 
 def warm_up(owner_settings: dict | None) -> None:
-    """Import what a ClientApp needs and featurise the owner's data with the default spec."""
+    """Import what a ClientApp needs and featurise the owner's data with the default spec:
+    every fork starts from here, so what is done here is not done again in each task."""
+    import dp_accounting.pld.pld_privacy_accountant  # noqa: F401  (the ledger's accountant)
+    import httpcore  # noqa: F401  (httpx imports it lazily for each task's first request)
+    import torch
+
     import fedshield.client.app  # noqa: F401  (torch, Opacus, fedshield)
+
+    import_clientapp_runtime()
+    # The first optimizer a process builds imports torch._dynamo (~1 s): once, here.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    try:  # the forked tasks inherit the shorter retries
+        shorten_object_pull_retries()
+    except DependencyMismatch as exc:
+        log.warning("fedshield: %s", exc)
     from fedshield.client.owner import owner_inputs, resolve_owner
     from fedshield.common.config import RunConfig
     from fedshield.common.model import ModelSpec

@@ -47,7 +47,12 @@ import threading
 from importlib.metadata import entry_points
 
 from fedshield.common.errors import ConfigError, DependencyMismatch
-from fedshield.common.flower_compat import FLWR_IDLE_POLL_S, shorten_supernode_waits
+from fedshield.common.flower_compat import (
+    FLWR_IDLE_POLL_S,
+    describe_object_pulls,
+    shorten_object_pull_retries,
+    shorten_supernode_waits,
+)
 
 DEFAULT_POLL_MIN_S = 0.1
 DEFAULT_POLL_MAX_S = float(FLWR_IDLE_POLL_S)  # flwr 1.42's own idle interval
@@ -155,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         schedule = PollSchedule(args.poll_min_s, args.poll_max_s)
     except ValueError as exc:
         parser.error(str(exc))
+    try:  # the SuperNode pulls a message's objects while the ServerApp still pushes them
+        shorten_object_pull_retries()
+        print(f"fedshield: object pull retries {describe_object_pulls()}", flush=True)
+    except DependencyMismatch as exc:
+        print(f"fedshield: WARNING: {exc}", file=sys.stderr, flush=True)
     reason = install(schedule)
     if reason is None:
         print(

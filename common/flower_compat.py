@@ -344,3 +344,47 @@ def message_proto_bytes(message: Message) -> int:
     from flwr.common.serde import message_to_proto
 
     return message_to_proto(message).ByteSize()
+
+
+# A message and its objects travel apart; a receiver that pulls the message before every
+# object arrived retries each missing one after 1 s, doubling to 10 s
+# (flwr/supercore/inflatable/inflatable_utils.py). A deployed round met that race twice
+# (a task pulling its message from the SuperNode, the ServerApp pulling a reply): ~1 s
+# each way. Ours: 0.05 s doubling to 0.5 s, with tries raised so that the patience
+# before a pull gives up (about 83 minutes) stays Flower's.
+OBJECT_PULL_RETRIES = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": 10_000}
+_FLWR_OBJECT_PULL_RETRIES = {"initial_backoff": 1, "backoff_cap": 10, "max_tries_per_object": 500}
+_OBJECT_PULLS = "fedshield's object pull retries (0.05-0.5 s instead of 1-10 s)"
+
+
+def shorten_object_pull_retries() -> None:
+    """Set the shorter retries in this process (and the processes it forks) on every
+    caller of flwr's object pulls; raises ``DependencyMismatch`` and changes nothing when
+    flwr or its retry defaults are not those this was written for."""
+    require_flwr(_OBJECT_PULLS)
+    from flwr.supercore.inflatable import inflatable_utils
+
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    for function in functions:
+        found = {k: (function.__kwdefaults__ or {}).get(k) for k in OBJECT_PULL_RETRIES}
+        if found not in (_FLWR_OBJECT_PULL_RETRIES, OBJECT_PULL_RETRIES):
+            raise DependencyMismatch(
+                f"{_OBJECT_PULLS}: {function.__qualname__}'s retry defaults are {found}, not "
+                f"flwr 1.42's {_FLWR_OBJECT_PULL_RETRIES}; Flower's own retries stay"
+            )
+    for function in functions:
+        function.__kwdefaults__.update(OBJECT_PULL_RETRIES)
+
+
+def describe_object_pulls() -> str:
+    ours, flower = OBJECT_PULL_RETRIES, _FLWR_OBJECT_PULL_RETRIES
+    return (
+        f"{ours['initial_backoff']:g}-{ours['backoff_cap']:g} s "
+        f"(Flower's: {flower['initial_backoff']}-{flower['backoff_cap']} s)"
+    )
+
+
+def import_clientapp_runtime() -> None:
+    """Import the ClientApp runtime each task runs, so that a fork starts with it."""
+    require_flwr(_EXECUTOR)
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401

@@ -23,10 +23,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
 from opacus.accountants import RDPAccountant
@@ -83,6 +85,83 @@ def accounted_event(event: DpEvent, relation: str) -> DpEvent:
 
 
 Grouped = tuple[tuple[float, float, int], ...]
+
+# The slow accounting results (a PLD epsilon, a calibration: 0.03-2 s each) are pure
+# functions of public parameters. A process that forks one task per message
+# (client/executor.py) would recompute them in every task, where a long-lived one (a
+# Ray actor) keeps them: a task hands what it computed back to its parent
+# (``learned_lines``), which takes them in (``learn``) before it forks the next task.
+MEMO_MAX_ENTRIES = 4096
+_memos: dict[str, dict[tuple, float]] = {}
+_learned: list[tuple[str, tuple, float]] = []
+
+
+def _shared_memo(function: Callable[..., float]) -> Callable[..., float]:
+    """Memoise ``function`` (positional, hashable arguments) and note each new result."""
+    name = function.__name__
+    cache = _memos.setdefault(name, {})
+
+    @functools.wraps(function)
+    def memoised(*args):
+        if args in cache:
+            return cache[args]
+        value = function(*args)
+        if len(cache) >= MEMO_MAX_ENTRIES:
+            cache.clear()  # bounded like the lru_cache it replaces; a miss only costs time
+        cache[args] = value
+        if len(_learned) < MEMO_MAX_ENTRIES:  # bounded where nothing collects them (Ray)
+            _learned.append((name, args, value))
+        return value
+
+    return memoised
+
+
+def _plain(value):
+    if isinstance(value, DpEvent):
+        return {"DpEvent": [value.noise_multiplier, value.sample_rate, value.steps]}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _from_plain(value):
+    if isinstance(value, dict):
+        sigma, q, steps = value["DpEvent"]
+        return DpEvent(float(sigma), float(q), int(steps))
+    if isinstance(value, list):
+        return tuple(_from_plain(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"unexpected {type(value).__name__} in an accounting key")
+    return value
+
+
+def learned_lines() -> list[bytes]:
+    """The results this process computed since the last call, one JSON line each."""
+    lines = [
+        json.dumps([name, _plain(args), value]).encode() + b"\n" for name, args, value in _learned
+    ]
+    _learned.clear()
+    return lines
+
+
+def learn(line: bytes) -> bool:
+    """Take in one line of :func:`learned_lines` from a task of this process; False (and
+    nothing cached) if it is not a well-formed result of a memoised function."""
+    try:
+        name, args, value = json.loads(line)
+        cache = _memos[name]
+        key = _from_plain(args)
+        if not isinstance(key, tuple) or not isinstance(value, float):
+            return False
+        if not math.isfinite(value) or value < 0:
+            return False
+        hash(key)
+    except (ValueError, TypeError, KeyError):
+        return False
+    if len(cache) >= MEMO_MAX_ENTRIES:
+        cache.clear()
+    cache.setdefault(key, value)
+    return True
 
 
 def _grouped(events: Iterable[DpEvent]) -> Grouped:
@@ -149,7 +228,7 @@ def _epsilon_rdp(grouped: Grouped, delta: float) -> float:
     return float(epsilon)
 
 
-@lru_cache(maxsize=4096)
+@_shared_memo
 def _epsilon_pld(grouped: Grouped, delta: float) -> float:
     if not grouped:
         return 0.0
@@ -238,7 +317,7 @@ def noise_for_target_epsilon(
     )
 
 
-@lru_cache(maxsize=256)
+@_shared_memo
 def _calibrate(
     target_epsilon: float,
     delta: float,

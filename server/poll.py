@@ -21,14 +21,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
 from flwr.app import Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from fedshield.common.errors import ConfigError
+from fedshield.common.errors import ConfigError, DependencyMismatch
+from fedshield.common.flower_compat import describe_object_pulls, shorten_object_pull_retries
 from fedshield.server.round_timeout import RoundTimeouts
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class PromptGrid(Grid):
         if not self.interval_s > 0:
             raise ConfigError(f"reply poll interval {self.interval_s} s: must be > 0")
         log(INFO, "fedshield: replies pulled every %g s (%s)", self.interval_s, GRID_POLL_ENV)
+        try:  # a reply pulled while its objects are still being pushed waited 1 s+ a round
+            shorten_object_pull_retries()
+            log(INFO, "fedshield: object pull retries %s", describe_object_pulls())
+        except DependencyMismatch as exc:
+            log(WARNING, "fedshield: %s", exc)
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fedshield.client import supernode_launcher as launcher
-from fedshield.common.errors import ConfigError
+from fedshield.common.dp_event import DpEvent
+from fedshield.common.errors import ConfigError, DependencyMismatch
 from tests.support.grid import OwnersAnsweringAfter, train_messages
 from tests.support.ports import free_port
 
@@ -130,3 +131,88 @@ def test_launched_supernode_joins_a_tls_superlink_with_node_auth(tmp_path: Path)
         if node is not None:
             node.stop()
         link.stop()
+
+
+def test_warm_up_does_what_each_task_would_otherwise_do_first():
+    """A forked task spent ~1 s importing torch._dynamo (the first optimizer a process
+    builds does) and httpcore; the zygote does it once (client/executor.py)."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from fedshield.client import executor
+
+    executor.warm_up(None)
+    assert {"torch._dynamo", "httpcore", "dp_accounting.pld.pld_privacy_accountant"} <= set(
+        sys.modules
+    )
+    assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 0.05
+
+
+def test_forked_tasks_hand_accounting_results_back_to_the_zygote():
+    """What a task computed reaches the zygote through a non-blocking pipe (one atomic
+    line per result), so the next fork starts with it (client/executor.py)."""
+    import os
+
+    from fedshield.client import executor
+    from fedshield.common import privacy
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    try:
+        privacy.learned_lines()
+        events = [DpEvent(3.7, 1.0, 3)]
+        epsilon = privacy.epsilon_spent(events, 1e-5)
+        key = (privacy._grouped(events), 1e-5)
+        executor._hand_back_learned(write_fd)  # in the task, before it exits
+        privacy._memos["_epsilon_pld"].pop(key)
+        pending = bytearray()
+        executor._take_learned(read_fd, pending)  # in the zygote, before the next fork
+        assert privacy._memos["_epsilon_pld"][key] == epsilon and pending == b""
+        executor._take_learned(read_fd, pending)  # nothing new: returns at once
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_object_pulls_retry_within_a_twentieth_of_a_second_with_flowers_patience():
+    """A message pulled before its objects arrive waited Flower's 1 s (doubling to 10 s)
+    per retry: about 1 s each way of every deployed round (common/flower_compat.py)."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from fedshield.common.flower_compat import shorten_object_pull_retries
+
+    shorten_object_pull_retries()
+    shorten_object_pull_retries()  # idempotent
+    for function in (
+        inflatable_utils.pull_objects,
+        inflatable_utils.pull_and_inflate_object_from_tree,
+    ):
+        defaults = function.__kwdefaults__
+        assert defaults["initial_backoff"] == 0.05 and defaults["backoff_cap"] == 0.5
+        # Patience before giving up on a missing object: Flower's 500 tries took ~4,965 s.
+        patience = 0.05 + 0.1 + 0.2 + 0.4 + 0.5 * (defaults["max_tries_per_object"] - 5)
+        assert 4_900 < patience < 5_100
+
+    calls = []
+
+    def arrives_after_0_3_s(object_id: str) -> bytes:
+        calls.append(time.monotonic())
+        if calls[-1] - calls[0] < 0.3:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    started = time.monotonic()
+    assert inflatable_utils.pull_objects(["a"], arrives_after_0_3_s) == {"a": b"content"}
+    assert time.monotonic() - started < 0.3 + 0.5  # Flower's own: 1 s, then 3 s
+
+
+def test_object_pull_retries_are_left_alone_when_flower_changed_them(monkeypatch):
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from fedshield.common.flower_compat import shorten_object_pull_retries
+
+    changed = {**inflatable_utils.pull_objects.__kwdefaults__, "initial_backoff": 2}
+    monkeypatch.setattr(inflatable_utils.pull_objects, "__kwdefaults__", changed)
+    with pytest.raises(DependencyMismatch, match="retry defaults"):
+        shorten_object_pull_retries()
+    assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 2

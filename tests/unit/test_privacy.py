@@ -120,3 +120,44 @@ def test_delta_at_or_above_one_over_n_is_refused():
         check_delta(1e-3, 2000)
     with pytest.raises(ConfigError):
         check_delta(0.0, 2000)
+
+
+def test_a_task_hands_its_accounting_results_to_the_process_it_was_forked_from():
+    """The warm executor's tasks are forks: what one computes (a calibration: 0.5-2 s)
+    goes back to the zygote (client/executor.py), so the next task does not recompute."""
+    from fedshield.common import privacy
+
+    privacy.learned_lines()  # start from a clean slate of new results
+    count = (DpEvent(20.0, 1.0, 1),)
+    sigma = noise_for_target_epsilon(2.5, DELTA, 1.0, 7, with_events=count)
+    lines = privacy.learned_lines()
+    assert lines and all(line.endswith(b"\n") for line in lines)
+    assert privacy.learned_lines() == []  # each result is handed back once
+    key = (2.5, DELTA, 1.0, 7, count, privacy.ADD_REMOVE)
+    privacy._memos["_calibrate"].clear()
+    privacy._memos["_epsilon_pld"].clear()
+    assert all(privacy.learn(line) for line in lines)
+    assert privacy._memos["_calibrate"][key] == sigma
+    started = time.monotonic()
+    assert noise_for_target_epsilon(2.5, DELTA, 1.0, 7, with_events=count) == sigma
+    assert time.monotonic() - started < 0.05 and privacy.learned_lines() == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b'["os.system", [1.0], 1.0]\n',  # not a memoised function
+        b'["_epsilon_pld", [[[1.0, 1.0, 1]], 1e-05], -1.0]\n',  # not an epsilon
+        b'["_epsilon_pld", [[[1.0, 1.0, 1]], 1e-05], NaN]\n',
+        b'["_epsilon_pld", [[[1.0, 1.0, 1]], 1e-05], "2.0"]\n',
+        b'["_calibrate", [{"x": 1}], 2.0]\n',
+        b'["_epsilon_pld", [[[1.0, 1.0, true]], 1e-05], 2.0]\n',
+    ],
+)
+def test_a_malformed_handed_back_result_is_ignored(line):
+    from fedshield.common import privacy
+
+    sizes = {name: len(cache) for name, cache in privacy._memos.items()}
+    assert privacy.learn(line) is False
+    assert {name: len(cache) for name, cache in privacy._memos.items()} == sizes
