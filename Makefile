@@ -34,8 +34,12 @@ $(VENV)/.installed-finetune: $(VENV)/.installed
 demo: setup
 	$(BIN)/fedshield simulate $(ARGS)
 
+# Two workers, each given whole files (--dist loadfile): module fixtures (a deployment,
+# a simulation) are built once per file; ports, Ray and FLWR_HOME are per worker
+# (tests/conftest.py, tests/support/ports.py). TEST_WORKERS=0 runs them serially.
+TEST_WORKERS ?= 2
 test: setup-finetune
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
 
 # DP training of both models on CUDA when present (on CPU otherwise); installs nothing.
 gpu-check:

@@ -331,11 +331,15 @@ def main(argv: list[str] | None = None) -> None:
         "--runtime-api-address", required=True, help="the SuperNode's --host:--port"
     )
     parser.add_argument("--superexec-auth-secret-file", required=True)
-    parser.add_argument("--owner-settings", default="", help="JSON node config to pre-featurise")
+    parser.add_argument(
+        "--owner-settings-file", default="", help="the node config (TOML) to pre-featurise"
+    )
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
 
-    owner_settings = json.loads(args.owner_settings) if args.owner_settings else None
+    owner_settings = None
+    if args.owner_settings_file:
+        owner_settings = tomllib.loads(Path(args.owner_settings_file).read_text(encoding="utf-8"))
     warm_up(owner_settings)
     # Fork the zygote now, while this process is still single-threaded.
     executor = ZygoteExecutor(owner_settings)

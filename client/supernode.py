@@ -17,7 +17,6 @@ status when it failed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import secrets
 import shutil
@@ -227,11 +226,9 @@ def run_supernode(
         return NodeStop(STOP_SIGNAL, 128 + stops.received, f"stopped by {stops.name}")
     # Same form as a notice's time (common/federation_info.py), so the two compare.
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    secret_dir = Path(tempfile.mkdtemp(prefix="fedshield-superexec-"))
+    secret_dir = Path(tempfile.mkdtemp(prefix="fedshield-superexec-"))  # 0700
     secret_file = secret_dir / "secret"
-    secret_file.write_bytes(secrets.token_bytes(32))
-    secret_file.chmod(0o600)
-    node_config_file = write_toml(secret_dir / "node-config.toml", {None: config})
+    node_config_file = secret_dir / "node-config.toml"
     children: list[subprocess.Popen] = []
     tail: list[str] = []
     connected, gave_up = threading.Event(), threading.Event()
@@ -249,6 +246,10 @@ def run_supernode(
 
     readers: list[threading.Thread] = []
     try:
+        secret_file.write_bytes(secrets.token_bytes(32))
+        secret_file.chmod(0o600)
+        # A file, never the command line: any local user can read a process's arguments.
+        write_toml(node_config_file, {None: config})
         proc = subprocess.Popen(
             supernode_command(settings, node_config_file, secret_file),
             stdout=subprocess.PIPE,
@@ -268,8 +269,8 @@ def run_supernode(
                 f"127.0.0.1:{settings.port}",
                 "--superexec-auth-secret-file",
                 str(secret_file),
-                "--owner-settings",
-                json.dumps(config),
+                "--owner-settings-file",
+                str(node_config_file),
                 "--parent-pid",
                 str(os.getpid()),
             ],

@@ -350,11 +350,12 @@ def message_proto_bytes(message: Message) -> int:
 # object arrived retries each missing one after 1 s, doubling to 10 s
 # (flwr/supercore/inflatable/inflatable_utils.py). A deployed round met that race twice
 # (a task pulling its message from the SuperNode, the ServerApp pulling a reply): ~1 s
-# each way. Ours: 0.05 s doubling to 0.5 s, with tries raised so that the patience
-# before a pull gives up (about 83 minutes) stays Flower's.
-OBJECT_PULL_RETRIES = {"initial_backoff": 0.05, "backoff_cap": 0.5, "max_tries_per_object": 10_000}
+# each way. Ours start at 0.05 s and double to Flower's 10 s cap, so an object that
+# never comes is polled as often as Flower would; 503 tries keep Flower's patience
+# (about 4,965 s: 0.05 + 0.1 + ... + 6.4 = 12.75 s, then 495 x 10 s).
+OBJECT_PULL_RETRIES = {"initial_backoff": 0.05, "backoff_cap": 10, "max_tries_per_object": 503}
 _FLWR_OBJECT_PULL_RETRIES = {"initial_backoff": 1, "backoff_cap": 10, "max_tries_per_object": 500}
-_OBJECT_PULLS = "fedshield's object pull retries (0.05-0.5 s instead of 1-10 s)"
+_OBJECT_PULLS = "fedshield's object pull retries (from 0.05 s instead of 1 s)"
 
 
 def shorten_object_pull_retries() -> None:

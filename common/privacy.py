@@ -156,8 +156,8 @@ def learn(line: bytes) -> bool:
         if not math.isfinite(value) or value < 0:
             return False
         hash(key)
-    except (ValueError, TypeError, KeyError):
-        return False
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+        return False  # a cache: a line it cannot read is dropped, never fatal
     if len(cache) >= MEMO_MAX_ENTRIES:
         cache.clear()
     cache.setdefault(key, value)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedshield.common.durable import write_bytes_atomic
+from fedshield.common.errors import ConfigError
 
 Scalar = str | bool | int | float
 
@@ -32,7 +33,13 @@ def toml_value(value: Scalar | list[Scalar]) -> str:
             raise ValueError(f"TOML value {value!r}: only finite numbers are written")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ConfigError(
+                f"{value[:80]!r}: not valid Unicode (a lone surrogate, e.g. a path that is "
+                "not UTF-8); rename it or pass it in UTF-8"
+            )
+        # DEL is the one control character json.dumps leaves raw; TOML forbids it.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"TOML value {value!r}: expected str, bool, int, float or a list of them")

@@ -111,6 +111,11 @@ class PromptGrid(Grid):
     ) -> Iterable[Message]:
         """As Flower's: push, then pull until every reply is in or the wait passes (the
         strategy's ``timeout``, or the one ``timeouts`` learns from earlier rounds)."""
+        messages = list(messages)
+        if not messages:  # nothing asked (evaluation off): no wait used, nothing learnt
+            return []
+        # Only training teaches the wait: an evaluate answer takes far less than a round.
+        learns = messages[0].metadata.message_type.startswith("train")
         if self.timeouts is not None:
             timeout = self.timeouts.next_timeout_s()
         started = time.monotonic()
@@ -133,8 +138,8 @@ class PromptGrid(Grid):
                 time.sleep(min(self.interval_s, left))
             else:
                 time.sleep(self.interval_s)
-        if self.timeouts is not None:
-            self.timeouts.observe(last_reply - started, every_owner_answered=not pending)
+        if self.timeouts is not None and learns:
+            self.timeouts.observe(last_reply - started, replied=bool(replies))
         return replies
 
     def __getattr__(self, name: str):

@@ -7,10 +7,14 @@ server cannot know an owner's data size (it is private), so it learns from the r
   it includes every owner's first read, featurisation or encoding of its data: 600 s for
   the hashed model, 3 h for MiniLM (encoding on CPU ran at 15-50 records/s on 2 cores,
   docs/BENCHMARKS.md; 3 h covers about 160,000 records at 256 tokens);
-- every later round waits ``FACTOR`` times the slowest complete round seen since (a round
-  where every sampled owner answered), at least ``FLOOR_S`` and at most the allowance.
-  The first round's time counts only until a later round is seen, since it includes the
-  one-off encoding.
+- every later round waits ``FACTOR`` times the slowest reply seen since, at least
+  ``FLOOR_S`` and at most the allowance. The first round's time counts only until a later
+  round is seen, since it includes the one-off encoding. Only train batches teach it
+  (an evaluate answer takes far less), and a batch with no reply teaches nothing.
+
+A round learns from its slowest reply received, so one owner that never answers costs
+each round at most that wait, not the allowance; a fast owner cannot shrink the wait
+for the others, since the slowest reply counts.
 
 An owner that misses the wait has its update dropped and is named on the operator's
 console and in ``metrics.json`` (``late``). A positive ``round-timeout-s`` is used as is.
@@ -55,9 +59,9 @@ class RoundTimeouts:
         self.used.append(seconds)
         return seconds
 
-    def observe(self, seconds_to_last_reply: float, every_owner_answered: bool) -> None:
-        """Learn from a finished wait; a wait cut by the deadline teaches nothing new."""
-        if not every_owner_answered:
+    def observe(self, seconds_to_last_reply: float, replied: bool) -> None:
+        """Learn from a finished train wait: the time to its slowest reply received."""
+        if not replied:
             return
         if self.first_round_s is None:
             self.first_round_s = seconds_to_last_reply
