@@ -132,7 +132,7 @@ def simulate(
         typer.Option(
             help="Seconds the server waits for replies each round; later replies are dropped. "
             "0 (default): fit the wait to the owners: the first round 600 s (minilm: 3 h, "
-            "it encodes every owner's texts), then 5 x the slowest round seen (at least 120 s)."
+            "it encodes every owner's texts), then 5 x the slowest reply seen (at least 120 s)."
         ),
     ] = 0.0,
     physical_batch_size: Annotated[
