@@ -9,23 +9,21 @@ non-negative integers, one row and column per class), ``per-class`` ({name:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fedshield.common.errors import EvaluationFileError, FedshieldError
+from fedshield.common.json_text import json_object
 
 
 def read_json_object(path: Path, hint: str, error: type[FedshieldError] = FedshieldError) -> dict:
     """A JSON object from ``path``, or ``error`` naming the path, the fault and ``hint``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: no such file; {hint}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise error(f"{path}: not readable JSON ({exc}); {hint}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object; {hint}")
-    return data
+    return json_object(text, path, error, hint)
 
 
 def load_evaluation(path: Path) -> dict:

@@ -1,9 +1,12 @@
-"""The machine line every bench result carries: uname, nproc, library versions."""
+"""What every bench result carries: when it ran, its command line, and the machine line
+(uname, nproc, library versions)."""
 
 from __future__ import annotations
 
+import datetime
 import platform
 import subprocess
+import sys
 
 import torch
 
@@ -25,3 +28,16 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "loadavg": sh("cat", "/proc/loadavg"),
     }
+
+
+def invocation() -> dict:
+    """When this script ran, and the command line that ran it."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, *sys.argv]),
+    }
+
+
+def provenance() -> dict:
+    """The keys a bench result starts with: ``invocation()`` and the machine."""
+    return {**invocation(), "machine": machine()}

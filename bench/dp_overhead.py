@@ -22,18 +22,16 @@ the clipped per-sample mean computed by hand (per-example autograd, clip factor
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import machine
+from bench_machine import machine, provenance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -231,9 +229,7 @@ def main() -> None:
             f"{r['make_private_ms']:.1f} |"
         )
     out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        **provenance(),
         "records": len(y),
         "feature_dim": int(x.shape[1]),
         "grad_check_clip": clip,

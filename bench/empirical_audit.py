@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import print_table, write_json  # bench/tables.py
+
 FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 
 
@@ -77,21 +79,36 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print()
-    print(
-        "| target epsilon | claimed | recomputed | empirical lower bound | confidence | "
-        "canaries (in) | correct / guesses | score | accuracy | wall s |"
+    print_table(
+        [
+            "target epsilon",
+            "claimed",
+            "recomputed",
+            "empirical lower bound",
+            "confidence",
+            "canaries (in)",
+            "correct / guesses",
+            "score",
+            "accuracy",
+            "wall s",
+        ],
+        [
+            [
+                r["setting"],
+                "none (no DP)" if r["claimed"] is None else f"{r['claimed']:.3f}",
+                "-" if r["recomputed"] is None else f"{r['recomputed']:.3f}",
+                f"**{r['bound']:.3f}**",
+                f"{r['confidence']:.0%}",
+                f"{r['canaries']} ({r['included']})",
+                r["correct"],
+                r["score"],
+                f"{r['accuracy']:.3f}",
+                f"{r['seconds']:.0f}",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        claimed = "none (no DP)" if r["claimed"] is None else f"{r['claimed']:.3f}"
-        recomputed = "-" if r["recomputed"] is None else f"{r['recomputed']:.3f}"
-        print(
-            f"| {r['setting']} | {claimed} | {recomputed} | **{r['bound']:.3f}** | "
-            f"{r['confidence']:.0%} | {r['canaries']} ({r['included']}) | {r['correct']} | "
-            f"{r['score']} | {r['accuracy']:.3f} | {r['seconds']:.0f} |"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows, indent=1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ so (the tests run it that way). Exit status 1 if a check fails, 2 without the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -197,6 +196,10 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    # A sibling module, on sys.path when this runs as a script (gpu_check.sh); imported
+    # here, after the check above, so that a test may load this file by its path.
+    from tables import print_table, write_json  # bench/tables.py
+
     # Opacus's hooks on a module whose inputs need no gradient: expected, not a problem.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")  # as in the product
@@ -262,21 +265,39 @@ def main() -> int:
             )
         rows.append(row)
     print()
-    print(
-        "| model | device | trained on | physical batch | noise ms/step | clipped-sum gap vs CPU "
-        "| vs per-example autograd | mixed GPU/CPU round | samples/s no DP | samples/s DP "
-        "| DP cost | check |"
+    print_table(
+        [
+            "model",
+            "device",
+            "trained on",
+            "physical batch",
+            "noise ms/step",
+            "clipped-sum gap vs CPU",
+            "vs per-example autograd",
+            "mixed GPU/CPU round",
+            "samples/s no DP",
+            "samples/s DP",
+            "DP cost",
+            "check",
+        ],
+        [
+            [
+                r["model"],
+                r["device"],
+                r["trained on"],
+                r["physical batch"],
+                f"{r['noise ms/step']:.1f}",
+                f"{r['device vs cpu']:.1e}",
+                f"{r['device vs per-example']:.1e}",
+                "ok" if r["mixed round"] else "FAILED",
+                f"{r['samples/s no DP']:.0f}",
+                f"{r['samples/s DP']:.0f}",
+                f"{r['samples/s no DP'] / r['samples/s DP']:.1f}x",
+                "ok" if r["ok"] else "FAILED",
+            ]
+            for r in rows
+        ],
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['device']} | {r['trained on']} | {r['physical batch']} | "
-            f"{r['noise ms/step']:.1f} | "
-            f"{r['device vs cpu']:.1e} | {r['device vs per-example']:.1e} | "
-            f"{'ok' if r['mixed round'] else 'FAILED'} | "
-            f"{r['samples/s no DP']:.0f} | {r['samples/s DP']:.0f} | "
-            f"{r['samples/s no DP'] / r['samples/s DP']:.1f}x | {'ok' if r['ok'] else 'FAILED'} |"
-        )
     for r in rows:
         if "CPU samples/s DP" in r:
             ratio = r["samples/s DP"] / r["CPU samples/s DP"]
@@ -292,8 +313,7 @@ def main() -> int:
         f"/ max abs value, pass < 1e-4); {speed_records} records in batches of "
         f"{rows[0]['batch']} for samples/s (one warm-up pass first)."
     )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
     print("GPU CHECK FAILED" if failed else "GPU CHECK PASSED")
     return 1 if failed else 0
 

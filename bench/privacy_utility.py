@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import machine
+from bench_machine import invocation, provenance
 from fedloop import accuracy, run_federation
 from torch import nn
 
@@ -369,9 +367,7 @@ def report(args, outdir: Path) -> None:
             f"{r['adam_fullbatch_unregularised']:.4f}"
         )
     out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        **provenance(),
         "settings": {k: v for k, v in vars(args).items()},
         "product_defaults": RunConfig().as_dict(),
         "summary": summary,
@@ -423,8 +419,7 @@ def main() -> None:
             "seed": seed,
             "result": result,
             "seconds": round(time.time() - t, 1),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([sys.executable, *sys.argv]),
+            **invocation(),
         }
         path.write_text(json.dumps(cell, indent=1))
         print(

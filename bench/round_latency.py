@@ -30,9 +30,12 @@ import pandas as pd
 from fedshield.common.config import RunConfig
 from fedshield.common.data import builtin_csv_path
 from fedshield.common.pki import create_node_key, init_ca, issue_server_certificate
-from fedshield.common.processes import ManagedProcess, flower_env, free_port
 
-FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
+# The deployment tests' processes and arguments (tests/support/deployment.py): the bench
+# deploys what they test.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.deployment import Processes, start_federation, start_owner  # noqa: E402
+
 OWNERS, PER_OWNER, TEST = 3, 600, 600
 CLASSES = "0,1"
 
@@ -113,90 +116,27 @@ def simulate(work: Path, rounds: int) -> list[float]:
 
 
 def deploy(work: Path, rounds: int) -> list[float]:
+    """The deployment tests' federation (tests/support/deployment.py) on ``work``'s data:
+    its state in work/server, its run in work/run, owner-<i>'s ledger and audit log in
+    work/owner-<i>."""
     pki = work / "pki"
     init_ca(pki)
     issue_server_certificate(pki, ["127.0.0.1"])
-    port = free_port()
-    started: list[ManagedProcess] = []
+    for i in range(OWNERS):
+        create_node_key(pki, f"owner-{i}")
+    processes = Processes(work / "logs")
     try:
-        keys = []
-        for i in range(OWNERS):
-            create_node_key(pki, f"owner-{i}")
-            keys += ["--node-key", str(pki / f"owner-{i}.pub")]
-        server = ManagedProcess(
-            "server",
-            [
-                *FEDSHIELD,
-                "server",
-                "start",
-                "--pki",
-                str(pki),
-                "--state",
-                str(work / "state"),
-                "--port",
-                str(port),
-                "--internal-port",
-                str(free_port()),
-                *keys,
-                "--classes",
-                CLASSES,
-                "--eval-data",
-                str(work / "eval.csv"),
-                "--run-config",
-                f"num-rounds={rounds}",
-                "--run-config",
-                f"min-train-nodes={OWNERS}",
-                "--run-config",
-                f"out-dir='{work / 'dep'}'",
-            ],
-            work / "logs" / "server.log",
-            flower_env(),
-        )
-        started.append(server)
         # Owners start once their keys are registered: an unknown key is refused for good.
-        while "waiting for" not in server.log_text():
-            if not server.running:
-                raise RuntimeError(server.log_text()[-3000:])
-            time.sleep(0.5)
+        served = start_federation(
+            processes, pki, work, work, OWNERS, f"num-rounds={rounds}", f"min-train-nodes={OWNERS}"
+        )
         for i in range(OWNERS):
-            started.append(
-                ManagedProcess(
-                    f"owner-{i}",
-                    [
-                        *FEDSHIELD,
-                        "client",
-                        "start",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--ca",
-                        str(pki / "ca.crt"),
-                        "--auth-key",
-                        str(pki / f"owner-{i}.key"),
-                        "--data",
-                        str(work / f"owner-{i}.csv"),
-                        "--epsilon-budget",
-                        "10",
-                        "--ledger-dir",
-                        str(work / f"owner-{i}" / "ledger"),
-                        "--audit-dir",
-                        str(work / f"owner-{i}" / "audit"),
-                        "--owner-id",
-                        f"owner-{i}",
-                        "--port",
-                        str(free_port()),
-                        "--max-retries",
-                        "3",
-                    ],
-                    work / "logs" / f"owner-{i}.log",
-                    flower_env(),
-                )
-            )
-        if server.wait(timeout_s=1800) != 0:
-            raise RuntimeError(server.log_text()[-3000:])
-        return round_seconds(work / "dep" / "metrics.json")
+            start_owner(processes, pki, work, served.port, f"owner-{i}", work / f"owner-{i}")
+        if served.server.wait(timeout_s=1800) != 0:
+            raise RuntimeError(served.server.log_text()[-3000:])
+        return round_seconds(work / "run" / "metrics.json")
     finally:
-        for process in reversed(started):
-            process.stop()
+        processes.stop_all()
 
 
 def reported_settings(work: Path) -> dict[str, str]:
@@ -215,7 +155,7 @@ def reported_settings(work: Path) -> dict[str, str]:
         if grid
         else "HttpGrid as shipped: replies pulled every 3 s",
         "gateway": "fedshield Fleet gateway (server/fleet_gateway.py)"
-        if (work / "state" / "logs" / "gateway.log").exists()
+        if (work / "server" / "logs" / "gateway.log").exists()
         else "none found",
     }
 
@@ -242,7 +182,7 @@ def main() -> None:
                 [work / "sim" / "audit" / f"client-{i}" / "audit.jsonl" for i in range(OWNERS)],
             ),
             "deployment": phases(
-                work / "dep" / "audit" / "server" / "audit.jsonl",
+                work / "run" / "audit" / "server" / "audit.jsonl",
                 [work / f"owner-{i}" / "audit" / "audit.jsonl" for i in range(OWNERS)],
             ),
         }

@@ -17,9 +17,7 @@ default plan (RunConfig(): 4096-d features, DP at epsilon 3, full local batch). 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -59,7 +57,7 @@ def proto_size(msg: Message) -> int | None:
 
 
 def main() -> None:
-    from bench_machine import machine
+    from bench_machine import provenance
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=2000)
@@ -121,9 +119,7 @@ def main() -> None:
     print(f"\nper owner per round, both ways: {rows[0][1] + rows[1][1]:,} bytes")
     print(f"reply metrics keys: {sorted(keys)}")
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        **provenance(),
         "plan": plan.as_dict(),
         **out,
     }

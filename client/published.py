@@ -11,7 +11,6 @@ problem is one FedshieldError, or for the class list a problem line, never fatal
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
 import urllib.error
@@ -27,6 +26,7 @@ from fedshield.common.federation_info import (
     NOTICE_PATH_PREFIX,
     notice_id,
 )
+from fedshield.common.json_text import json_object
 from fedshield.common.plan import CLASS_NAME, MAX_CLASSES
 from fedshield.common.untrusted import printable
 
@@ -109,13 +109,7 @@ def _get_published(settings: SuperNodeSettings, path: str) -> dict | None:
         raise FedshieldError(f"{url}: {reason}") from exc
     if len(body) > PUBLISHED_MAX_BYTES:
         raise FedshieldError(f"{url}: answer larger than {PUBLISHED_MAX_BYTES} bytes")
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise FedshieldError(f"{url}: not JSON ({type(exc).__name__})") from exc
-    if not isinstance(value, dict):
-        raise FedshieldError(f"{url}: not a JSON object")
-    return value
+    return json_object(body, url)
 
 
 def fetch_federation_info(settings: SuperNodeSettings) -> FederationInfo:

@@ -8,7 +8,8 @@ its card and the featuriser (``model.py``, ``model_card.py``, ``minilm.py``,
 audit log format (``audit_log.py``, ``audit_events.py``), durable writes
 (``durable.py``), data loading (``data.py``), certificates and keys (``pki.py``),
 process supervision (``processes.py``), the error hierarchy and exit codes
-(``errors.py``), and the version-checked reaches into Flower and Opacus internals
-(``flower_compat.py``, ``opacus_compat.py``).
+(``errors.py``), JSON objects read from text others wrote (``json_text.py``), and the
+version-checked reaches into Flower and Opacus internals (``flower_compat.py``,
+``opacus_compat.py``).
 Imports neither ``fedshield.client`` nor ``fedshield.server``.
 """

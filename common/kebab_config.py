@@ -8,6 +8,7 @@ this are in ``common/plan.py`` (what crosses the wire) and ``common/config.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import fields
 from pathlib import PurePath
@@ -77,24 +78,15 @@ def _coerce(key: str, value: Any, target: type) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-    elif target is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    elif target in (int, float) and not isinstance(value, bool):
+        # An int takes a float only when it is whole; a float takes either.
+        if isinstance(value, int) or (
+            isinstance(value, float) and (target is float or value.is_integer())
+        ):
+            return target(value)
         if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif target is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                return target(value)
     elif target is str and isinstance(value, str):
         return value
     raise ConfigError(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -143,14 +141,10 @@ def data(tmp_path_factory) -> Path:
 def processes(tmp_path):
     """A ``tests.support.deployment.Processes`` for this test: whatever it started is
     stopped at teardown, and a process still running under ``tmp_path`` fails the test."""
-    from tests.support.deployment import Processes
+    from tests.support.deployment import Processes, kill_leftovers
 
     procs = Processes(tmp_path / "logs")
     yield procs
     procs.stop_all()
-    leftovers = subprocess.run(
-        ["pgrep", "-af", str(tmp_path)], capture_output=True, text=True
-    ).stdout
-    for line in leftovers.splitlines():
-        os.kill(int(line.split()[0]), signal.SIGKILL)
+    leftovers = kill_leftovers(tmp_path)
     assert not leftovers.strip(), f"processes survived the test: {leftovers}"

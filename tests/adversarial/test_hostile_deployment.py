@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 import socket
 import sqlite3
 import ssl
@@ -31,12 +29,11 @@ from fedshield.common.pki import ssh_public_key_fingerprint
 from fedshield.common.processes import flower_env
 from fedshield.server.deployment import write_app_dir
 from tests.support.deployment import (
-    Processes,
-    client_args,
-    start_server,
-    start_server_for_owners,
+    module_deployment,
+    serve,
+    start_federation,
+    start_owner,
 )
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,9 +88,16 @@ def answer(proc: subprocess.CompletedProcess) -> dict:
 
 
 def write_foreign_app(
-    directory: Path, name: str, clientapp: str, client_files: dict[str, str]
+    directory: Path, name: str, clientapp: str, marker: Path, data: str | Path
 ) -> Path:
-    """A Flower app of the stranger's own: its ServerApp plus ClientApp code."""
+    """A Flower app of the stranger's own: its ServerApp, and the module ``clientapp``
+    names (``package.module:attribute``; its packages too) as FOREIGN_CLIENT_CODE, which
+    copies the start of ``data`` to ``marker`` as it is imported."""
+    module = clientapp.partition(":")[0].split(".")
+    client_files = {"/".join(module[:i]) + "/__init__.py": "" for i in range(1, len(module))}
+    client_files["/".join(module) + ".py"] = FOREIGN_CLIENT_CODE.format(
+        marker=str(marker), data=str(data)
+    )
     directory.mkdir(parents=True)
     (directory / "pyproject.toml").write_text(
         "\n".join(
@@ -142,57 +146,48 @@ def connection_home(directory: Path, address: str, ca: Path) -> Path:
 def federation(pki, data, tmp_path_factory):
     """One SuperLink behind its gateway, owner-0 online through the gateway. The server
     waits for a second node that never comes, so its own run never starts."""
-    work = tmp_path_factory.mktemp("hostile")
-    procs = Processes(work / "logs")
-    public = free_port()
-    state = work / "server"
-    server = start_server(
-        procs,
-        pki,
-        state,
-        public,
-        2,
-        "--node-key",
-        str(pki / "owner-0.pub"),
-        "--wait-nodes",
-        "2",
-        "--node-timeout-s",
-        "900",
-        "--classes",
-        "0,1",
-        "--eval-data",
-        str(data / "eval.csv"),
-    )
-    owner_home = work / "owner-0"
-    owner = procs.start(
-        "owner-0", *client_args(pki, public, "owner-0", data / "owner-0.csv", owner_home)
-    )
-    operator_home = state / "flwr-home"  # written by `server start`: the loopback connection
-    internal = tomllib.loads((operator_home / "config.toml").read_text())["superlink"]
-    internal = int(internal["fedshield"]["address"].rpartition(":")[2])
-    deadline = time.monotonic() + 120
-    while True:
-        nodes = answer(flwr(operator_home, "supernode", "ls", "--format", "json")).get("nodes", [])
-        if any(node["status"] == "online" for node in nodes):
-            break
-        assert owner.running and time.monotonic() < deadline, owner.log_text()[-3000:]
-        time.sleep(1)
-    yield SimpleNamespace(
-        public=public,
-        internal=internal,
-        state=state,
-        server=server,
-        owner=owner,
-        owner_audit=owner_home / "audit" / "audit.jsonl",
-        data_file=data / "owner-0.csv",
-        operator_home=operator_home,
-        stranger_home=connection_home(work / "stranger", f"127.0.0.1:{public}", pki / "ca.crt"),
-        work=work,
-    )
-    procs.stop_all()
-    leftovers = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True).stdout
-    for line in leftovers.splitlines():
-        os.kill(int(line.split()[0]), signal.SIGKILL)
+    with module_deployment(tmp_path_factory, "hostile") as (work, procs):
+        served = serve(
+            procs,
+            pki,
+            work,
+            2,
+            "--node-key",
+            str(pki / "owner-0.pub"),
+            "--wait-nodes",
+            "2",
+            "--node-timeout-s",
+            "900",
+            "--classes",
+            "0,1",
+            "--eval-data",
+            str(data / "eval.csv"),
+        )
+        public, state = served.port, served.state
+        owner_home = work / "owner-0"
+        owner = start_owner(procs, pki, data, public, "owner-0", owner_home)
+        operator_home = state / "flwr-home"  # written by `server start`: the loopback connection
+        internal = tomllib.loads((operator_home / "config.toml").read_text())["superlink"]
+        internal = int(internal["fedshield"]["address"].rpartition(":")[2])
+        deadline = time.monotonic() + 120
+        while True:
+            listed = answer(flwr(operator_home, "supernode", "ls", "--format", "json"))
+            if any(node["status"] == "online" for node in listed.get("nodes", [])):
+                break
+            assert owner.running and time.monotonic() < deadline, owner.log_text()[-3000:]
+            time.sleep(1)
+        yield SimpleNamespace(
+            public=public,
+            internal=internal,
+            state=state,
+            server=served.server,
+            owner=owner,
+            owner_audit=owner_home / "audit" / "audit.jsonl",
+            data_file=data / "owner-0.csv",
+            operator_home=operator_home,
+            stranger_home=connection_home(work / "stranger", f"127.0.0.1:{public}", pki / "ca.crt"),
+            work=work,
+        )
 
 
 def operator_runs(federation) -> list[dict]:
@@ -204,14 +199,7 @@ def operator_runs(federation) -> list[dict]:
 def test_a_stranger_cannot_start_a_run_on_the_public_port(federation, tmp_path):
     marker = tmp_path / "marker"
     app = write_foreign_app(
-        tmp_path / "app",
-        "takeover",
-        "stranger_client:app",
-        {
-            "stranger_client.py": FOREIGN_CLIENT_CODE.format(
-                marker=str(marker), data="/etc/hostname"
-            )
-        },
+        tmp_path / "app", "takeover", "stranger_client:app", marker, "/etc/hostname"
     )
     tried = answer(flwr(federation.stranger_home, "run", str(app), "--format", "json"))
     assert not tried["success"], tried
@@ -375,46 +363,25 @@ def _wait_until_finished(federation, run_id: int, timeout_s: float = 90) -> dict
     raise AssertionError(f"run {run_id} did not finish: the refused task must not hang")
 
 
-def test_a_foreign_clientapp_reaching_the_owner_is_refused_and_never_runs(federation, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "clientapp", "named_in_reason"),
+    [
+        # a ClientApp of its own: not the one fedshield ships
+        ("exfiltrate", "stranger_client:app", "fedshield.client.app:app"),
+        # names fedshield's ClientApp, but ships a shadow package of that name
+        ("shadow", "fedshield.client.app:app", "fedshield/client/app.py"),
+    ],
+)
+def test_a_foreign_clientapp_reaching_the_owner_is_refused_and_never_runs(
+    federation, tmp_path, name, clientapp, named_in_reason
+):
     marker = tmp_path / "marker"
-    app = write_foreign_app(
-        tmp_path / "app",
-        "exfiltrate",
-        "stranger_client:app",
-        {
-            "stranger_client.py": FOREIGN_CLIENT_CODE.format(
-                marker=str(marker), data=str(federation.data_file)
-            )
-        },
-    )
+    app = write_foreign_app(tmp_path / "app", name, clientapp, marker, federation.data_file)
     run_id = _submit_on_loopback(federation, app)
     refusal = _wait_for_refusal(federation, run_id)
-    assert refusal["clientapp"] == "stranger_client:app"
-    assert refusal["fab-name"] == "stranger/exfiltrate==1.0.0"
-    assert len(refusal["fab-hash"]) == 64 and "fedshield.client.app:app" in refusal["reason"]
-    _wait_until_finished(federation, run_id)
-    assert not marker.exists()
-    log = verify_log(federation.owner_audit)
-    assert log.ok, log.problem
-
-
-def test_a_fab_that_names_fedshield_but_ships_a_shadow_package_is_refused(federation, tmp_path):
-    marker = tmp_path / "marker"
-    shadow = FOREIGN_CLIENT_CODE.format(marker=str(marker), data=str(federation.data_file))
-    app = write_foreign_app(
-        tmp_path / "app",
-        "shadow",
-        "fedshield.client.app:app",
-        {
-            "fedshield/__init__.py": "",
-            "fedshield/client/__init__.py": "",
-            "fedshield/client/app.py": shadow,
-        },
-    )
-    run_id = _submit_on_loopback(federation, app)
-    refusal = _wait_for_refusal(federation, run_id)
-    assert refusal["clientapp"] == "fedshield.client.app:app"
-    assert "fedshield/client/app.py" in refusal["reason"]
+    assert refusal["clientapp"] == clientapp
+    assert refusal["fab-name"] == f"stranger/{name}==1.0.0"
+    assert len(refusal["fab-hash"]) == 64 and named_in_reason in refusal["reason"]
     _wait_until_finished(federation, run_id)
     assert not marker.exists()
     log = verify_log(federation.owner_audit)
@@ -479,25 +446,13 @@ def test_a_reply_pushed_for_another_owners_task_is_refused_at_the_gateway(
     from flwr.supernode.fleet_http_client import FleetHttpClient
     from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-    port = free_port()
-    state = tmp_path / "server"
-    server = start_server_for_owners(
-        processes,
-        pki,
-        state,
-        port,
-        2,
-        "num-rounds=1",
-        "round-timeout-s=90",
-        f"out-dir='{tmp_path / 'run'}'",
-        eval_data=data / "eval.csv",
+    served = start_federation(
+        processes, pki, data, tmp_path, 2, "num-rounds=1", "round-timeout-s=90"
     )
+    server, port, state = served.server, served.port, served.state
     registry = {o["name"]: o for o in json.loads((state / "owners.json").read_text())["owners"]}
     victim, attacker = (int(registry[n]["node-id"]) for n in ("owner-0", "owner-1"))
-    processes.start(
-        "owner-0",
-        *client_args(pki, port, "owner-0", data / "owner-0.csv", tmp_path / "owner-0"),
-    )
+    start_owner(processes, pki, data, port, "owner-0", tmp_path / "owner-0")
     key = serialization.load_ssh_private_key((pki / "owner-1.key").read_bytes(), password=None)
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -56,8 +56,16 @@ def reply(
     return message
 
 
-def strategy(aggregation: str, tmp_path, max_update_norm: float = 0.0, nodes=range(1, 10)):
-    """A strategy that sent round 1's train tasks to ``nodes``; ``s.tasks[node]``."""
+def strategy(
+    aggregation: str,
+    tmp_path,
+    max_update_norm: float | UpdateNormBound = 0.0,
+    nodes=range(1, 10),
+    keys: dict[int, bytes] | None = None,
+    owners: OwnerDirectory | None = None,
+):
+    """A strategy that sent round 1's train tasks to ``nodes`` (deployed: with their
+    authenticated ``keys``, and the operator's ``owners``); ``s.tasks[node]``."""
     s = build_strategy(
         aggregation,
         audit=AuditLog(tmp_path / f"{aggregation}.jsonl", "server"),
@@ -67,8 +75,9 @@ def strategy(aggregation: str, tmp_path, max_update_norm: float = 0.0, nodes=ran
         trim_fraction=0.2,
         min_train_nodes=1,
         min_available_nodes=1,
+        owners=owners,
     )
-    grid = StubGrid(nodes)
+    grid = StubGrid(nodes, keys)
     s.tasks = grid.push(s.configure_train(1, GLOBAL, ConfigRecord(), grid))
     return s
 
@@ -160,19 +169,14 @@ def node_key() -> tuple[bytes, str]:
 def keyed_strategy(tmp_path, registry=(), norm=0.0):
     """Round 1 sent to nodes 1, 2, 3, each with its authenticated key (deployment)."""
     keys = {n: node_key() for n in (1, 2, 3)}
-    s = build_strategy(
+    s = strategy(
         "fedavg",
-        audit=AuditLog(tmp_path / "server.jsonl", "server"),
+        tmp_path,
         max_update_norm=norm,
-        server_learning_rate=1.0,
-        server_momentum=0.0,
-        trim_fraction=0.2,
-        min_train_nodes=1,
-        min_available_nodes=1,
+        nodes=list(keys),
+        keys={n: pem for n, (pem, _) in keys.items()},
         owners=OwnerDirectory(registry),
     )
-    grid = StubGrid([1, 2, 3], {n: pem for n, (pem, _) in keys.items()})
-    s.tasks = grid.push(s.configure_train(1, GLOBAL, ConfigRecord(), grid))
     return s, {n: fp for n, (_, fp) in keys.items()}
 
 
@@ -294,18 +298,7 @@ def test_the_default_norm_bound_passes_the_demos_honest_updates_and_stops_a_huge
     # A claimed noise multiplier buys a bounded room only.
     assert bound.for_reply(0, 1e12, 8194) == bound.for_reply(0, 1000.0, 8194)
     assert bound.for_reply(0, "not a number", 8194) == bound.for_reply(0, 0.0, 8194)
-    s = build_strategy(
-        "fedavg",
-        audit=AuditLog(tmp_path / "server.jsonl", "server"),
-        max_update_norm=bound,
-        server_learning_rate=1.0,
-        server_momentum=0.0,
-        trim_fraction=0.2,
-        min_train_nodes=1,
-        min_available_nodes=1,
-    )
-    grid = StubGrid([1, 2])
-    s.tasks = grid.push(s.configure_train(1, GLOBAL, ConfigRecord(), grid))
+    s = strategy("fedavg", tmp_path, max_update_norm=bound, nodes=[1, 2])
     demo_sized = arrays(np.full((2, DIM), 7.33 / 4.0))  # L2 norm 7.33
     huge = arrays(np.full((2, DIM), 100.0))  # L2 norm 400
     s.aggregate_train(1, [answer(s, 1, demo_sized), answer(s, 2, huge)])

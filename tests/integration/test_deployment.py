@@ -20,8 +20,9 @@ from tests.support.deployment import (
     client_args,
     keys,
     run_client,
+    start_federation,
+    start_owner,
     start_server,
-    start_server_for_owners,
 )
 from tests.support.ports import free_port
 
@@ -29,24 +30,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_three_authenticated_owners_train_over_tls(pki, data, tmp_path, processes):
-    port = free_port()
-    state = tmp_path / "server"
-    server = start_server_for_owners(
-        processes,
-        pki,
-        state,
-        port,
-        3,
-        "num-rounds=2",
-        f"out-dir='{tmp_path / 'run'}'",
-        eval_data=data / "eval.csv",
-    )
+    served = start_federation(processes, pki, data, tmp_path, 3, "num-rounds=2")
     owners = [tmp_path / f"owner-{i}" for i in range(3)]
     for i, home in enumerate(owners):
-        processes.start(
-            f"owner-{i}", *client_args(pki, port, f"owner-{i}", data / f"owner-{i}.csv", home)
-        )
-    assert server.wait(timeout_s=600) == 0, server.log_text()[-4000:]
+        start_owner(processes, pki, data, served.port, f"owner-{i}", home)
+    assert served.server.wait(timeout_s=600) == 0, served.server.log_text()[-4000:]
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
@@ -233,24 +221,12 @@ def test_a_key_file_with_loose_permissions_is_rejected(pki, data, tmp_path):
 
 
 def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_path, processes):
-    port = free_port()
-    server = start_server_for_owners(
-        processes,
-        pki,
-        tmp_path / "server",
-        port,
-        3,
-        "num-rounds=3",
-        "min-train-nodes=2",
-        "round-timeout-s=20",
-        f"out-dir='{tmp_path / 'run'}'",
-        eval_data=data / "eval.csv",
+    served = start_federation(
+        processes, pki, data, tmp_path, 3, "num-rounds=3", "min-train-nodes=2", "round-timeout-s=20"
     )
+    server = served.server
     owners = [
-        processes.start(
-            f"owner-{i}",
-            *client_args(pki, port, f"owner-{i}", data / f"owner-{i}.csv", tmp_path / f"o{i}"),
-        )
+        start_owner(processes, pki, data, served.port, f"owner-{i}", tmp_path / f"o{i}")
         for i in range(3)
     ]
     deadline = time.monotonic() + 300
@@ -282,37 +258,13 @@ def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
 ):
     """The deployed path with the pretrained encoder: the plan names the model, each
     owner picks its device and keeps its encodings in its own cache, mode 0600."""
-    port = free_port()
-    server = start_server_for_owners(
-        processes,
-        pki,
-        tmp_path / "server",
-        port,
-        2,
-        "num-rounds=2",
-        f"out-dir='{tmp_path / 'run'}'",
-        "model='minilm'",
-        "finetune-layers=1",
-        "max-tokens=32",
-        eval_data=data / "eval.csv",
-    )
+    minilm = ("model='minilm'", "finetune-layers=1", "max-tokens=32")
+    served = start_federation(processes, pki, data, tmp_path, 2, "num-rounds=2", *minilm)
     owners = [tmp_path / f"owner-{i}" for i in range(2)]
     for i, (home, device) in enumerate(zip(owners, ("cpu", "auto"), strict=True)):
-        processes.start(
-            f"owner-{i}",
-            *client_args(
-                pki,
-                port,
-                f"owner-{i}",
-                data / f"owner-{i}.csv",
-                home,
-                "--device",
-                device,
-                "--cache-dir",
-                str(home / "cache"),
-            ),
-        )
-    assert server.wait(timeout_s=600) == 0, server.log_text()[-4000:]
+        extra = ("--device", device, "--cache-dir", str(home / "cache"))
+        start_owner(processes, pki, data, served.port, f"owner-{i}", home, *extra)
+    assert served.server.wait(timeout_s=600) == 0, served.server.log_text()[-4000:]
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]

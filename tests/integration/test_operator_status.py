@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import ssl
 import subprocess
 import time
@@ -35,7 +34,7 @@ from fedshield.server import deployment as dep
 from fedshield.server.owner_registry import save_owner_registry
 from fedshield.server.superlink import SuperLinkSettings
 from tests.support.cli import FEDSHIELD
-from tests.support.deployment import Processes, client_args, start_server
+from tests.support.deployment import module_deployment, serve, start_owner
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -54,50 +53,40 @@ def fedshield(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def federation(pki, data, tmp_path_factory):
     """Two authenticated owners online after a finished one-round run; the SuperLink
     keeps running."""
-    work = tmp_path_factory.mktemp("operator")
-    procs = Processes(work / "logs")
-    port = free_port()
-    state = work / "server"
-    server = start_server(
-        procs,
-        pki,
-        state,
-        port,
-        len(OWNERS),
-        *[a for name in OWNERS for a in ("--node-key", str(pki / f"{name}.pub"))],
-        "--node-timeout-s",
-        "180",
-        "--keep-running",
-        "--classes",
-        "0,1",
-        "--eval-data",
-        str(data / "eval.csv"),
-        "--run-config",
-        "num-rounds=1",
-        "--run-config",
-        "fraction-evaluate=1.0",  # evaluate answers are charges too: status must count them
-    )
-    homes = {name: work / name for name in OWNERS}
-    owners = {
-        name: procs.start(
-            name,
-            *client_args(pki, port, name, data / f"{name}.csv", homes[name], "--allow-evaluate"),
+    with module_deployment(tmp_path_factory, "operator") as (work, procs):
+        served = serve(
+            procs,
+            pki,
+            work,
+            len(OWNERS),
+            *[a for name in OWNERS for a in ("--node-key", str(pki / f"{name}.pub"))],
+            "--node-timeout-s",
+            "180",
+            "--keep-running",
+            "--classes",
+            "0,1",
+            "--eval-data",
+            str(data / "eval.csv"),
+            "--run-config",
+            "num-rounds=1",
+            "--run-config",
+            "fraction-evaluate=1.0",  # evaluate answers are charges too: status must count them
         )
-        for name in OWNERS
-    }
-    deadline = time.monotonic() + 600
-    while "SuperLink keeps running" not in server.log_text():
-        assert server.running and time.monotonic() < deadline, server.log_text()[-4000:]
-        time.sleep(0.5)
-    if not (state / FEDERATION_FILE).exists():  # written by `server start` once it publishes
-        write_federation_info(state, {"classes": ["0", "1"], "model": "hashed"})
-    yield SimpleNamespace(
-        port=port, state=state, server=server, owners=owners, homes=homes, work=work
-    )
-    procs.stop_all()
-    leftovers = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True).stdout
-    for line in leftovers.splitlines():
-        os.kill(int(line.split()[0]), signal.SIGKILL)
+        port, state, server = served.port, served.state, served.server
+        homes = {name: work / name for name in OWNERS}
+        owners = {
+            name: start_owner(procs, pki, data, port, name, homes[name], "--allow-evaluate")
+            for name in OWNERS
+        }
+        deadline = time.monotonic() + 600
+        while "SuperLink keeps running" not in server.log_text():
+            assert server.running and time.monotonic() < deadline, server.log_text()[-4000:]
+            time.sleep(0.5)
+        if not (state / FEDERATION_FILE).exists():  # written by `server start` once it publishes
+            write_federation_info(state, {"classes": ["0", "1"], "model": "hashed"})
+        yield SimpleNamespace(
+            port=port, state=state, server=server, owners=owners, homes=homes, work=work
+        )
 
 
 def status(federation) -> dict:
@@ -314,7 +303,6 @@ def test_status_reads_every_run_so_a_refused_run_does_not_empty_the_table(tmp_pa
     """A run every owner refused has no anchored reply; the owners' epsilon comes from
     their newest anchored reply in any run of the state folder."""
     import json
-    import os
 
     from fedshield.common.audit_events import Event
     from fedshield.common.audit_log import AuditLog

@@ -20,10 +20,11 @@ import pytest
 import torch
 from torch import nn
 
-from fedshield.client import dp_sgd, secure_random
+from fedshield.client import dp_sgd
 from fedshield.client import train as train_module
 from fedshield.client.train import TrainSettings, planned_dp_event, train_locally
 from fedshield.common.model import ModelSpec, build_model
+from tests.support.empty_batches import moved_by_noise_alone, noise_std
 from tests.support.paths import ROOT
 
 CPU = torch.device("cpu")
@@ -93,9 +94,6 @@ def test_trained_batch_sizes_follow_binomial_n_q(monkeypatch):
 
 @pytest.mark.parametrize("physical", [0, 3])
 def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
-    monkeypatch.setattr(
-        secure_random.SecureRandom, "poisson_mask", lambda self, n, rate: np.zeros(n, bool)
-    )
     steps = []
     real_step = dp_sgd.SecureDPOptimizer.step
 
@@ -109,23 +107,18 @@ def test_an_empty_batch_still_takes_a_noise_step(monkeypatch, physical):
     # 2 x 512 weights: the std estimate's relative error is about 1/sqrt(2 * 1024) = 2%,
     # so the 20% band below cannot fail by chance (with 2 x 32 it did, once in CI).
     x, y = blobs(60, dim=512)
-    noise_multiplier, clip, lr = 1.0, 2.0, 1.0
-    settings = TrainSettings(
+    moved = moved_by_noise_alone(
+        monkeypatch,
+        build_model(512, 2),
+        lambda model: model.weight,
+        (x,),
+        y,
         batch_size=15,
-        learning_rate=lr,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=clip,
-        physical_batch_size=physical,
+        physical=physical,
     )
-    model = build_model(512, 2)
-    outcome = train_locally(model, (x,), y, settings, CPU)
-    assert outcome.dp_event == planned_dp_event(60, settings)
-    assert outcome.train_loss == 0.0  # no record was seen
     assert steps == [False] * 4  # four real steps, none of them skipped
     # Noise alone, 4 steps of sigma * C / expected batch (15) each.
-    moved = getattr(model, "_module", model).weight.detach().double()
-    expected_std = math.sqrt(4) * noise_multiplier * clip / 15 * lr
-    assert abs(moved.std().item() / expected_std - 1) < 0.2
+    assert abs(moved.std().item() / noise_std(4, 15) - 1) < 0.2
 
 
 def test_training_runs_float32_matmuls_at_full_precision_and_restores_the_setting(monkeypatch):

@@ -14,15 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedshield.client import secure_random
 from fedshield.client.dp_sgd import PoissonBatchSampler
 from fedshield.client.secure_random import SecureRandom
-from fedshield.client.train import (
-    TrainSettings,
-    planned_dp_event,
-    train_locally,
-)
+from fedshield.client.train import TrainSettings, train_locally
 from fedshield.common.model import ModelSpec, build_model
+from tests.support.empty_batches import moved_by_noise_alone, noise_std
 
 CPU = torch.device("cpu")
 
@@ -178,31 +174,21 @@ def test_training_emits_no_insecure_rng_warning():
 def test_an_empty_poisson_batch_is_a_step_of_noise_on_a_zero_sum(monkeypatch, physical):
     """Also for the fine-tuned MiniLM top (per-layer clipping), whose attention cannot run
     on a batch of zero records."""
-    monkeypatch.setattr(
-        secure_random.SecureRandom, "poisson_mask", lambda self, n, rate: np.zeros(n, bool)
-    )
     spec = ModelSpec(name="minilm", finetune_layers=1)
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(40, 6, 384)).astype(np.float16)
     mask = np.ones((40, 6), dtype=np.int8)
     labels = rng.integers(0, 2, size=40)
-    noise_multiplier, clip, lr = 1.0, 2.0, 1.0
-    settings = TrainSettings(
+    moved = moved_by_noise_alone(
+        monkeypatch,
+        spec.build(2),
+        lambda model: model.head.weight,
+        (hidden, mask),
+        labels,
         batch_size=10,
-        learning_rate=lr,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=clip,
-        physical_batch_size=physical,
+        physical=physical,
         model_spec=spec,
     )
-    model = spec.build(2)
-    before = model.head.weight.detach().clone()
-    outcome = train_locally(model, (hidden, mask), labels, settings, CPU)
-
-    assert outcome.dp_event == planned_dp_event(40, settings)
-    assert outcome.train_loss == 0.0  # no record was seen
     # 4 steps of noise only, each sigma * C / expected_batch (10): their sum's std
     # is sqrt(4) times that.
-    moved = (model.head.weight.detach() - before).double()
-    expected_std = 2 * noise_multiplier * clip / 10 * lr
-    assert abs(moved.std().item() / expected_std - 1) < 0.15
+    assert abs(moved.std().item() / noise_std(4, 10) - 1) < 0.15
