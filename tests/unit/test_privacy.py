@@ -127,7 +127,11 @@ def test_a_task_hands_its_accounting_results_to_the_process_it_was_forked_from()
     goes back to the zygote (client/executor.py), so the next task does not recompute."""
     from fedshield.common import privacy
 
-    privacy.learned_lines()  # start from a clean slate of new results
+    # A fresh task: empty caches (earlier tests in this process filled them) and no
+    # results yet to hand back, so it computes, and hands back, everything it needs.
+    for cache in privacy._memos.values():
+        cache.clear()
+    privacy.learned_lines()
     count = (DpEvent(20.0, 1.0, 1),)
     sigma = noise_for_target_epsilon(2.5, DELTA, 1.0, 7, with_events=count)
     lines = privacy.learned_lines()
