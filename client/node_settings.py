@@ -10,6 +10,7 @@ the same two numbers.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +123,28 @@ def check_inputs(settings: SuperNodeSettings) -> None:
         raise DataError(f"{data}: no such file; check the path passed to --data")
     if data.is_dir():
         raise DataError(f"{data}: is a directory; pass the data file itself")
+    check_private_folders(settings)
+
+
+def check_private_folders(settings: SuperNodeSettings) -> None:
+    """The owner's ledger, audit and cache folders, where they exist, are the owner's
+    alone: one that its group or others can read or enter is refused with the fix (the
+    cache holds encodings of the owner's text; the ledger and log, its spending). Folders
+    fedshield creates itself are made 0700."""
+    owner = settings.owner
+    for flag, folder in (
+        ("--ledger-dir", owner.ledger_dir),
+        ("--audit-dir", owner.audit_dir),
+        ("--cache-dir", owner.cache_dir),
+    ):
+        if not folder:
+            continue
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{flag} {path}: permissions {oct(mode)} let others on this machine read it; "
+                f"run: chmod 700 {path}"
+            )
