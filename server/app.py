@@ -180,7 +180,6 @@ def run_federation(
         )
     config = config.replace(run_key=run_key)
     last_arrays = [initial_arrays]  # the newest global model, whatever ends the loop
-    waits_seen = [0]  # the waits (timeouts.used) already shown in an earlier round's entry
 
     def evaluate_global(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = flower_round + strategy.round_offset
@@ -202,10 +201,9 @@ def run_federation(
             "rejected": record.rejected if record else [],
             "impersonated": record.impersonated if record else [],
             "late": record.late if record else [],
-            "round-timeout-s": max(timeouts.used[waits_seen[0] :], default=None),
+            "round-timeout-s": timeouts.longest_wait_since_last_asked(),
             "labels-self-declared": dict(record.labels) if record else {},
         }
-        waits_seen[0] = len(timeouts.used)
         history.append(entry)
         outputs.record_round(entry)
         audit.append(

@@ -39,6 +39,7 @@ class RoundTimeouts:
     first_round_s: float | None = None
     slowest_later_s: float | None = None
     used: list[float] = field(default_factory=list)
+    _reported: int = 0  # how many of ``used`` a round's entry has already shown
 
     @classmethod
     def for_plan(cls, round_timeout_s: float, model: str) -> RoundTimeouts:
@@ -58,6 +59,11 @@ class RoundTimeouts:
             seconds = min(self.start_s, max(FLOOR_S, FACTOR * seen))
         self.used.append(seconds)
         return seconds
+
+    def longest_wait_since_last_asked(self) -> float | None:
+        """The longest wait used since the previous call (one round's entry), or None."""
+        waits, self._reported = self.used[self._reported :], len(self.used)
+        return max(waits, default=None)
 
     def observe(self, seconds_to_last_reply: float, replied: bool) -> None:
         """Learn from a finished train wait: the time to its slowest reply received."""
