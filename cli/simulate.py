@@ -157,6 +157,20 @@ def simulate(
             "--resume", help="Continue the crashed run in --out from its last checkpoint."
         ),
     ] = False,
+    desensitise: Annotated[
+        bool,
+        typer.Option(
+            help="Remove identifiers from every text before anything reads it, as deployed "
+            "owners do by default (the owners' and the evaluation data alike)."
+        ),
+    ] = True,
+    desensitise_policy: Annotated[
+        str,
+        typer.Option(
+            help="The simulated owners' desensitisation policy (TOML; see "
+            "docs/DESENSITISATION.md). '' = the default policy."
+        ),
+    ] = "",
 ) -> None:
     """Run the server plus simulated clients on this machine and report accuracy and epsilon.
 
@@ -232,17 +246,34 @@ def simulate(
             "encoder-learning-rate": encoder_learning_rate,
             "transport": "simulation: in-process messages, no network",
             "num-clients": clients,
+            "desensitise": desensitise,
+            "desensitise-policy": str(Path(desensitise_policy).resolve())
+            if desensitise_policy
+            else "",
         }
     )
     _run_simulation_with_progress(config, clients)
 
 
-def _encode_owners_first(config, clients: int) -> None:
-    """Encode every simulated owner's texts before round 1, with a progress bar."""
+def _prepare_owners_first(config, clients: int) -> None:
+    """Desensitise (and, for MiniLM, encode) every simulated owner's texts and the
+    evaluation data before round 1, with a progress bar: once each, kept sealed in the
+    run's cache. Desensitisation is pure Python, so owners run in parallel processes,
+    one per core; MiniLM encoding is multi-threaded torch already, so it runs here."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedshield.client.owner import encode_simulated_owners
+    from fedshield.client.owner import prepare_simulated_owner
+    from fedshield.server.app import prepare_operator_evaluation_data
 
+    encoding = config.model == "minilm"
+    steps = (["desensitising"] if config.desensitise else []) + (
+        ["encoding (MiniLM)"] if encoding else []
+    )
+    workers = 1 if encoding else max(1, min(clients + 1, os.cpu_count() or 1))
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -250,8 +281,25 @@ def _encode_owners_first(config, clients: int) -> None:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("encoding (MiniLM, once per owner)", total=clients)
-        encode_simulated_owners(config, clients, lambda _: progress.advance(task))
+        task = progress.add_task(f"{' and '.join(steps)}, once per owner", total=clients)
+        if workers == 1:
+            for pid in range(clients):
+                prepare_simulated_owner(config, clients, pid)
+                progress.advance(task)
+            prepare_operator_evaluation_data(config)
+            return
+        # spawn, not fork: the parent holds torch (and, on a GPU machine, maybe CUDA).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            evaluation = pool.submit(prepare_operator_evaluation_data, config)
+            owners = [
+                pool.submit(prepare_simulated_owner, config, clients, pid)
+                for pid in range(clients)
+            ]
+            for owner in owners:
+                owner.result()
+                progress.advance(task)
+            evaluation.result()
 
 
 def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
@@ -298,7 +346,8 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
                 "[yellow]On CPU, encoding takes a while (about 50 reviews/s per core at "
                 "128 tokens) and fine-tuning is slow; --max-records takes a slice.[/]"
             )
-        _encode_owners_first(config, clients)
+    if config.model == "minilm" or config.desensitise:
+        _prepare_owners_first(config, clients)
     table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
     with Progress(
         TextColumn("[progress.description]{task.description}"),

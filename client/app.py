@@ -155,9 +155,12 @@ def train_round(
             Field.PLAN: dict(msg.content[wire.CONFIG]),
             "device": str(owner.device),
             Field.TRANSPORT: dict(context.node_config).get("transport", "flower-managed"),
+            # The policy in force and its counts per entity type: the owner's own record,
+            # never in a reply (wire.REPLY_METRIC_KEYS has no such key).
+            Field.DESENSITISATION: owner.desensitisation,
         },
     )
-    releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint)
+    releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint, owner.keys)
     global_sha256 = wire.arrays_digest(msg.content[wire.ARRAYS])[0]
     already = releases.find(plan.run_key, server_round, global_sha256)
     if already is not None:

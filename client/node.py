@@ -6,7 +6,8 @@ prints:
 
 1. ``check_inputs`` (client/node_settings.py, called by the CLI before any heavy
    import): the address, numbers, CA file, node key and data path;
-2. ``check_local``: the data file, delta against N, the ledger and the budget left;
+2. ``check_local``: the data file, delta against N, the ledger and the budget left,
+   and the owner's keys (common/owner_keys.py: created on first start);
 3. ``connect``: wait for the SuperLink (client/superlink_wait.py), then read the class
    list the operator publishes (client/published.py) and compare it with the owner's
    labels (client/class_check.py). Nothing about the owner's data is sent;
@@ -52,6 +53,7 @@ class LocalChecks:
     dataset: TextDataset
     epsilon_spent: float
     node_key_fingerprint: str
+    at_rest_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,11 @@ class Readiness:
 
 
 def check_local(settings: SuperNodeSettings) -> LocalChecks:
-    """The data, delta and the ledger: everything a data owner should see fail here,
-    before waiting for or talking to the federation."""
+    """The data, delta, the ledger and the keys: everything a data owner should see fail
+    here, before waiting for or talking to the federation."""
     from fedshield.client.ledger import PrivacyLedger
     from fedshield.common.data import load_dataset
+    from fedshield.common.owner_keys import open_owner_keys
     from fedshield.common.privacy import check_delta
 
     owner = settings.owner
@@ -82,7 +85,9 @@ def check_local(settings: SuperNodeSettings) -> LocalChecks:
     )
     check_delta(owner.delta, len(dataset))
     spent = PrivacyLedger(owner.ledger_dir).epsilon(owner.delta)
-    return LocalChecks(dataset, spent, fingerprint)
+    # Created here on first start, so a key folder others can read is refused at start.
+    keys = open_owner_keys(Path(owner.key_dir).expanduser())
+    return LocalChecks(dataset, spent, fingerprint, keys.key_id)
 
 
 def connect(
@@ -121,6 +126,7 @@ def node_config(settings: SuperNodeSettings, readiness: Readiness) -> dict:
         "ledger-dir": str(Path(owner.ledger_dir).expanduser().resolve()),
         "audit-dir": str(Path(owner.audit_dir).expanduser().resolve()),
         "cache-dir": str(Path(owner.cache_dir).expanduser().resolve()) if owner.cache_dir else "",
+        "key-dir": str(Path(owner.key_dir).expanduser().resolve()),
         # Default label from the node key (public), never from the data's fingerprint.
         "owner-id": owner.owner_id or _default_owner_id(readiness.node_key_fingerprint),
         "transport": transport,
@@ -219,6 +225,10 @@ def start_node(
         f"privacy budget: epsilon {owner.epsilon_budget:g} at delta {owner.delta:g}; spent "
         f"{local.epsilon_spent:.3f}; left {owner.epsilon_budget - local.epsilon_spent:.3f} "
         f"(ledger {Path(owner.ledger_dir).expanduser()})"
+    )
+    say(
+        f"keys {Path(owner.key_dir).expanduser()}: at-rest key {local.at_rest_key_id} "
+        "(encrypts the encoding cache and kept releases)"
     )
     say(_policy_line(settings))
     from fedshield.common import minilm

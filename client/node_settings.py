@@ -10,12 +10,12 @@ the same two numbers.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedshield.common.config import OwnerConfig
 from fedshield.common.errors import ConfigError, DataError
+from fedshield.common.owner_keys import check_private
 from fedshield.common.pki import certificate_sha256, check_private_key_file, node_key_fingerprint
 
 RETRY_FIRST_DELAY_S = 1.0
@@ -127,24 +127,19 @@ def check_inputs(settings: SuperNodeSettings) -> None:
 
 
 def check_private_folders(settings: SuperNodeSettings) -> None:
-    """The owner's ledger, audit and cache folders, where they exist, are the owner's
+    """The owner's ledger, audit, cache and key folders, where they exist, are the owner's
     alone: one that its group or others can read or enter is refused with the fix (the
-    cache holds encodings of the owner's text; the ledger and log, its spending). Folders
-    fedshield creates itself are made 0700."""
+    cache holds encodings of the owner's text, the key folder its keys; the ledger and
+    log, its spending). Folders fedshield creates itself are made 0700."""
     owner = settings.owner
     for flag, folder in (
         ("--ledger-dir", owner.ledger_dir),
         ("--audit-dir", owner.audit_dir),
         ("--cache-dir", owner.cache_dir),
+        ("--key-dir", owner.key_dir),
     ):
         if not folder:
             continue
         path = Path(folder).expanduser()
-        if not path.is_dir():
-            continue
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{flag} {path}: permissions {oct(mode)} let others on this machine read it; "
-                f"run: chmod 700 {path}"
-            )
+        if path.is_dir():
+            check_private(path, flag)

@@ -10,10 +10,11 @@ operator plays every owner.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,13 @@ import torch
 from fedshield.client.ledger import OwnerLimits, PrivacyLedger
 from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
-from fedshield.common.durable import write_atomic
-from fedshield.common.errors import ConfigError, PolicyRefusal
+from fedshield.common.desensitise import desensitiser_for
+from fedshield.common.desensitised_data import desensitised
+from fedshield.common.errors import ConfigError, PolicyRefusal, SealedFileError
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
+from fedshield.common.owner_keys import OwnerKeys, open_owner_keys
 from fedshield.common.privacy import ADD_REMOVE, REPLACE_ONE
+from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
 from fedshield.common.simulation_split import simulated_owner_data
 
 NO_DP = "none"  # a non-private round the owner opted in to: no definition holds
@@ -48,6 +52,10 @@ class Owner:
     device: torch.device
     audit_dir: Path
     cache_dir: Path | None = None
+    keys: OwnerKeys | None = None  # the owner's at-rest key seals its caches and releases
+    # What its desensitisation policy did to the texts (policy in force, counts per entity
+    # type), for its own audit log only; None: the owner turned desensitisation off.
+    desensitisation: dict | None = None
     allow_no_dp: bool = False
     allow_evaluate: bool = False
     evaluate_noise_multiplier: float = 10.0
@@ -155,6 +163,7 @@ def resolve_owner(
             device=resolve_device(run_config.device),
             audit_dir=audit_root / f"client-{pid}",
             cache_dir=base / "cache",
+            keys=open_owner_keys(base / "keys"),
             allow_no_dp=not run_config.dp,
             allow_evaluate=run_config.fraction_evaluate > 0,
             count_noise=run_config.count_noise,
@@ -179,6 +188,7 @@ def resolve_owner(
             device=resolve_device(config.device),
             audit_dir=Path(config.audit_dir).expanduser(),
             cache_dir=Path(config.cache_dir).expanduser() if config.cache_dir else None,
+            keys=open_owner_keys(Path(config.key_dir).expanduser()),
             allow_no_dp=config.allow_no_dp,
             allow_evaluate=config.allow_evaluate,
             evaluate_noise_multiplier=config.evaluate_noise_multiplier,
@@ -187,7 +197,21 @@ def resolve_owner(
         )
     # No check of delta against N here: it would refuse on the exact count. The round
     # checks it against the released count (client/app.py), the owner's start against N.
-    return owner
+    settings = run_config if is_simulated(node_config) else config
+    return with_desensitised_text(owner, settings.desensitise, settings.desensitise_policy)
+
+
+def with_desensitised_text(owner: Owner, enabled: bool, policy_path: str) -> Owner:
+    """The owner with its texts through its desensitisation policy, before anything reads
+    them (featuriser, encoder, every cache): computed once per data version and policy,
+    kept sealed in the owner's cache folder."""
+    keys = owner.keys
+    desensitiser = desensitiser_for(enabled, policy_path, keys.pseudonym if keys else None)
+    if desensitiser is None:
+        return owner
+    dataset, counts = desensitised(owner.dataset, desensitiser, keys, owner.cache_dir)
+    evidence = {"policy": desensitiser.describe(), "counts": dict(sorted(counts.items()))}
+    return replace(owner, dataset=dataset, desensitisation=evidence)
 
 
 def owner_audit_dir(node_config: dict, run_config: RunConfig) -> Path | None:
@@ -210,7 +234,7 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     pretrained encoder also on the owner's disk: simulated owners move between actors
     and a deployed owner's tasks are fresh processes, and encoding is the costly part.
     """
-    key = (owner.dataset.fingerprint, spec)
+    key = (owner.dataset.text_version, spec)
     if key not in _INPUT_CACHE:
         if len(_INPUT_CACHE) >= 16:
             _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
@@ -224,42 +248,56 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
 
 
 def _cache_path(owner: Owner, spec: ModelSpec) -> Path:
-    # Encodings are derived from private text: they stay with the owner, readable by it
-    # alone, keyed by the data's fingerprint and the model's public description.
+    # Encodings are derived from private text: they stay with the owner, sealed under its
+    # at-rest key (common/sealed.py), keyed by the texts as read (after desensitisation)
+    # and the model's public description. The name is the one earlier versions kept in
+    # the clear, so the first read finds that file unsealed and replaces it.
     description = json.dumps(spec.describe(), sort_keys=True)
-    name = hashlib.sha256(f"{owner.dataset.fingerprint}\n{description}".encode()).hexdigest()
+    name = hashlib.sha256(f"{owner.dataset.text_version}\n{description}".encode()).hexdigest()
     return owner.cache_dir / f"encoded-{name[:32]}.npz"
 
 
-def encode_simulated_owners(
-    config: RunConfig, num_clients: int, on_owner: Callable[[int], None] | None = None
-) -> None:
-    """Fill a simulation's encoding cache before round 1 (pretrained encoder only).
+def prepare_simulated_owner(config: RunConfig, num_clients: int, pid: int) -> int:
+    """Fill one simulated owner's sealed caches before round 1: its desensitised texts
+    (``resolve_owner`` builds them) and, for the pretrained encoder, its encodings.
 
-    Encoding on CPU can outlast a round's timeout, and a late first-round reply is
-    dropped after its owner was charged; done up front, round 1 only reads the cache.
+    Both take long on CPU and could outlast a round's timeout, and a late first-round
+    reply is dropped after its owner was charged; done up front, round 1 only reads.
+    Returns ``pid``; the caller's process keeps nothing of the owner.
     """
     mark_simulated_owners()
     spec = ModelSpec.from_config(config)
-    for pid in range(num_clients):
-        owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)
-        if spec.encoding_is_costly and not _cache_path(owner, spec).exists():
-            _encoded_on_disk(owner, spec)  # to disk only: the driver keeps nothing
-        if on_owner is not None:
-            on_owner(pid)
+    owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)
+    if spec.encoding_is_costly and not _cache_path(owner, spec).exists():
+        _encoded_on_disk(owner, spec)
+    return pid
 
 
 def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
+    """The owner's encodings from its sealed cache, or encoded now and sealed there.
+
+    A cache file that fails authentication (edited, truncated, another owner's, under a
+    rotated key, or clear text from an earlier version) is never used: it is rebuilt
+    from the owner's data and overwritten. Without keys nothing is kept on disk.
+    """
+    if owner.keys is None:  # never in the clear: encode every time instead
+        return spec.encode(owner.dataset.texts, owner.device)
     path = _cache_path(owner, spec)
     if path.exists():
-        with np.load(path) as stored:
-            parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))
-        if all(len(part) == len(owner.dataset) for part in parts):
-            return parts
+        try:
+            stored_bytes = read_sealed(path, owner.keys, ENCODED_RECORDS)
+        except SealedFileError as exc:
+            # The reason and the path (a hash, no text) only: then rebuilt below.
+            logging.getLogger(__name__).warning("%s", exc)
+        else:
+            with np.load(io.BytesIO(stored_bytes)) as stored:
+                parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))
+            if all(len(part) == len(owner.dataset) for part in parts):
+                return parts
     parts = spec.encode(owner.dataset.texts, owner.device)
     owner.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"part{i}": p for i, p in enumerate(parts)})
     # Atomic: a concurrent reader (another simulated owner's actor) sees old or new.
-    write_atomic(
-        path, lambda handle: np.savez(handle, **{f"part{i}": p for i, p in enumerate(parts)})
-    )
+    write_sealed(path, buffer.getvalue(), owner.keys, ENCODED_RECORDS)
     return parts

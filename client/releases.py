@@ -5,23 +5,36 @@ again would draw fresh noise and release a second, differently noised update: a 
 privacy cost. Instead the owner answers with the very update it already released for
 that (run key, round, global model): re-sending an output is post-processing and costs
 nothing, so the ledger is not charged twice. Stored next to the ledger, atomically,
-before the update leaves; only the two latest rounds of each run are kept.
+before the update leaves, sealed under the owner's at-rest key (common/sealed.py); only
+the two latest rounds of each run are kept.
+
+A kept release that fails authentication (edited, truncated, another owner's, sealed
+under a key since rotated) is never sent: it counts as absent, so the round trains
+again and is charged as new (a cost, never a leak), and a warning naming the file goes
+to the owner's console.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
-from fedshield.common.durable import write_atomic
+from fedshield.common.errors import SealedFileError
+from fedshield.common.owner_keys import OwnerKeys
+from fedshield.common.sealed import RELEASED_UPDATE, read_sealed, write_sealed
+
+_log = logging.getLogger(__name__)
 
 
 class ReleasedUpdates:
-    def __init__(self, ledger_dir: Path, fingerprint: str) -> None:
+    def __init__(self, ledger_dir: Path, fingerprint: str, keys: OwnerKeys) -> None:
         self.directory = Path(ledger_dir).expanduser() / f"{fingerprint}.releases"
+        self.keys = keys
 
     @staticmethod
     def _run_name(run_key: str) -> str:
@@ -38,7 +51,12 @@ class ReleasedUpdates:
         path = self._path(run_key, server_round)
         if not run_key or not path.is_file():
             return None
-        saved = torch.load(path, weights_only=True)
+        try:
+            sealed = read_sealed(path, self.keys, RELEASED_UPDATE)
+        except SealedFileError as exc:
+            _log.warning("%s", exc)
+            return None
+        saved = torch.load(io.BytesIO(sealed), weights_only=True)
         if saved["global-sha256"] != global_sha256:
             return None  # a different global model: a new computation, charged as such
         return ArrayRecord(saved["arrays"]), MetricRecord(saved["metrics"])
@@ -60,6 +78,8 @@ class ReleasedUpdates:
             "arrays": arrays.to_torch_state_dict(),
             "metrics": dict(metrics),
         }
-        write_atomic(path, lambda handle: torch.save(saved, handle))
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        write_sealed(path, buffer.getvalue(), self.keys, RELEASED_UPDATE)
         for old in sorted(self.directory.glob(f"{self._run_name(run_key)}-*.pt"))[:-2]:
             old.unlink(missing_ok=True)

@@ -67,6 +67,7 @@ class Field:
     FLOWER_RUN_ID = "flower-run-id"  # the same id, as the server's context holds it
     CONFIG = "config"
     CLASSES = "classes"
+    DESENSITISATION = "desensitisation"
     MODEL = "model"
     EVAL_DATA = "eval-data"
     INITIAL_MODEL = "initial-model"
@@ -240,6 +241,7 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.PLAN,
             "device",
             Field.TRANSPORT,
+            Field.DESENSITISATION,
         }
     ),
     # the owner changed its epsilon budget (from its ledger)

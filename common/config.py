@@ -39,6 +39,11 @@ class OwnerPrivacy(KebabConfig):
     # with training accounted under replace-one adjacency.
     count_noise: float = 20.0
     public_record_count: bool = False
+    # Desensitisation before anything reads the text (common/desensitise.py): on unless
+    # the owner turns it off; the policy file names entity types and an operator per
+    # type ("" = the default policy: every pattern type replaced by its type tag).
+    desensitise: bool = True
+    desensitise_policy: str = ""
 
     def validate(self) -> None:
         require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
@@ -177,6 +182,10 @@ class OwnerConfig(OwnerPrivacy):
     ledger_dir: str = "~/.fedshield/ledgers"
     audit_dir: str = "~/.fedshield/audit"
     cache_dir: str = "~/.fedshield/cache"  # encoded records (minilm); "" = keep none on disk
+    # The owner's keys (common/owner_keys.py): encryption at rest of everything derived
+    # from its text, and the pseudonym key of the desensitisation policy. Created on
+    # first start, 0600 in a 0700 folder.
+    key_dir: str = "~/.fedshield/keys"
     owner_id: str = ""
     device: str = "auto"
     transport: str = ""

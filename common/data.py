@@ -42,6 +42,15 @@ class TextDataset:
     source: str
     # Rows a per-round load left out (``usable_rows_only``): the owner's own to see.
     left_out: int = 0
+    # The digest of the desensitisation policy the texts went through ("" = none).
+    desensitised: str = ""
+
+    @property
+    def text_version(self) -> str:
+        """Names the texts as read, after desensitisation: what encodings are keyed by."""
+        if not self.desensitised:
+            return self.fingerprint
+        return hashlib.sha256(f"{self.fingerprint}\n{self.desensitised}".encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -58,6 +67,7 @@ class TextDataset:
             classes=self.classes,
             fingerprint=fingerprint_records(texts, self.labels[indices]),
             source=source,
+            desensitised=self.desensitised,
         )
 
 

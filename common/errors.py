@@ -24,6 +24,23 @@ class DataError(FedshieldError):
     """A data file is missing, unreadable or unsuitable for training."""
 
 
+class SealedFileError(DataError):
+    """A sealed file (common/sealed.py) fails authentication or is not sealed: it is
+    never used; the message names the file, what is wrong, and what happens next."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(
+            f"{path}: {reason}. It is not used: an encoding cache is rebuilt from your "
+            "data, a kept release is treated as absent (that round trains again, charged "
+            "as new)"
+        )
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:  # picklable across processes, like any other error
+        return (type(self), (self.path, self.reason))
+
+
 class ConfigError(FedshieldError):
     """A configuration value is missing, of the wrong type or out of range."""
 

@@ -94,6 +94,19 @@ REPLY_SCHEMA: dict[str, dict[str, str]] = {
         **_COMMON_OWNER_FIELDS,
     },
 }
+# What an owner records about its data and never sends, in the same terms: no reply field
+# above carries it, and a reply with any other field does not leave (``check_reply``).
+OWNER_ONLY: dict[str, str] = {
+    "desensitisation.counts": (
+        "private: how many identifiers of each type the owner's texts held, an exact "
+        "function of its records; in the owner's audit log only (round-start)"
+    ),
+    "desensitisation.policy": (
+        "the owner's own: the types it removes, how, and with which recognizers; in its "
+        "audit log, for its auditor"
+    ),
+    "class-counts": "private: the owner's exact class counts; in its audit log only",
+}
 # The fields whose values may differ between an owner on D and on D minus one record,
 # given the same count release: the DP releases themselves (each charged). Every other
 # field, and every refusal, must be identical (tests/unit/test_adjacency.py).

@@ -23,6 +23,7 @@ from fedshield.common.errors import DataError
 if TYPE_CHECKING:
     import numpy as np
 
+    from fedshield.common.desensitise import Desensitiser
     from fedshield.inference.predict import LoadedModel
 
 EVALUATION_FORMAT = "fedshield-evaluation/1"
@@ -97,6 +98,7 @@ def evaluate(
     text_column: str = "text",
     label_column: str = "label",
     batch_size: int = 256,
+    desensitiser: Desensitiser | None = None,
 ) -> Evaluation:
     """Classify every record of a labelled file and score it against its labels.
 
@@ -107,8 +109,11 @@ def evaluate(
     import numpy as np
 
     from fedshield.common.data import load_dataset
+    from fedshield.common.desensitised_data import desensitised
 
     dataset = load_dataset(data, text_column, label_column)
+    if desensitiser is not None:  # the text as training saw it
+        dataset = desensitised(dataset, desensitiser)[0]
     index = {name: i for i, name in enumerate(model.classes)}
     counts = dataset.class_counts()
     unknown = [name for name in dataset.classes if name not in index]

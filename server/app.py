@@ -26,9 +26,12 @@ from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
-from fedshield.common.data import builtin_class_names
+from fedshield.common.data import TextDataset, builtin_class_names
+from fedshield.common.desensitise import desensitiser_for
+from fedshield.common.desensitised_data import desensitised
 from fedshield.common.errors import FedshieldError
 from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
+from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
 from fedshield.server.identity import OwnerDirectory
@@ -97,6 +100,26 @@ def run_outcome(history: list[dict], stopped_after: int | None) -> dict:
     return {"outcome": status, "rounds_with_updates": with_updates, "reasons": reasons}
 
 
+def operator_evaluation_data(config: RunConfig, out_dir: Path) -> TextDataset:
+    """The operator's evaluation data through its desensitisation policy (the run
+    config's; in simulation the simulated owners' too, with their keys), so that the
+    model is judged on text like the text it was trained on."""
+    test = heldout_test_split(config)
+    key_dir = Path(config.out_dir or out_dir).expanduser() / "keys"
+    keys = open_owner_keys(key_dir) if config.desensitise else None
+    desensitiser = desensitiser_for(
+        config.desensitise, config.desensitise_policy, keys.pseudonym if keys else None
+    )
+    if desensitiser is None:
+        return test
+    return desensitised(test, desensitiser, keys, Path(out_dir) / "cache")[0]
+
+
+def prepare_operator_evaluation_data(config: RunConfig) -> None:
+    """Desensitise the evaluation data into the run's sealed cache ahead of the run."""
+    operator_evaluation_data(config, Path(config.out_dir))
+
+
 def run_federation(
     grid: Grid,
     config: RunConfig,
@@ -110,7 +133,7 @@ def run_federation(
     audit_dir = Path(config.audit_dir) if config.audit_dir else outputs.out_dir / "audit"
     audit = AuditLog(audit_dir / "server" / "audit.jsonl", actor="server", checkpoint_every=100)
     spec = ModelSpec.from_config(config)
-    test = heldout_test_split(config)
+    test = operator_evaluation_data(config, outputs.out_dir)
     classes = test.classes
     device = resolve_device(config.device)
     test_inputs = spec.encode(test.texts, device)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from fedshield.common.audit_events import Field
@@ -96,6 +97,9 @@ class OwnerDirectory:
                 continue
             try:
                 self._keys[int(node.node_id)] = public_key_fingerprint(key)
+            except UnsupportedAlgorithm:
+                # Flower's simulation gives its nodes random bytes as keys: named node-<id>.
+                log.debug("node %s: its public key is not a key; named by its id", node.node_id)
             except (ValueError, TypeError, IndexError) as exc:
                 log.warning("node %s: unreadable public key (%s)", node.node_id, exc)
 

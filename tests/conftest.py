@@ -29,6 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
       ``RAY_ADDRESS`` is dropped so that no simulation joins a cluster started elsewhere.
     - ``FLWR_HOME``: what a Flower process launched without one (an owner's SuperNode)
       keeps in ~/.flwr goes to this process's own folder instead.
+    - ``HOME``: an owner's defaults (~/.fedshield/keys, cache, ledgers) land in this
+      process's own folder, never in the home of whoever runs the tests; matplotlib keeps
+      its real config folder (a fresh one rebuilds the font cache).
     """
     own = Path(tempfile.mkdtemp(prefix="fedshield-t-", dir="/tmp"))
     patch = pytest.MonkeyPatch()
@@ -41,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
     patch.delenv("RAY_ADDRESS", raising=False)
     (own / "flwr-home").mkdir()
     patch.setenv("FLWR_HOME", str(own / "flwr-home"))
+    patch.setenv(
+        "MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib"))
+    )
+    (own / "home").mkdir()
+    patch.setenv("HOME", str(own / "home"))
     config.stash[_ENV_KEY] = (patch, own)
 
 

@@ -342,8 +342,9 @@ def test_evaluate_consent_is_decided_before_the_data_is_read(tmp_path):
 
 def test_released_updates_are_named_by_a_hash_of_the_run_key(tmp_path):
     from fedshield.client.releases import ReleasedUpdates
+    from fedshield.common.owner_keys import open_owner_keys
 
-    releases = ReleasedUpdates(tmp_path / "ledgers", "f" * 64)
+    releases = ReleasedUpdates(tmp_path / "ledgers", "f" * 64, open_owner_keys(tmp_path / "keys"))
     path = releases._path("run-1", 3)
     assert path.parent == releases.directory and "run-1" not in path.name
 

@@ -15,6 +15,7 @@ from fedshield.common.config import RunConfig
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import ConfigError
 from fedshield.common.model import ModelSpec
+from fedshield.common.owner_keys import open_owner_keys
 from tests.support.simulation import simulate
 
 SLICE = ["--data", "rotten-tomatoes", "--max-records", "600", "--max-tokens", "48"]
@@ -184,6 +185,7 @@ def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, mo
         device=torch.device("cpu"),
         audit_dir=tmp_path / "audit",
         cache_dir=tmp_path / "cache",
+        keys=open_owner_keys(tmp_path / "keys"),
     )
     spec = ModelSpec(name="minilm", finetune_layers=1, max_tokens=16)
     first = owner_module.owner_inputs(owner, spec)

@@ -1,0 +1,144 @@
+"""Encryption at rest (issue 23, part 4) against someone who can write the owner's files:
+an encoding cache that was edited, or copied in from another owner's folder, is rebuilt
+from the owner's own data, never used; a kept release that was edited is never re-sent.
+What is on disk never holds the owner's text or its encodings in the clear."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedshield.client import owner as owner_module
+from fedshield.client.ledger import KIND_TRAIN, PrivacyLedger
+from fedshield.common import wire
+from fedshield.common.data import load_dataset, take
+from fedshield.common.model import ModelSpec
+from fedshield.common.owner_keys import open_owner_keys
+from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
+from tests.support.client_app import PLAN, owner_context, run_train, train_message
+
+# The cheap encoder: _encoded_on_disk caches whatever spec it is given, and the hashed
+# featuriser takes milliseconds where MiniLM takes minutes.
+SPEC = ModelSpec()
+
+
+def make_owner(tmp_path, name: str) -> owner_module.Owner:
+    return owner_module.Owner(
+        owner_id=name,
+        dataset=take(load_dataset("rotten-tomatoes"), 20, seed=0),
+        ledger=None,
+        device=torch.device("cpu"),
+        audit_dir=tmp_path / name / "audit",
+        cache_dir=tmp_path / name / "cache",
+        keys=open_owner_keys(tmp_path / name / "keys"),
+    )
+
+
+def poisoned(owner: owner_module.Owner) -> bytes:
+    """An npz of the right shape that a real encoding never equals."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, part0=np.full((len(owner.dataset), SPEC.featurizer.out_dim), 7.0, "f4"))
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def encode_calls(monkeypatch):
+    calls = []
+    real = ModelSpec.encode
+
+    def counting(self, texts, device):
+        calls.append(len(texts))
+        return real(self, texts, device)
+
+    monkeypatch.setattr(ModelSpec, "encode", counting)
+    return calls
+
+
+def assert_rebuilt(owner, expected, encode_calls) -> None:
+    path = owner_module._cache_path(owner, SPEC)
+    got = owner_module._encoded_on_disk(owner, SPEC)
+    assert encode_calls == [len(owner.dataset)], "the bad cache was used, not rebuilt"
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    read_sealed(path, owner.keys, ENCODED_RECORDS)  # overwritten, sealed under its own key
+
+
+def test_the_cache_holds_no_encoding_in_the_clear(tmp_path):
+    owner = make_owner(tmp_path, "a")
+    (parts,) = owner_module._encoded_on_disk(owner, SPEC)
+    stored = owner_module._cache_path(owner, SPEC).read_bytes()
+    assert not stored.startswith(b"PK")  # not a zip (npz) any more
+    assert parts.astype("f4").tobytes()[:64] not in stored
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "plaintext-npz"])
+def test_a_tampered_cache_is_rebuilt_never_used(tmp_path, encode_calls, damage):
+    owner = make_owner(tmp_path, "a")
+    expected = owner_module._encoded_on_disk(owner, SPEC)
+    path = owner_module._cache_path(owner, SPEC)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-20] ^= 0x40
+    elif damage == "truncate":
+        del data[len(data) // 2 :]
+    else:  # what an attacker (or an earlier version) leaves in the clear
+        data = bytearray(poisoned(owner))
+    path.write_bytes(bytes(data))
+    encode_calls.clear()
+    assert_rebuilt(owner, expected, encode_calls)
+
+
+def test_a_cache_copied_from_another_owner_is_rebuilt_never_used(tmp_path, encode_calls):
+    mine, theirs = make_owner(tmp_path, "a"), make_owner(tmp_path, "b")
+    expected = owner_module._encoded_on_disk(mine, SPEC)
+    # Another owner's well-formed cache, sealed under its own key, for the same data
+    # version and model: the same file name, different contents.
+    foreign = owner_module._cache_path(theirs, SPEC)
+    foreign.parent.mkdir(parents=True, mode=0o700)
+    write_sealed(foreign, poisoned(theirs), theirs.keys, ENCODED_RECORDS)
+    path = owner_module._cache_path(mine, SPEC)
+    assert path.name == foreign.name
+    path.write_bytes(foreign.read_bytes())
+    encode_calls.clear()
+    assert_rebuilt(mine, expected, encode_calls)
+
+
+def test_without_keys_nothing_is_written_to_disk(tmp_path):
+    owner = make_owner(tmp_path, "a")
+    keyless = owner_module.Owner(**{**owner.__dict__, "keys": None})
+    owner_module._encoded_on_disk(keyless, SPEC)
+    assert not owner.cache_dir.exists()
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_tampered_release_is_not_re_sent(owner_csv, tmp_path):
+    """A re-sent round is answered from the kept release, at no new cost; an edited
+    release is never sent: the round trains again and is charged as new."""
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    context.node_config.update(
+        {"key-dir": str(tmp_path / "keys"), "cache-dir": str(tmp_path / "cache")}
+    )
+    plan = PLAN.replace(run_key="resumed-run")
+
+    def resent():
+        torch.manual_seed(0)  # the same global model each time the round is sent
+        return run_train(context, train_message(plan))
+
+    def trained() -> int:
+        return sum(e.kind == KIND_TRAIN for e in PrivacyLedger(tmp_path / "ledgers").entries())
+
+    def update(reply) -> str:
+        assert not reply.has_error(), reply.error
+        return wire.arrays_digest(reply.content[wire.ARRAYS])[0]
+
+    first = update(resent())
+    assert update(resent()) == first and trained() == 1  # re-sent, not re-trained
+
+    (release,) = (tmp_path / "ledgers").glob("*.releases/*.pt")
+    data = bytearray(release.read_bytes())
+    data[-1] ^= 0x01
+    release.write_bytes(bytes(data))
+    assert update(resent()) != first  # trained again (fresh noise), the bad file not sent
+    assert trained() == 2  # and charged as new
