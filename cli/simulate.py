@@ -255,7 +255,11 @@ def simulate(
     _run_simulation_with_progress(config, clients)
 
 
-def _prepare_owners_first(config, clients: int) -> None:
+# Below this many texts, processes would take longer to start than the work itself.
+PARALLEL_DESENSITISATION_MIN_TEXTS = 5000
+
+
+def _prepare_owners_first(config, clients: int, records: int) -> None:
     """Desensitise (and, for MiniLM, encode) every simulated owner's texts and the
     evaluation data before round 1, with a progress bar: once each, kept sealed in the
     run's cache. Desensitisation is pure Python, so owners run in parallel processes,
@@ -273,7 +277,9 @@ def _prepare_owners_first(config, clients: int) -> None:
     steps = (["desensitising"] if config.desensitise else []) + (
         ["encoding (MiniLM)"] if encoding else []
     )
-    workers = 1 if encoding else max(1, min(clients + 1, os.cpu_count() or 1))
+    workers = max(1, min(clients + 1, os.cpu_count() or 1))
+    if encoding or records < PARALLEL_DESENSITISATION_MIN_TEXTS:
+        workers = 1
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -293,8 +299,7 @@ def _prepare_owners_first(config, clients: int) -> None:
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             evaluation = pool.submit(prepare_operator_evaluation_data, config)
             owners = [
-                pool.submit(prepare_simulated_owner, config, clients, pid)
-                for pid in range(clients)
+                pool.submit(prepare_simulated_owner, config, clients, pid) for pid in range(clients)
             ]
             for owner in owners:
                 owner.result()
@@ -346,8 +351,12 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
                 "[yellow]On CPU, encoding takes a while (about 50 reviews/s per core at "
                 "128 tokens) and fine-tuning is slow; --max-records takes a slice.[/]"
             )
+    if config.desensitise and config.desensitise_policy:
+        from fedshield.common.desensitise_policy import DesensitisePolicy
+
+        DesensitisePolicy.from_file(config.desensitise_policy)  # a bad file answers now
     if config.model == "minilm" or config.desensitise:
-        _prepare_owners_first(config, clients)
+        _prepare_owners_first(config, clients, records=sum(sizes) + held_out)
     table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
     with Progress(
         TextColumn("[progress.description]{task.description}"),

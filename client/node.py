@@ -54,6 +54,7 @@ class LocalChecks:
     epsilon_spent: float
     node_key_fingerprint: str
     at_rest_key_id: str = ""
+    desensitisation: str = "off"  # the policy in force, as the owner's console shows it
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,23 @@ def check_local(settings: SuperNodeSettings) -> LocalChecks:
     spent = PrivacyLedger(owner.ledger_dir).epsilon(owner.delta)
     # Created here on first start, so a key folder others can read is refused at start.
     keys = open_owner_keys(Path(owner.key_dir).expanduser())
-    return LocalChecks(dataset, spent, fingerprint, keys.key_id)
+    return LocalChecks(dataset, spent, fingerprint, keys.key_id, desensitisation_line(owner, keys))
+
+
+def desensitisation_line(owner, keys) -> str:
+    """The policy built and warmed up now, so that a bad policy file or a missing NER
+    model is refused at start, not in a round; what it says, for the owner's console."""
+    from fedshield.common.desensitise import desensitiser_for
+
+    desensitiser = desensitiser_for(owner.desensitise, owner.desensitise_policy, keys.pseudonym)
+    if desensitiser is None:
+        return "OFF (--no-desensitise): identifiers in your text reach the model as they are"
+    policy = desensitiser.describe()
+    operators = sorted(set(policy["operators"].values()))
+    return (
+        f"{policy['source']} policy, {len(policy['entities'])} types ({', '.join(operators)}), "
+        f"{len(policy['recognizers'])} recognizers, applied before anything reads your text"
+    )
 
 
 def connect(
@@ -228,8 +245,9 @@ def start_node(
     )
     say(
         f"keys {Path(owner.key_dir).expanduser()}: at-rest key {local.at_rest_key_id} "
-        "(encrypts the encoding cache and kept releases)"
+        "(encrypts the caches derived from your text, and kept releases)"
     )
+    say(f"desensitisation: {local.desensitisation}")
     say(_policy_line(settings))
     from fedshield.common import minilm
     from fedshield.common.model import resolve_device

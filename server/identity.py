@@ -93,14 +93,11 @@ class OwnerDirectory:
         """Record each node's authenticated key (Flower ``NodeInfo``: node_id, public_key)."""
         for node in nodes:
             key = bytes(getattr(node, "public_key", b"") or b"")
-            if not key:
-                continue
+            if not key.lstrip().startswith((b"-----BEGIN", b"ecdsa-", b"ssh-")):
+                continue  # none, or Flower's simulation's random bytes: named node-<id>
             try:
                 self._keys[int(node.node_id)] = public_key_fingerprint(key)
-            except UnsupportedAlgorithm:
-                # Flower's simulation gives its nodes random bytes as keys: named node-<id>.
-                log.debug("node %s: its public key is not a key; named by its id", node.node_id)
-            except (ValueError, TypeError, IndexError) as exc:
+            except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as exc:
                 log.warning("node %s: unreadable public key (%s)", node.node_id, exc)
 
     def refresh(self, grid) -> None:
