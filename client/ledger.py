@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -199,12 +200,16 @@ class PrivacyLedger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.directory / "ledger.lock", "a") as lock:
+        # 0600 like every file of the owner's: open() would leave it 0644 under umask 022.
+        lock = os.open(self.directory / "ledger.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
 
     def _legacy_files(self) -> list[Path]:
         return sorted(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from fedshield.client.published import fetch_removal_notice
 from fedshield.client.superlink_wait import superlink_answers
 from fedshield.client.supernode_launcher import supernode_program
+from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import EXIT_REMOVED, EXIT_SUPERLINK_UNREACHABLE
 from fedshield.common.pki import node_key_fingerprint
 from fedshield.common.processes import die_with_parent, flower_env, stop_process_groups
@@ -246,8 +247,7 @@ def run_supernode(
 
     readers: list[threading.Thread] = []
     try:
-        secret_file.write_bytes(secrets.token_bytes(32))
-        secret_file.chmod(0o600)
+        write_bytes_atomic(secret_file, secrets.token_bytes(32), mode=0o600)
         # A file, never the command line: any local user can read a process's arguments.
         write_toml(node_config_file, {None: config})
         proc = subprocess.Popen(

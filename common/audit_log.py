@@ -21,6 +21,8 @@ Guarantees:
   entry is (it reads back from the end until it holds a whole line).
 
 Keys: ``audit-key.pem`` (PKCS#8, 0600) beside the log, made on first use, or one given.
+Files: the log, the key and its ``audit-key.pub`` are created 0600 in a folder created
+0700: the owner's spending, and the operator's record, are theirs alone.
 Hand-written chaining, not a library: the format must be verifiable by anyone with a
 JSON parser and SHA-256; the signatures come from ``cryptography``.
 """
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedshield.common.audit_events import FIELDS, Event, Field
+from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import AuditLogError
 
 GENESIS = "0" * 64
@@ -90,7 +93,8 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         os.fsync(fd)
     finally:
         os.close(fd)
-    (path.with_suffix(".pub")).write_text(public_key_hex(key.public_key()) + "\n")
+    # Public, but the owner's like the rest of its folder (0600); share it by copying.
+    write_bytes_atomic(path.with_suffix(".pub"), (public_key_hex(key.public_key()) + "\n").encode())
     return key
 
 

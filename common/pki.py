@@ -35,7 +35,7 @@ def _now() -> dt.datetime:
 
 def _write_new(path: Path, data: bytes, private: bool) -> None:
     """Create ``path`` exclusively; a private file gets 0600 from the start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds private keys
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
     except FileExistsError as exc:

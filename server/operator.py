@@ -119,7 +119,9 @@ def serve_federation(
     if values.get("eval-data"):
         values["eval-data"] = str(Path(values["eval-data"]).expanduser().resolve())
     plan = check_request(settings, dataclasses.replace(request, run_values=values))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # 0700: the SuperLink's database there holds the owners' replies and node keys, and
+    # owners.json their registrations (itself 0600).
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     publish_federation(settings, plan)
     say(f"classes: {', '.join(plan.class_names() or ())}; evaluation data: {plan.eval_data}")
     dep.write_connection_config(settings)
