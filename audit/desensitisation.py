@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from fedshield.audit.verify import Verification
 from fedshield.common.audit_events import Event, Field
+from fedshield.common.desensitise_policy import DEFAULT_TYPES
 
 
 @dataclass
@@ -34,10 +35,13 @@ class OwnerDesensitisation:
         for digest, policy in self.policies.items():
             operators = Counter(policy.get("operators", {}).values())
             versions = policy.get("versions", {})
+            left_out = [t for t in DEFAULT_TYPES if t not in policy.get("entities", [])]
             shown.append(
                 f"{len(policy.get('entities', []))} types "
                 f"({', '.join(f'{op} x{n}' for op, n in sorted(operators.items()))}), "
-                f"{len(policy.get('recognizers', []))} recognizers"
+                f"{len(policy.get('recognizers', []))} recognizers, score threshold "
+                f"{policy.get('score-threshold', '?')}"
+                + (f", DEFAULT TYPES LEFT OUT: {left_out}" if left_out else "")
                 + (f", NER model {policy['ner-model']}" if policy.get("ner-model") else "")
                 + f", presidio-analyzer {versions.get('presidio-analyzer', '?')}, "
                 f"digest {digest[:12]}"

@@ -48,16 +48,26 @@ def client_rotate_key(
                 f"{folder}: no such folder; pass the folders you gave `fedshield client start`"
             )
     files = _sealed_files(folders[0], folders[1] if cache_dir else None)
-    old_id, new_id = owner_keys.rotate_at_rest_key(key_dir)
-    counts = sealed.reseal_files(
-        files,
-        owner_keys.open_previous_keys(key_dir),
-        owner_keys.open_owner_keys(key_dir, create=False),
-    )
-    owner_keys.finish_rotation(key_dir)
 
     def say(line: str) -> None:  # markup off: paths are printed verbatim
         console.print(line, highlight=False, markup=False)
+
+    def reseal_under_current_key() -> sealed.ResealCounts:
+        counts = sealed.reseal_files(
+            files,
+            owner_keys.open_previous_keys(key_dir),
+            owner_keys.open_owner_keys(key_dir, create=False),
+        )
+        owner_keys.finish_rotation(key_dir)
+        return counts
+
+    if owner_keys.open_previous_keys(key_dir) is not None:
+        # An interrupted rotation: finished first, then the rotation asked for now (the
+        # owner may rotate because the current key leaked: it must not stay).
+        reseal_under_current_key()
+        say("finished an interrupted rotation first")
+    old_id, new_id = owner_keys.rotate_at_rest_key(key_dir)
+    counts = reseal_under_current_key()
 
     say(f"at-rest key {old_id} -> {new_id} in {key_dir.expanduser()} (pseudonym key kept)")
     say(f"re-sealed {counts.resealed} file(s); {counts.already} already under the new key")

@@ -28,6 +28,8 @@ from fedshield.client.evaluate import evaluate_round
 from fedshield.client.ledger import KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
+    desensitisation_policy,
+    desensitised_for_round,
     is_simulated,
     owner_allows_evaluate,
     owner_audit_dir,
@@ -157,7 +159,7 @@ def train_round(
             Field.TRANSPORT: dict(context.node_config).get("transport", "flower-managed"),
             # The policy in force and its counts per entity type: the owner's own record,
             # never in a reply (wire.REPLY_METRIC_KEYS has no such key).
-            Field.DESENSITISATION: owner.desensitisation,
+            Field.DESENSITISATION: desensitisation_policy(owner),
         },
     )
     releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint, owner.keys)
@@ -202,6 +204,7 @@ def train_round(
         # Refuse before touching the text: the pre-flight needs only the released count
         # and the plan, so a refused round costs the same whatever the records hold.
         owner.ledger.check_budget(accounted, context.run_id)
+    owner = desensitised_for_round(owner, audit, server_round)
     inputs = owner_inputs(owner, spec)
     outcome = train_locally(
         model, inputs, owner.dataset.labels, settings, owner.device, released_count=count.value

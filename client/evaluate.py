@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.count import released_record_count
 from fedshield.client.ledger import KIND_EVALUATE
-from fedshield.client.owner import Owner, owner_inputs
+from fedshield.client.owner import Owner, desensitised_for_round, owner_inputs
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
@@ -56,6 +56,7 @@ def evaluate_round(
     # The answer is divided by the released count, never N (client/count.py).
     count = released_record_count(owner, audit, context, server_round, dp=True)
     owner.ledger.check_budget(event, context.run_id)
+    owner = desensitised_for_round(owner, audit, server_round)
     inputs = owner_inputs(owner, spec)
     # Batches bounded like training passes: the plan chooses the model's size.
     batch = min(256, spec.default_physical_batch_size(model, owner.device, len(owner.dataset)))

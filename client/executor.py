@@ -261,14 +261,16 @@ def warm_up(owner_settings: dict | None) -> None:
         shorten_object_pull_retries()
     except DependencyMismatch as exc:
         log.warning("fedshield: %s", exc)
-    from fedshield.client.owner import owner_inputs, resolve_owner
+    from fedshield.client.owner import owner_inputs, resolve_owner, with_desensitised_text
     from fedshield.common.config import RunConfig
     from fedshield.common.model import ModelSpec
 
     if owner_settings:
-        # The default model only: its encoding is CPU-only numpy, safe to fork after
-        # (a CUDA context is not). Other models encode inside each task.
-        owner = resolve_owner(owner_settings, RunConfig(), classes=None)
+        # Desensitised here, at start, into the sealed cache (tasks then read it: a
+        # round's duration does not show whether the text held identifiers), and
+        # encoded for the default model only: its encoding is CPU-only numpy, safe to
+        # fork after (a CUDA context is not). Other models encode inside each task.
+        owner, _ = with_desensitised_text(resolve_owner(owner_settings, RunConfig(), classes=None))
         owner_inputs(owner, ModelSpec.from_config(RunConfig()))
 
 

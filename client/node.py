@@ -95,15 +95,19 @@ def desensitisation_line(owner, keys) -> str:
     """The policy built and warmed up now, so that a bad policy file or a missing NER
     model is refused at start, not in a round; what it says, for the owner's console."""
     from fedshield.common.desensitise import desensitiser_for
+    from fedshield.common.desensitise_policy import DEFAULT_TYPES
 
     desensitiser = desensitiser_for(owner.desensitise, owner.desensitise_policy, keys.pseudonym)
     if desensitiser is None:
         return "OFF (--no-desensitise): identifiers in your text reach the model as they are"
     policy = desensitiser.describe()
     operators = sorted(set(policy["operators"].values()))
+    left_out = [t for t in DEFAULT_TYPES if t not in policy["entities"]]
     return (
         f"{policy['source']} policy, {len(policy['entities'])} types ({', '.join(operators)}), "
-        f"{len(policy['recognizers'])} recognizers, applied before anything reads your text"
+        f"{len(policy['recognizers'])} recognizers, score threshold "
+        f"{policy['score-threshold']:g}, applied before anything reads your text"
+        + (f"; default types LEFT OUT: {', '.join(left_out)}" if left_out else "")
     )
 
 
@@ -247,6 +251,11 @@ def start_node(
         f"keys {Path(owner.key_dir).expanduser()}: at-rest key {local.at_rest_key_id} "
         "(encrypts the caches derived from your text, and kept releases)"
     )
+    if (Path(owner.key_dir).expanduser() / "at-rest.key.previous").exists():
+        say(
+            "warning: a key rotation was interrupted (at-rest.key.previous is still there); "
+            "stop the node and run `fedshield client rotate-key` again to finish it"
+        )
     say(f"desensitisation: {local.desensitisation}")
     say(_policy_line(settings))
     from fedshield.common import minilm

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from fedshield.client.ledger import OwnerLimits, PrivacyLedger
+from fedshield.common.audit_events import Event, Field
+from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import OwnerConfig, RunConfig, split_class_names
 from fedshield.common.data import TextDataset, load_dataset
-from fedshield.common.desensitise import desensitiser_for
+from fedshield.common.desensitise import Desensitiser, desensitiser_for
 from fedshield.common.desensitised_data import desensitised
 from fedshield.common.errors import ConfigError, PolicyRefusal, SealedFileError
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
@@ -53,9 +55,8 @@ class Owner:
     audit_dir: Path
     cache_dir: Path | None = None
     keys: OwnerKeys | None = None  # the owner's at-rest key seals its caches and releases
-    # What its desensitisation policy did to the texts (policy in force, counts per entity
-    # type), for its own audit log only; None: the owner turned desensitisation off.
-    desensitisation: dict | None = None
+    # The owner's desensitisation policy, ready to run (None: the owner turned it off).
+    desensitiser: Desensitiser | None = None
     allow_no_dp: bool = False
     allow_evaluate: bool = False
     evaluate_noise_multiplier: float = 10.0
@@ -198,20 +199,45 @@ def resolve_owner(
     # No check of delta against N here: it would refuse on the exact count. The round
     # checks it against the released count (client/app.py), the owner's start against N.
     settings = run_config if is_simulated(node_config) else config
-    return with_desensitised_text(owner, settings.desensitise, settings.desensitise_policy)
-
-
-def with_desensitised_text(owner: Owner, enabled: bool, policy_path: str) -> Owner:
-    """The owner with its texts through its desensitisation policy, before anything reads
-    them (featuriser, encoder, every cache): computed once per data version and policy,
-    kept sealed in the owner's cache folder."""
     keys = owner.keys
-    desensitiser = desensitiser_for(enabled, policy_path, keys.pseudonym if keys else None)
-    if desensitiser is None:
+    desensitiser = desensitiser_for(
+        settings.desensitise, settings.desensitise_policy, keys.pseudonym if keys else None
+    )
+    return replace(owner, desensitiser=desensitiser)
+
+
+def with_desensitised_text(owner: Owner) -> tuple[Owner, dict[str, int]]:
+    """The owner with its texts through its desensitisation policy, and the counts per
+    entity type of what was replaced: computed once per data version and policy, kept
+    sealed in the owner's cache folder. Called after a round's pre-flight, so that a
+    refused round costs the same whatever the text holds, and before anything reads the
+    text (``owner_inputs`` refuses text that skipped it)."""
+    if owner.desensitiser is None or owner.dataset.desensitised:
+        return owner, {}
+    dataset, counts = desensitised(owner.dataset, owner.desensitiser, owner.keys, owner.cache_dir)
+    return replace(owner, dataset=dataset), dict(sorted(counts.items()))
+
+
+def desensitised_for_round(owner: Owner, audit: AuditLog, server_round: int) -> Owner:
+    """``with_desensitised_text`` in a round, its counts in the owner's own audit log."""
+    if owner.desensitiser is None:
         return owner
-    dataset, counts = desensitised(owner.dataset, desensitiser, keys, owner.cache_dir)
-    evidence = {"policy": desensitiser.describe(), "counts": dict(sorted(counts.items()))}
-    return replace(owner, dataset=dataset, desensitisation=evidence)
+    owner, counts = with_desensitised_text(owner)
+    audit.append(
+        Event.TEXT_DESENSITISED,
+        **{
+            Field.SERVER_ROUND: server_round,
+            Field.POLICY_DIGEST: owner.desensitiser.digest,
+            Field.IDENTIFIERS_REPLACED: counts,
+        },
+    )
+    return owner
+
+
+def desensitisation_policy(owner: Owner) -> dict | None:
+    """The policy in force, as the owner's audit log records it (None: turned off).
+    Builds the recognizers (a fixed cost), never reads the text."""
+    return {"policy": owner.desensitiser.describe()} if owner.desensitiser else None
 
 
 def owner_audit_dir(node_config: dict, run_config: RunConfig) -> Path | None:
@@ -234,6 +260,9 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     pretrained encoder also on the owner's disk: simulated owners move between actors
     and a deployed owner's tasks are fresh processes, and encoding is the costly part.
     """
+    if owner.desensitiser is not None and not owner.dataset.desensitised:
+        # Fail closed: text the owner's policy has not been through is never encoded.
+        raise RuntimeError("the owner's text was not desensitised before encoding")
     key = (owner.dataset.text_version, spec)
     if key not in _INPUT_CACHE:
         if len(_INPUT_CACHE) >= 16:
@@ -268,6 +297,7 @@ def prepare_simulated_owner(config: RunConfig, num_clients: int, pid: int) -> in
     mark_simulated_owners()
     spec = ModelSpec.from_config(config)
     owner = resolve_owner({PARTITION_ID: pid, NUM_PARTITIONS: num_clients}, config, None)
+    owner, _ = with_desensitised_text(owner)
     if spec.encoding_is_costly and not _cache_path(owner, spec).exists():
         _encoded_on_disk(owner, spec)
     return pid

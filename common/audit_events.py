@@ -45,6 +45,7 @@ class Event:
     ROUND_REFUSED = "round-refused"
     EVALUATE_REFUSED = "evaluate-refused"
     ROUND_ERROR = "round-error"
+    TEXT_DESENSITISED = "text-desensitised"
     FOREIGN_APP_REFUSED = "foreign-app-refused"
     # the server (appended)
     EVALUATE_RECEIVED = "evaluate-received"
@@ -68,6 +69,8 @@ class Field:
     CONFIG = "config"
     CLASSES = "classes"
     DESENSITISATION = "desensitisation"
+    POLICY_DIGEST = "policy-digest"
+    IDENTIFIERS_REPLACED = "identifiers-replaced"
     MODEL = "model"
     EVAL_DATA = "eval-data"
     INITIAL_MODEL = "initial-model"
@@ -274,6 +277,12 @@ FIELDS: dict[str, frozenset[str]] = {
     ),
     # a round trained without DP: the plan asked and the owner opted in
     Event.NON_PRIVATE_ROUND: frozenset({Field.SERVER_ROUND, Field.WARNING}),
+    # the owner's text through its desensitisation policy, after the round's pre-flight:
+    # the policy's digest and how many identifiers of each type were replaced (the
+    # owner's own record: wire.OWNER_ONLY)
+    Event.TEXT_DESENSITISED: frozenset(
+        {Field.SERVER_ROUND, Field.POLICY_DIGEST, Field.IDENTIFIERS_REPLACED}
+    ),
     # an update leaving the owner: digest, size, distance from the global model, metrics
     Event.UPDATE_RELEASED: frozenset(
         {

@@ -19,10 +19,14 @@ a keyed, stable pseudonym.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,11 +43,18 @@ from fedshield.common.errors import ConfigError
 # mark. A text without one holds no pattern identifier, and each match lies within a
 # window around one (see _windows), so only windows are analysed: 3.5x faster on IMDB,
 # with the same spans (tests/unit/test_desensitise.py checks both claims).
-_CANDIDATE = re.compile(r"[0-9@]|://|www\.|\w\.[A-Za-z]{2,}")
-# Longest stretch a pattern identifier reaches across spaces from a candidate character
-# (a spaced IBAN is 42 characters; a written date 20); windows also extend to whitespace.
-_WINDOW_REACH = 48
-_LIBRARIES = ("presidio-analyzer", "presidio-anonymizer", "phonenumbers", "tldextract")
+# (\d is any Unicode digit, as Presidio's and libphonenumber's patterns read it; an IPv6
+# address may be written in hex letters alone: "dead:beef::cafe".)
+_CANDIDATE = re.compile(r"\d|@|://|www\.|\w\.[A-Za-z]{2,}|[0-9A-Fa-f]:[0-9A-Fa-f:]|::")
+# How many whitespace-separated tokens an identifier spans on either side of a candidate
+# character: a spaced IBAN is 8 groups, a written date 3 tokens, a phone number 4. Counted
+# in tokens, not characters, so a long run of spaces inside an identifier stays inside.
+_WINDOW_TOKENS = 8
+_TOKEN = re.compile(r"\S+")
+# Characters that render as nothing (zero-width spaces and joiners, soft hyphens, BOM):
+# dropped from the text analysed, as are compatibility forms (fullwidth digits, NFKC).
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_LIBRARIES = ("fedshield", "presidio-analyzer", "presidio-anonymizer", "phonenumbers", "tldextract")
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
@@ -98,6 +109,22 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def _model_identity(ner_model: str) -> str:
+    """The named NER model's name and version (a folder's meta.json, or the installed
+    package's version), so that another model, or another version of it, gives another
+    digest."""
+    import spacy.util
+
+    meta_file = os.path.join(os.path.expanduser(ner_model), "meta.json")
+    if os.path.isfile(meta_file):
+        meta = spacy.util.load_meta(meta_file)
+        return f"{meta.get('lang', '?')}_{meta.get('name', '?')} {meta.get('version', '?')}"
+    try:
+        return f"{ner_model} {importlib.metadata.version(ner_model)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{ner_model} (version unknown)"
 
 
 def _pattern_recognizers():
@@ -196,8 +223,25 @@ class Desensitiser:
         return tuple(sorted(r.name for r in self._analyzer.registry.recognizers))
 
     @cached_property
+    def versions(self) -> dict[str, str]:
+        """What the result depends on besides the policy and the key: the libraries, our
+        own recognizers and windows (a fix to one must rebuild every cache), the model."""
+        ours = json.dumps(
+            [_CANDIDATE.pattern, _WINDOW_TOKENS, _INVISIBLE.pattern, _URLS, _WRITTEN_DATES, _AGES]
+        )
+        return {
+            **library_versions(),
+            "fedshield-recognizers": hashlib.sha256(ours.encode()).hexdigest()[:16],
+            **(
+                {"ner-model": _model_identity(self.policy.ner_model)}
+                if self.policy.ner_model
+                else {}
+            ),
+        }
+
+    @cached_property
     def digest(self) -> str:
-        return policy_digest(self.policy, self._key, library_versions())
+        return policy_digest(self.policy, self._key, self.versions)
 
     def describe(self) -> dict:
         """The policy in force, for the owner's audit log: types, operators, recognizers,
@@ -205,16 +249,21 @@ class Desensitiser:
         return {
             **self.policy.as_dict(),
             "recognizers": list(self.recognizers),
-            "versions": library_versions(),
+            "versions": self.versions,
             "digest": self.digest,
         }
 
     def find(self, text: str) -> list[Found]:
         """The identifiers in ``text``, overlaps resolved (longest, then highest score)."""
+        plain, offsets = _normalised(text)
         if self.policy.ner_model:  # a model reads whole sentences
-            results = self._analyze(text, 0)
+            results = self._analyze(plain, 0)
         else:
-            results = [r for start, end in _windows(text) for r in self._analyze(text[start:end], start)]
+            results = [
+                r for start, end in _windows(plain) for r in self._analyze(plain[start:end], start)
+            ]
+        if offsets is not None:  # back to the text's own characters, invisible ones included
+            results = [(offsets[a], offsets[b - 1] + 1, score, e) for a, b, score, e in results]
         return _without_overlaps(results)
 
     def _analyze(self, text: str, offset: int) -> list[tuple[int, int, float, str]]:
@@ -230,7 +279,10 @@ class Desensitiser:
         pieces, last = [], 0
         for found in self.find(text):
             value = text[found.start : found.end]
-            pieces += [text[last : found.start], replacement(self.policy, self._key, found.entity, value)]
+            pieces += [
+                text[last : found.start],
+                replacement(self.policy, self._key, found.entity, value),
+            ]
             last = found.end
             if counts is not None:
                 counts[found.entity] += 1
@@ -243,21 +295,39 @@ class Desensitiser:
 
 
 def _windows(text: str) -> list[tuple[int, int]]:
-    """Stretches of ``text`` around its candidate characters, widened to whitespace and
-    merged, so that a pattern match is wholly inside one and \\b reads the same."""
+    """Stretches of ``text`` around its candidate characters, _WINDOW_TOKENS whole tokens
+    either side, merged; their edges are whitespace, so \b reads as in the whole text."""
+    if _CANDIDATE.search(text) is None:
+        return []
+    tokens = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    starts = [start for start, _ in tokens]
     spans: list[tuple[int, int]] = []
     for match in _CANDIDATE.finditer(text):
-        start = max(0, match.start() - _WINDOW_REACH)
-        end = min(len(text), match.end() + _WINDOW_REACH)
-        while start > 0 and not text[start - 1].isspace():
-            start -= 1
-        while end < len(text) and not text[end].isspace():
-            end += 1
+        first = max(0, bisect.bisect_right(starts, match.start()) - 1 - _WINDOW_TOKENS)
+        last = min(len(tokens) - 1, bisect.bisect_left(starts, match.end()) - 1 + _WINDOW_TOKENS)
+        start, end = tokens[first][0], max(tokens[last][1], match.end())
         if spans and start <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
         else:
             spans.append((start, end))
     return spans
+
+
+def _normalised(text: str) -> tuple[str, list[int] | None]:
+    """``text`` as the recognizers should read it (NFKC: fullwidth and other compatibility
+    forms to their plain forms; invisible characters dropped), with each character's
+    offset in ``text``; (text, None) when it is already so (the common, fast case)."""
+    if unicodedata.is_normalized("NFKC", text) and _INVISIBLE.search(text) is None:
+        return text, None
+    pieces, offsets = [], []
+    for offset, char in enumerate(text):
+        if _INVISIBLE.match(char):
+            continue
+        plain = unicodedata.normalize("NFKC", char)
+        pieces.append(plain)
+        offsets.extend([offset] * len(plain))
+    offsets.append(len(text))
+    return "".join(pieces), offsets
 
 
 def _without_overlaps(results: list[tuple[int, int, float, str]]) -> list[Found]:

@@ -226,9 +226,7 @@ def _generalised_date(value: str, precision: str) -> str:
     return year.group()
 
 
-def replacement(
-    policy: DesensitisePolicy, key: bytes | None, entity: str, value: str
-) -> str:
+def replacement(policy: DesensitisePolicy, key: bytes | None, entity: str, value: str) -> str:
     """What replaces ``value``, an identifier of type ``entity``, under ``policy``."""
     operator = policy.operator_for(entity)
     if operator == "pseudonym":

@@ -28,7 +28,10 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o
     """Replace ``path`` with what ``write(handle)`` writes, atomically and durably."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover of a crash, or anything planted at the name (a symbolic link to another
+    # file), is removed, never written through: the file is created new, here.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -5,8 +5,8 @@ file, under that owner's at-rest key, for that purpose, or raises ``SealedFileEr
 it never returns bytes from a file that was edited, truncated, renamed, written for
 another purpose, or sealed under another key (another owner's, or one since rotated).
 AES-256-GCM (``cryptography``) with a fresh random 96-bit nonce per write; the
-associated data binds the header (format, key id, nonce), the purpose and the file's
-name. Files are written atomically, 0600 (common/durable.py).
+associated data binds the header (format, key id, nonce), the purpose, the file's
+name and its folder's name. Files are written atomically, 0600 (common/durable.py).
 
 Format: ``FSEAL1`` | key id (16 ASCII hex) | nonce (12 bytes) | ciphertext and tag.
 """
@@ -130,6 +130,8 @@ def _key_id_of(header: bytes) -> str:
 
 
 def _associated(header: bytes, purpose: str, path: Path) -> bytes:
-    # The name is bound too: a cache copied over another cache's name, or a release moved
-    # to another round's name, fails authentication instead of standing in for it.
-    return header + b"\0" + purpose.encode("utf-8") + b"\0" + path.name.encode("utf-8")
+    # The name and its folder's name are bound too: a cache copied over another cache's
+    # name, or a release moved to another round's name or another data version's folder,
+    # fails authentication instead of standing in for it.
+    where = f"{path.parent.name}/{path.name}".encode()
+    return header + b"\0" + purpose.encode("utf-8") + b"\0" + where

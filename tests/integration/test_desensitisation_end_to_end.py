@@ -79,12 +79,15 @@ def assert_desensitised_and_readable(texts: list[str]) -> None:
 
 
 def counted_types(audit_log: Path) -> set[str]:
-    """The entity types the owner's round-start entries say its policy replaced."""
+    """The entity types the owner's log says its policy replaced (text-desensitised
+    entries), every round-start naming the policy."""
     log = verify_log(audit_log)
     assert log.ok, log.problem
     starts = [e["data"] for e in log.entries if e["type"] == "round-start"]
     assert starts and all(s["desensitisation"]["policy"]["entities"] for s in starts)
-    return {t for s in starts for t, n in s["desensitisation"]["counts"].items() if n > 0}
+    replaced = [e["data"] for e in log.entries if e["type"] == "text-desensitised"]
+    assert len(replaced) == len(starts)
+    return {t for r in replaced for t, n in r["identifiers-replaced"].items() if n > 0}
 
 
 def test_the_scan_finds_every_planted_value_where_it_is(tmp_path):

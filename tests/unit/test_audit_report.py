@@ -33,6 +33,7 @@ from fedshield.audit.verify import Verification, verify_log
 from fedshield.common import wire
 from fedshield.common.audit_events import Event
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.desensitise_policy import DesensitisePolicy
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import EvaluationFileError
 from fedshield.common.privacy import ACCOUNTANT, epsilon_rdp, epsilon_spent
@@ -107,6 +108,20 @@ class Owner:
     node_key: str | None = None
     history: list[DpEvent] = field(default_factory=list)
     recorded_budget: float | None = None
+    desensitised: bool = True  # its rounds ran the default desensitisation policy
+
+
+# A round-start's desensitisation field as an owner writes it (client/app.py): the policy
+# in force and the counts, which stay in the owner's log.
+DESENSITISED = {
+    "policy": {
+        **DesensitisePolicy().as_dict(),
+        "recognizers": ["EmailRecognizer", "PhoneRecognizer"],
+        "versions": {"presidio-analyzer": "2.2.366"},
+        "digest": "d" * 64,
+    },
+    "counts": {"EMAIL_ADDRESS": 3, "DATE_TIME": 17},
+}
 
 
 def federated_run(folder: Path, owners: list[Owner], rounds: int = 2, run_id: int = 7) -> Path:
@@ -140,6 +155,7 @@ def federated_run(folder: Path, owners: list[Owner], rounds: int = 2, run_id: in
                     "data-fingerprint": owner.data_fingerprint,
                     "records": 200,
                     "plan": plan,
+                    "desensitisation": DESENSITISED if owner.desensitised else None,
                 },
             )
             if owner.recorded_budget != owner.budget:
@@ -365,6 +381,28 @@ def test_update_records_are_told_apart_released_by_owners_and_received_by_the_se
     assert rows["Availability / resilience"]["status"] == "pass"
     # 3 owner heads in the server log + 4 server heads in the owners' logs (2 owners x 2)
     assert report["anchors"]["missing"] == [] and report["anchors"]["matched"] == 7
+
+
+def test_desensitisation_passes_only_when_every_round_of_every_owner_ran_a_policy(tmp_path):
+    owners = [Owner("hospital-a", 5.0, "L1"), Owner("hospital-b", 5.0, "L2")]
+    rows = {
+        r["name"]: r for r in report_for(federated_run(tmp_path / "on", owners))["requirements"]
+    }
+    row = rows["Data minimisation / desensitisation"]
+    assert row["status"] == "pass"
+    assert (
+        "hospital-a: 2 rounds; 15 types (tag x15), 2 recognizers, score threshold 0.4"
+        in row["evidence"]
+    )
+    assert "digest dddddddddddd" in row["evidence"]
+    # The counts are the owners' own: the report repeats none of them.
+    assert "EMAIL_ADDRESS" not in row["evidence"] and "17" not in row["evidence"]
+
+    owners[1].desensitised = False
+    report = report_for(federated_run(tmp_path / "off", owners))
+    row = {r["name"]: r for r in report["requirements"]}["Data minimisation / desensitisation"]
+    assert row["status"] == "fail" and not report["ok"]
+    assert "owners with rounds run without a policy: ['hospital-b']" in row["evidence"]
 
 
 def test_anchors_match_released_and_received_updates_and_flag_a_missing_one(tmp_path):

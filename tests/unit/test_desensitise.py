@@ -180,3 +180,23 @@ def test_the_description_names_no_key_and_follows_the_key():
     assert described["versions"]["presidio-analyzer"] != "not installed"
     assert KEY_A.hex() not in str(described)
     assert a.digest != b.digest
+
+
+@pytest.mark.parametrize(
+    ("text", "entity"),
+    [
+        ("call ＋１ (２１２) ５５５-０１８７ now", "PHONE_NUMBER"),  # fullwidth digits
+        ("call ٢١٢-٥٥٥-٠١٨٧ now", "PHONE_NUMBER"),  # Arabic-Indic digits
+        ("TFN ८७६ ५४३ २१० ok", "AU_TFN"),  # Devanagari digits
+        ("host dead:beef::cafe here", "IP_ADDRESS"),  # IPv6 in hex letters alone
+        ("on March" + " " * 60 + "5, 2021 it was", "DATE_TIME"),  # a long run of spaces
+        ("mail maria\u200b.keller@example.org", "EMAIL_ADDRESS"),  # a zero-width space
+        ("card 4111\u200b1111 1111 1111", "CREDIT_CARD"),
+        ("ｍａｒｉａ@ｅｘａｍｐｌｅ.ｏｒｇ", "EMAIL_ADDRESS"),  # fullwidth letters
+    ],
+)
+def test_identifiers_written_unusually_are_found_whole(default, text, entity):
+    out, counts = default.apply([text])
+    assert counts == {entity: 1}, (text, out)
+    kept = "".join(ch for ch in out[0] if ch.isdigit() or ch == "@")
+    assert kept == "", out[0]  # no digit or '@' of the identifier is left

@@ -39,7 +39,7 @@ def test_frozen_encoder_run_learns_within_budget(tmp_path):
     # Each owner was encoded once, before round 1, into the run's cache (mode 0600).
     cached = sorted((tmp_path / "cache").glob("encoded-*.npz"))
     assert len(cached) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in cached)
-    assert "encoding (MiniLM, once per owner)" in proc.stdout
+    assert "desensitising and encoding (MiniLM), once per owner" in proc.stdout
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["model"] == "minilm" and meta["finetune-layers"] == 0
     assert meta["encoder-weights-sha256"] == minilm.weights_sha256()

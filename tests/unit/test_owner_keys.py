@@ -159,7 +159,7 @@ def test_rotate_key_reseals_the_cache_and_the_kept_releases(tmp_path):
     assert ReleasedUpdates(ledgers, "f" * 64, old).find("run", 1, "g" * 64) is None
 
 
-def test_rotate_key_interrupted_after_the_new_key_finishes_when_run_again(tmp_path):
+def test_rotate_key_after_an_interrupted_rotation_finishes_it_then_rotates(tmp_path):
     key_dir, cache, ledgers = tmp_path / "keys", tmp_path / "cache", tmp_path / "ledgers"
     old = open_owner_keys(key_dir)
     cache.mkdir(mode=0o700)
@@ -176,10 +176,15 @@ def test_rotate_key_interrupted_after_the_new_key_finishes_when_run_again(tmp_pa
          "--ledger-dir", str(ledgers)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "re-sealed 1 file(s); 1 already" in result.output
-    assert open_owner_keys(key_dir) == new
+    # The interrupted rotation is finished, then the one asked for now: a key the owner
+    # rotates away from (it may have leaked) does not stay in use.
+    assert "finished an interrupted rotation first" in result.output
+    assert "re-sealed 2 file(s); 0 already" in result.output
+    newest = open_owner_keys(key_dir)
+    assert newest.at_rest not in (old.at_rest, new.at_rest) and newest.pseudonym == old.pseudonym
+    assert not (key_dir / "at-rest.key.previous").exists()
     for name in ("encoded-a.npz", "encoded-b.npz"):
-        assert read_sealed(cache / name, new, ENCODED_RECORDS) == name.encode()
+        assert read_sealed(cache / name, newest, ENCODED_RECORDS) == name.encode()
 
 
 def test_rotate_key_refuses_a_mistyped_folder_before_rotating(tmp_path):
