@@ -74,7 +74,9 @@ _URLS = (
     rf"(?i)(?<![\w.@/-])www\.{_URL_END}",
     # A bare domain: common top-level domains only, never after a dot (an ellipsis).
     r"(?i)(?<![\w.@/-])(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-    r"(?:com|org|net|edu|gov|int|io|info|biz|uk|de|fr|nl|ca|au|eu|ch|es|se|pl)\b"
+    r"(?:com|org|net|edu|gov|int|io|info|biz|app|dev|ai|co|us|uk|de|fr|nl|ca|au|nz|ie|eu|"
+    r"ch|es|se|dk|fi|pl|pt|gr|cz|hu|ro|ua|ru|tr|il|za|br|mx|jp|cn|kr|hk|sg|tv|ly|health|"
+    r"online|site|xyz)\b"
     rf"(?:/{_URL_END})?",
 )
 
