@@ -68,6 +68,13 @@ _AGES = (
     r"(?i)\b\d{1,3}(?:\s+|-)(?:years?|yrs?)(?:\s+|-)old\b",
     r"(?i)\bage[ds]?:?\s+\d{1,3}\b",
 )
+_CARDS = r"\b(?:2(?:2[2-9]\d|[3-6]\d\d|7[01]\d|720)|2131|3\d{3}|4\d{3}|5\d{3}|6\d{3}|1800)(?:[- ]?\d){8,15}\b"
+_PESEL = r"\b[0-9]{2}(?:[02468][1-9]|[13579][012])(?:0[1-9]|[12][0-9]|3[01])[0-9]{5}\b"
+# A phone number has at least this many digits: fewer are years ("In 1692") that
+# libphonenumber reads as valid pager numbers, and a window with fewer skips the costly
+# phone matcher (8 regions) altogether.
+_PHONE_MIN_DIGITS = 7
+_DIGIT = re.compile(r"\d")
 _URL_END = r"[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?]"
 _URLS = (
     rf"(?i)\b(?:https?|ftp)://{_URL_END}",
@@ -113,6 +120,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _no_context_enhancer():
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
+
+    class NoContext(ContextAwareEnhancer):
+        def __init__(self) -> None:
+            super().__init__(0.0, 0.0, 0, 0)
+
+        def enhance_using_context(
+            self, text, raw_results, nlp_artifacts, recognizers, context=None
+        ):
+            return raw_results
+
+    return NoContext()
+
+
 def _model_identity(ner_model: str) -> str:
     """The named NER model's name and version (a folder's meta.json, or the installed
     package's version), so that another model, or another version of it, gives another
@@ -143,10 +165,22 @@ def _pattern_recognizers():
 
     return [
         presidio.EmailRecognizer(supported_language="en"),
-        presidio.PhoneRecognizer(supported_language="en"),
+        # Presidio's regions less Canada: one numbering plan with the US, whose matcher
+        # finds Canadian numbers already (each region is one more pass of libphonenumber).
+        presidio.PhoneRecognizer(
+            supported_language="en", supported_regions=("US", "GB", "DE", "FR", "IL", "IN", "BR")
+        ),
         ours("URL", "FedshieldUrlRecognizer", _URLS, 0.6),
         presidio.IpRecognizer(supported_language="en"),
-        presidio.CreditCardRecognizer(supported_language="en"),
+        # Presidio's card pattern plus ours: Mastercard's 2-series (2221-2720), JCB 2131,
+        # and 12 to 19 digits (Maestro, long Visa); every match must pass Luhn.
+        presidio.CreditCardRecognizer(
+            supported_language="en",
+            patterns=[
+                *presidio.CreditCardRecognizer.PATTERNS,
+                Pattern("FedshieldCardNumbers", _CARDS, 0.3),
+            ],
+        ),
         presidio.IbanRecognizer(supported_language="en"),
         presidio.UsSsnRecognizer(supported_language="en"),
         presidio.NhsRecognizer(supported_language="en"),
@@ -155,7 +189,10 @@ def _pattern_recognizers():
         presidio.ItFiscalCodeRecognizer(supported_language="en"),
         presidio.AuTfnRecognizer(supported_language="en"),
         presidio.InAadhaarRecognizer(supported_language="en"),
-        presidio.PlPeselRecognizer(supported_language="en"),
+        # Presidio's PESEL pattern has no word boundaries: it matched inside card numbers.
+        presidio.PlPeselRecognizer(
+            supported_language="en", patterns=[Pattern("FedshieldPesel", _PESEL, 0.4)]
+        ),
         presidio.DateRecognizer(supported_language="en"),
         ours("DATE_TIME", "FedshieldWrittenDateRecognizer", _WRITTEN_DATES, 0.6),
         ours("AGE", "FedshieldAgeRecognizer", _AGES, 0.6),
@@ -215,7 +252,14 @@ class Desensitiser:
             registry.add_recognizer(
                 SpacyRecognizer(supported_language="en", supported_entities=list(NER_TYPES))
             )
-        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        analyzer = AnalyzerEngine(
+            registry=registry,
+            nlp_engine=engine,
+            supported_languages=["en"],
+            # Without a model there are no lemmas, so context words never change a score:
+            # the enhancer's pass (7% of the time) is skipped. With a model it runs.
+            context_aware_enhancer=None if self.policy.ner_model else _no_context_enhancer(),
+        )
         analyzer.analyze(text="warm-up 2024-01-31 a@example.org", language="en")
         return analyzer
 
@@ -229,7 +273,17 @@ class Desensitiser:
         """What the result depends on besides the policy and the key: the libraries, our
         own recognizers and windows (a fix to one must rebuild every cache), the model."""
         ours = json.dumps(
-            [_CANDIDATE.pattern, _WINDOW_TOKENS, _INVISIBLE.pattern, _URLS, _WRITTEN_DATES, _AGES]
+            [
+                _CANDIDATE.pattern,
+                _WINDOW_TOKENS,
+                _INVISIBLE.pattern,
+                _URLS,
+                _WRITTEN_DATES,
+                _AGES,
+                _CARDS,
+                _PESEL,
+                _PHONE_MIN_DIGITS,
+            ]
         )
         return {
             **library_versions(),
@@ -269,13 +323,21 @@ class Desensitiser:
         return _without_overlaps(results)
 
     def _analyze(self, text: str, offset: int) -> list[tuple[int, int, float, str]]:
+        entities = list(self.policy.entities)
+        if len(_DIGIT.findall(text)) < _PHONE_MIN_DIGITS and "PHONE_NUMBER" in entities:
+            entities.remove("PHONE_NUMBER")
         found = self._analyzer.analyze(
             text=text,
             language="en",
-            entities=list(self.policy.entities),
+            entities=entities,
             score_threshold=self.policy.score_threshold,
         )
-        return [(r.start + offset, r.end + offset, r.score, r.entity_type) for r in found]
+        return [
+            (r.start + offset, r.end + offset, r.score, r.entity_type)
+            for r in found
+            if r.entity_type != "PHONE_NUMBER"
+            or len(_DIGIT.findall(text, r.start, r.end)) >= _PHONE_MIN_DIGITS
+        ]
 
     def apply_one(self, text: str, counts: Counter | None = None) -> str:
         pieces, last = [], 0
@@ -301,18 +363,24 @@ def _windows(text: str) -> list[tuple[int, int]]:
     either side, merged; their edges are whitespace, so \b reads as in the whole text."""
     if _CANDIDATE.search(text) is None:
         return []
-    tokens = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
-    starts = [start for start, _ in tokens]
-    spans: list[tuple[int, int]] = []
+    spans_of_tokens = [m.span() for m in _TOKEN.finditer(text)]
+    starts = [start for start, _ in spans_of_tokens]
+    last = len(spans_of_tokens) - 1
+    windows: list[tuple[int, int]] = []
+    seen_token = -1
     for match in _CANDIDATE.finditer(text):
-        first = max(0, bisect.bisect_right(starts, match.start()) - 1 - _WINDOW_TOKENS)
-        last = min(len(tokens) - 1, bisect.bisect_left(starts, match.end()) - 1 + _WINDOW_TOKENS)
-        start, end = tokens[first][0], max(tokens[last][1], match.end())
-        if spans and start <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        token = bisect.bisect_right(starts, match.start()) - 1
+        if token == seen_token:
+            continue  # another candidate in the same token: the same window
+        seen_token = token
+        end_token = bisect.bisect_left(starts, match.end()) - 1
+        start = spans_of_tokens[max(0, token - _WINDOW_TOKENS)][0]
+        end = spans_of_tokens[min(last, end_token + _WINDOW_TOKENS)][1]
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(end, windows[-1][1]))
         else:
-            spans.append((start, end))
-    return spans
+            windows.append((start, end))
+    return windows
 
 
 def _normalised(text: str) -> tuple[str, list[int] | None]:
@@ -332,11 +400,22 @@ def _normalised(text: str) -> tuple[str, list[int] | None]:
     return "".join(pieces), offsets
 
 
+# Types that many numbers satisfy: on the same span, a type with its own checksum and
+# format (an Aadhaar, NHS or tax number) is the better name than a Luhn-valid "card" or
+# a "phone number" (one in ten 12-digit numbers passes Luhn).
+_GENERIC_TYPES = {"PHONE_NUMBER": 0, "CREDIT_CARD": 1}
+
+
 def _without_overlaps(results: list[tuple[int, int, float, str]]) -> list[Found]:
-    """Non-overlapping spans: the longest wins, then the higher score (an e-mail over the
-    URL inside it; a card number over the phone number its digits also make)."""
+    """Non-overlapping spans: the longest wins (an e-mail over the URL inside it; a card
+    number over the phone number its first digits make), then the more specific type,
+    then the higher score."""
     kept: list[tuple[int, int, float, str]] = []
-    for result in sorted(set(results), key=lambda r: (-(r[1] - r[0]), -r[2], r[0], r[3])):
+    ranked = sorted(
+        set(results),
+        key=lambda r: (-(r[1] - r[0]), _GENERIC_TYPES.get(r[3], 2) * -1, -r[2], r[0], r[3]),
+    )
+    for result in ranked:
         if all(result[1] <= k[0] or result[0] >= k[1] for k in kept):
             kept.append(result)
     return [Found(entity, start, end) for start, end, _, entity in sorted(kept)]
