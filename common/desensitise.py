@@ -424,8 +424,15 @@ def _without_overlaps(results: list[tuple[int, int, float, str]]) -> list[Found]
 def desensitiser_for(
     enabled: bool, policy_path: str, pseudonym_key: bytes | None
 ) -> Desensitiser | None:
-    """The owner's desensitiser from its settings (None: the owner turned it off)."""
+    """The owner's desensitiser from its settings (None: the owner turned it off); one per
+    policy and key in a process, so that its recognizers are built once, not each round."""
     if not enabled:
         return None
     policy = DesensitisePolicy.from_file(policy_path) if policy_path else DesensitisePolicy()
-    return Desensitiser(policy, pseudonym_key)
+    key = (policy, policy.source, pseudonym_key)
+    if key not in _BUILT:
+        _BUILT[key] = Desensitiser(policy, pseudonym_key)
+    return _BUILT[key]
+
+
+_BUILT: dict[tuple, Desensitiser] = {}

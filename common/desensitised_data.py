@@ -53,7 +53,7 @@ def desensitised(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_sealed(path, json.dumps(stored).encode("utf-8"), keys, DESENSITISED_TEXT)
-    if len(_MEMO) >= 2:
+    if len(_MEMO) >= 16:
         _MEMO.pop(next(iter(_MEMO)))
     _MEMO[memo_key] = stored
     result = replace(dataset, texts=stored["texts"], desensitised=desensitiser.digest)
