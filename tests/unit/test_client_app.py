@@ -35,11 +35,12 @@ def test_a_round_trains_charges_the_ledger_and_replies_with_the_update(owner_csv
         "round-start",
         "budget-changed",
         "dp-charged",  # the record count's DP release (client/count.py)
+        "text-desensitised",  # after the pre-flight, before anything reads the text
         "dp-charged",
         "update-released",
         "checkpoint",
     ]
-    released = audit.entries[5]
+    released = audit.entries[6]
     assert released["hash"] == reply.content[wire.OWNER][wire.AUDIT_HEAD]
     assert released["data"]["update-sha256"] == wire.arrays_digest(reply.content[wire.ARRAYS])[0]
     metrics = reply.content[wire.METRICS]
