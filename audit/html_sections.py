@@ -109,6 +109,17 @@ def run_section(run: dict, number: int, total: int, esc) -> str:
             "Result",
             (f"accuracy {run['final_accuracy']:.4f}; " if run["final_accuracy"] is not None else "")
             + (
+                f"macro F1 {run['final_macro_f1']:.4f}, worst class recall "
+                f"{run['final_worst_class_recall']:.4f}; "
+                if run.get("final_macro_f1") is not None
+                else ""
+            )
+            + (
+                f"<strong>never predicted: {esc(', '.join(run['never_predicted']))}</strong>; "
+                if run.get("never_predicted")
+                else ""
+            )
+            + (
                 f"model SHA-256 <code>{esc(run['model_sha256'])}</code>"
                 if run["model_sha256"]
                 else "no model saved"

@@ -75,6 +75,9 @@ class RunSummary:
     outcome: str = ""
     model_sha256: str | None = None
     final_accuracy: float | None = None
+    final_macro_f1: float | None = None
+    final_worst_class_recall: float | None = None
+    never_predicted: list[str] = field(default_factory=list)
     updates_received: int = 0
     updates_rejected: list[str] = field(default_factory=list)
     replies_impersonated: list[str] = field(default_factory=list)
@@ -217,6 +220,9 @@ def _server_runs(log: Verification) -> list[RunSummary]:
             current.ended = True
             current.model_sha256 = data.get(Field.MODEL_SHA256)
             current.final_accuracy = final.get("accuracy")
+            current.final_macro_f1 = final.get("macro_f1")
+            current.final_worst_class_recall = final.get("worst_class_recall")
+            current.never_predicted = list(final.get("never_predicted") or [])
             current.outcome = str(final.get("outcome", ""))
     return runs
 

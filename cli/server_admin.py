@@ -77,9 +77,18 @@ def server_status(
         console.print(
             Text(
                 f"Run {current['folder']}: {state_word}, round {current['rounds-done']} of "
-                f"{current['rounds-planned'] or '?'}, last accuracy {accuracy}"
+                f"{current['rounds-planned'] or '?'}, last accuracy {accuracy}, macro F1 "
+                f"{_number(current.get('last-macro-f1'), 4)}"
             )
         )
+        if current.get("never-predicted"):
+            console.print(
+                Text(
+                    "Warning: the model never predicts "
+                    f"{', '.join(current['never-predicted'])} on the evaluation data",
+                    style="yellow",
+                )
+            )
     owners = Table(title="Data owners (node keys registered from this state folder)")
     owners.add_column("owner", overflow="fold")
     # An operator compares fingerprints character by character: never wrapped or cut.

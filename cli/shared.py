@@ -91,13 +91,26 @@ def print_final(out_dir: Path) -> None:
         if final["dp"]
         else "NO privacy (--no-dp)"
     )
+    per_class = (
+        f" (macro F1 {final['macro_f1']:.4f}, worst class recall {final['worst_class_recall']:.4f})"
+        if final.get("macro_f1") is not None
+        else ""
+    )
     console.print(
-        f"[bold]Held-out accuracy {final['accuracy']:.4f}[/] after {final['rounds_completed']} "
-        f"rounds ({final.get('rounds_with_updates', final['rounds_completed'])} with accepted "
+        f"[bold]Held-out accuracy {final['accuracy']:.4f}[/]{per_class} after "
+        f"{final['rounds_completed']} rounds "
+        f"({final.get('rounds_with_updates', final['rounds_completed'])} with accepted "
         f"updates; started at {final.get('initial_accuracy', 0.0):.4f}); {privacy}. "
         f"Model: {out_dir / 'model.pt'}; metrics: {metrics_path}",
         highlight=False,
     )
+    if final.get("never_predicted"):
+        console.print(
+            f"[yellow]Warning: the model never predicts {', '.join(final['never_predicted'])} "
+            "on the evaluation data, though it holds records of them: accuracy hides whole "
+            "classes lost (per-class recall per round: metrics.json).[/]",
+            highlight=False,
+        )
     if final.get("initial_accuracy", 0.0) > final["accuracy"]:
         console.print(
             f"[yellow]This run ended below the model it started from "

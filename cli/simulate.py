@@ -357,7 +357,9 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
         DesensitisePolicy.from_file(config.desensitise_policy)  # a bad file answers now
     if config.model == "minilm" or config.desensitise:
         _prepare_owners_first(config, clients, records=sum(sizes) + held_out)
-    table = Table("round", "accuracy", "loss", "max epsilon", "clients", "refused", title=None)
+    table = Table(
+        "round", "accuracy", "macro F1", "loss", "max epsilon", "clients", "refused", title=None
+    )
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -372,6 +374,7 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
             row = (
                 str(entry["round"]),
                 f"{entry['accuracy']:.4f}",
+                f"{entry['macro-f1']:.4f}",
                 f"{entry['loss']:.4f}",
                 f"{eps:.3f}" if config.dp else "n/a (no DP)",
                 str(len(entry["participants"])),
@@ -382,7 +385,9 @@ def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
                 "  ".join(
                     f"{h}={v}"
                     for h, v in zip(
-                        ("round", "acc", "loss", "max-eps", "clients", "refused"), row, strict=True
+                        ("round", "acc", "macro-f1", "loss", "max-eps", "clients", "refused"),
+                        row,
+                        strict=True,
                     )
                 )
             )

@@ -192,7 +192,16 @@ FIELDS: dict[str, frozenset[str]] = {
     Event.AGGREGATED: frozenset({Field.SERVER_ROUND, "participants", Field.GLOBAL_SHA256}),
     # the server's evaluation of the global model after a round
     Event.ROUND_EVALUATED: frozenset(
-        {Field.SERVER_ROUND, "accuracy", "loss", "epsilon-reported", "dropped-node-ids"}
+        {
+            Field.SERVER_ROUND,
+            "accuracy",
+            "loss",
+            "macro-f1",
+            "recall-per-class",
+            "never-predicted",
+            "epsilon-reported",
+            "dropped-node-ids",
+        }
     ),
     # the run's outcome and the saved model's digest (None: nothing saved)
     Event.RUN_END: frozenset({Field.FINAL, Field.MODEL_SHA256}),

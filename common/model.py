@@ -255,13 +255,29 @@ def evaluate_model(
     non-finite loss counts as ``loss_clip``), so one record moves the sum by at most
     ``loss_clip``: the sensitivity a DP answer needs, whatever model was sent.
     """
+    loss, accuracy, _ = evaluate_with_predictions(
+        model, inputs, labels, device, batch_size, loss_clip
+    )
+    return loss, accuracy
+
+
+def evaluate_with_predictions(
+    model: nn.Module,
+    inputs: ModelInputs,
+    labels: np.ndarray,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    loss_clip: float | None = None,
+) -> tuple[float, float, np.ndarray]:
+    """``evaluate_model``'s loss and accuracy, and the class predicted for each record,
+    from the same pass (the server's per-class metrics need both)."""
     device = device or torch.device("cpu")
     was_training = model.training
     model.to(device)
     model.eval()
     tensors = as_tensors(inputs)
     target = torch.from_numpy(np.asarray(labels)).long()
-    total_loss, correct = 0.0, 0
+    total_loss, correct, predicted = 0.0, 0, []
     with torch.no_grad():
         for start in range(0, len(target), batch_size):
             parts = [t[start : start + batch_size].to(device) for t in tensors]
@@ -272,7 +288,10 @@ def evaluate_model(
                 losses = torch.nan_to_num(losses, nan=loss_clip, posinf=loss_clip)
                 losses = losses.clamp(0.0, loss_clip)
             total_loss += float(losses.double().sum().item())
-            correct += int((logits.argmax(1) == y).sum().item())
+            guesses = logits.argmax(1)
+            correct += int((guesses == y).sum().item())
+            predicted.append(guesses.cpu().numpy())
     model.train(was_training)
     count = max(len(target), 1)
-    return total_loss / count, correct / count
+    labels_out = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+    return total_loss / count, correct / count, labels_out

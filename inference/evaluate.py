@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from fedshield.common.errors import DataError
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from fedshield.common.desensitise import Desensitiser
     from fedshield.inference.predict import LoadedModel
@@ -62,36 +61,6 @@ class Evaluation:
         }
 
 
-def classification_metrics(
-    true: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]
-) -> tuple[list[list[int]], dict[str, dict[str, float]], dict[str, float], float]:
-    """(confusion, per-class, macro, accuracy) for label ids indexing ``classes``."""
-    import numpy as np
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    every = list(range(len(classes)))
-    confusion = confusion_matrix(true, predicted, labels=every)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true, predicted, labels=every, zero_division=0
-    )
-    per_class = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(classes)
-    }
-    seen = sorted(set(np.unique(true).tolist()) | set(np.unique(predicted).tolist()))
-    macro_p, macro_r, macro_f1, _ = precision_recall_fscore_support(
-        true, predicted, labels=seen, average="macro", zero_division=0
-    )
-    macro = {"precision": float(macro_p), "recall": float(macro_r), "f1": float(macro_f1)}
-    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
-    return confusion.astype(int).tolist(), per_class, macro, accuracy
-
-
 def evaluate(
     model: LoadedModel,
     data: str | Path,
@@ -108,6 +77,7 @@ def evaluate(
     """
     import numpy as np
 
+    from fedshield.common.class_metrics import classification_metrics
     from fedshield.common.data import load_dataset
     from fedshield.common.desensitised_data import desensitised
 

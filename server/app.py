@@ -25,12 +25,13 @@ from flwr.serverapp import Grid, ServerApp
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
+from fedshield.common.class_metrics import round_metrics
 from fedshield.common.config import RunConfig
 from fedshield.common.data import TextDataset, builtin_class_names
 from fedshield.common.desensitise import desensitiser_for
 from fedshield.common.desensitised_data import desensitised
 from fedshield.common.errors import FedshieldError
-from fedshield.common.model import ModelSpec, evaluate_model, resolve_device
+from fedshield.common.model import ModelSpec, evaluate_with_predictions, resolve_device
 from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
@@ -209,7 +210,10 @@ def run_federation(
         model.load_state_dict(arrays.to_torch_state_dict())
         if history and history[-1]["round"] >= server_round:
             return MetricRecord({"accuracy": history[-1]["accuracy"], "loss": history[-1]["loss"]})
-        loss, accuracy = evaluate_model(model, test_inputs, test.labels, device)
+        loss, accuracy, predicted = evaluate_with_predictions(
+            model, test_inputs, test.labels, device
+        )
+        per_class = round_metrics(test.labels, predicted, classes)
         record = strategy.rounds.get(server_round)
         if record is not None:
             epsilon_so_far.update(record.epsilon)
@@ -218,6 +222,7 @@ def run_federation(
             "time": time.time(),
             "accuracy": accuracy,
             "loss": loss,
+            **per_class,  # macro-f1, recall-per-class, never-predicted (the operator's data)
             "epsilon": dict(sorted(epsilon_so_far.items())),
             "participants": record.participants if record else [],
             "refusals": record.refusals if record else [],
@@ -235,6 +240,7 @@ def run_federation(
                 Field.SERVER_ROUND: server_round,
                 "accuracy": accuracy,
                 "loss": loss,
+                **per_class,
                 "epsilon-reported": entry["epsilon"],
                 "dropped-node-ids": record.dropped if record else [],
             },
@@ -282,6 +288,9 @@ def run_federation(
         "accuracy": history[-1]["accuracy"],
         "loss": history[-1]["loss"],
         "initial_accuracy": history[0]["accuracy"],
+        "macro_f1": history[-1].get("macro-f1"),
+        "worst_class_recall": min(history[-1].get("recall-per-class", {}).values(), default=None),
+        "never_predicted": history[-1].get("never-predicted", []),
         "epsilon_max": max(epsilon_so_far.values(), default=0.0),
         "dp": config.dp,
         "rounds_completed": len(history) - 1,

@@ -105,6 +105,8 @@ def _run_view(run_dir: Path, entries: list[dict]) -> dict:
         "rounds-done": max((r["round"] for r in rounds), default=0),
         "rounds-planned": planned,
         "last-accuracy": rounds[-1]["accuracy"] if rounds else None,
+        "last-macro-f1": rounds[-1].get("macro-f1") if rounds else None,
+        "never-predicted": rounds[-1].get("never-predicted", []) if rounds else [],
         "finished": final is not None,
         "outcome": (final or {}).get("outcome"),
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedshield.audit.report import independent_epsilon
+from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.common.privacy import epsilon_spent
 from tests.support.cli import FEDSHIELD
@@ -91,6 +92,21 @@ def test_accuracy_rises_above_the_untrained_model(first_run):
     assert (out / "model.pt").exists() and json.loads((out / "model.json").read_text())[
         "classes"
     ] == ["0", "1"]
+
+
+def test_every_round_records_per_class_truth_in_metrics_and_the_server_log(first_run):
+    out, proc, _ = first_run
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    log = verify_log(out / "audit" / "server" / "audit.jsonl")
+    evaluated = [e["data"] for e in log.entries if e["type"] == "round-evaluated"]
+    assert len(evaluated) == len(rounds)
+    for entry, logged in zip(rounds, evaluated, strict=True):
+        assert set(entry["recall-per-class"]) == {"0", "1"} and 0 <= entry["macro-f1"] <= 1
+        lost = [c for c, recall in entry["recall-per-class"].items() if recall == 0.0]
+        assert set(entry["never-predicted"]) <= set(lost)  # never predicted: never right
+        assert logged["macro-f1"] == entry["macro-f1"]
+        assert logged["recall-per-class"] == entry["recall-per-class"]
+    assert "macro F1" in proc.stdout
 
 
 def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):

@@ -24,7 +24,7 @@ DECLARED = frozenset().union(*FIELDS.values())
 EVENTS = {name: value for name, value in vars(Event).items() if name.isupper()}
 FIELD_NAMES = {name: value for name, value in vars(Field).items() if name.isupper()}
 # Data a writer spreads into an entry from a value built elsewhere: each is checked below.
-SPREADS = {"owner.describe()", "refusal.identity", "stop.details"}
+SPREADS = {"owner.describe()", "refusal.identity", "stop.details", "per_class"}
 
 
 def product_modules() -> list[Path]:
@@ -136,6 +136,15 @@ def test_the_spread_in_owner_identity_is_declared_where_it_is_spread():
         Event.EVALUATE_RECEIVED,
     ):
         assert described <= FIELDS[entry_type], entry_type
+
+
+def test_the_per_class_metrics_of_a_round_are_declared_for_its_evaluation_entry():
+    import numpy as np
+
+    from fedshield.common.class_metrics import round_metrics
+
+    metrics = round_metrics(np.array([0, 1]), np.array([0, 0]), ("a", "b"))
+    assert set(metrics) <= FIELDS[Event.ROUND_EVALUATED]
 
 
 def test_a_foreign_apps_identity_is_declared_for_its_refusal():
