@@ -5,7 +5,8 @@ against its validation split (``--split val``, the default: choices are made the
 once at the end, its test split (``--split test``):
 
   * centralised, non-private: TF-IDF over word 1-2 grams (sublinear term frequency) and
-    logistic regression (scikit-learn), fitted on the whole train split: the reference;
+    logistic regression (scikit-learn, C = 100), fitted on the whole train split: the
+    reference;
   * federated: the real ``fedshield simulate`` (its defaults otherwise: rounds, Dirichlet
     0.5, model) with ``--owners`` owners each, at each of ``--epsilons`` (``none`` = no
     DP), the operator's evaluation file being the chosen split.
@@ -75,8 +76,10 @@ def centralised(train: TextDataset, evaluation: TextDataset) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     start = time.perf_counter()
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-    model = LogisticRegression(max_iter=2000)
+    # C = 100: the best of 1, 10, 100 on the validation splits of r8 and trec (scikit-
+    # learn's default C = 1 underfits TF-IDF: r8 macro-F1 0.695 against 0.896).
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(C=100.0, max_iter=3000)
     model.fit(vectorizer.fit_transform(train.texts), train.labels)
     predicted = model.predict(vectorizer.transform(evaluation.texts))
     index = {name: i for i, name in enumerate(train.classes)}
