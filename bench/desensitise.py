@@ -53,8 +53,9 @@ from faker import Faker
 from tables import print_table, write_json  # bench/tables.py
 
 from fedshield.common.data import builtin_csv_path
-from fedshield.common.desensitise import Desensitiser, library_versions
+from fedshield.common.desensitise import Desensitiser
 from fedshield.common.desensitise_policy import DEFAULT_TYPES, DesensitisePolicy
+from fedshield.common.recognizers import library_versions
 
 FEDSHIELD = [sys.executable, "-c", "from fedshield.cli.app import main; main()"]
 RECALL_TARGET = 0.99

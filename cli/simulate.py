@@ -255,31 +255,15 @@ def simulate(
     _run_simulation_with_progress(config, clients)
 
 
-# Below this many texts, processes would take longer to start than the work itself.
-PARALLEL_DESENSITISATION_MIN_TEXTS = 5000
-
-
 def _prepare_owners_first(config, clients: int, records: int) -> None:
-    """Desensitise (and, for MiniLM, encode) every simulated owner's texts and the
-    evaluation data before round 1, with a progress bar: once each, kept sealed in the
-    run's cache. Desensitisation is pure Python, so owners run in parallel processes,
-    one per core; MiniLM encoding is multi-threaded torch already, so it runs here."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
+    """simulation/prepare.py's work before round 1, with a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedshield.client.owner import prepare_simulated_owner
-    from fedshield.server.app import prepare_operator_evaluation_data
+    from fedshield.simulation.prepare import prepare_owners
 
-    encoding = config.model == "minilm"
     steps = (["desensitising"] if config.desensitise else []) + (
-        ["encoding (MiniLM)"] if encoding else []
+        ["encoding (MiniLM)"] if config.model == "minilm" else []
     )
-    workers = max(1, min(clients + 1, os.cpu_count() or 1))
-    if encoding or records < PARALLEL_DESENSITISATION_MIN_TEXTS:
-        workers = 1
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -288,23 +272,7 @@ def _prepare_owners_first(config, clients: int, records: int) -> None:
         console=console,
     ) as progress:
         task = progress.add_task(f"{' and '.join(steps)}, once per owner", total=clients)
-        if workers == 1:
-            for pid in range(clients):
-                prepare_simulated_owner(config, clients, pid)
-                progress.advance(task)
-            prepare_operator_evaluation_data(config)
-            return
-        # spawn, not fork: the parent holds torch (and, on a GPU machine, maybe CUDA).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            evaluation = pool.submit(prepare_operator_evaluation_data, config)
-            owners = [
-                pool.submit(prepare_simulated_owner, config, clients, pid) for pid in range(clients)
-            ]
-            for owner in owners:
-                owner.result()
-                progress.advance(task)
-            evaluation.result()
+        prepare_owners(config, clients, records, lambda: progress.advance(task))
 
 
 def _run_simulation_with_progress(config, clients: int, on_update=None) -> None:
