@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedshield.common.data import TextDataset
-from fedshield.common.desensitise import Desensitiser
+from fedshield.common.desensitise import Desensitiser, desensitiser_for
 from fedshield.common.desensitise_policy import DesensitisePolicy
 from fedshield.common.errors import SealedFileError
 from fedshield.common.owner_keys import OwnerKeys, open_owner_keys
@@ -79,4 +79,4 @@ def local_desensitiser(enabled: bool, policy_path: str, key_dir: Path) -> Desens
         return None
     policy = DesensitisePolicy.from_file(policy_path) if policy_path else DesensitisePolicy()
     keys = open_owner_keys(Path(key_dir).expanduser(), create=False) if policy.needs_key else None
-    return Desensitiser(policy, keys.pseudonym if keys else None)
+    return desensitiser_for(True, policy_path, keys.pseudonym if keys else None)
