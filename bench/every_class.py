@@ -19,12 +19,15 @@ resumes: ``python bench/every_class.py bbc`` again after an interruption.
 
     python bench/every_class.py bbc --epsilons 1 3 8 none --owners 4 10
     python bench/every_class.py stackoverflow --max-records 4000 --rounds 10   # quicker
+    python bench/every_class.py r8 --simulate-args '--model minilm --finetune-layers 0'
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -95,6 +98,8 @@ def federated(
 ) -> dict:
     """One real ``fedshield simulate`` run; its final metrics."""
     name = f"{args.corpus}-{args.split}-{args.max_records}-{args.rounds}-{owners}-{epsilon}-s{args.seed}"
+    if args.simulate_args:
+        name += "-" + hashlib.sha256(args.simulate_args.encode()).hexdigest()[:8]
     kept = RESULTS / f"{name}.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -107,6 +112,7 @@ def federated(
             *("--clients", str(owners), "--seed", str(args.seed), "--out", str(out)),
             *(["--rounds", str(args.rounds)] if args.rounds else []),
             *(["--no-dp"] if epsilon == "none" else ["--epsilon", epsilon]),
+            *shlex.split(args.simulate_args),
         ]
         start = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -140,6 +146,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="0: fedshield simulate's default")
     ap.add_argument("--max-records", type=int, default=0, help="a slice of train (0: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--simulate-args",
+        default="",
+        help="more fedshield simulate options, e.g. '--model minilm --finetune-layers 0'",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 

@@ -32,12 +32,15 @@ def run_federation(
     delta,
     seed,
     num_classes: int = 2,
+    score=None,
 ):
     """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
 
     ``settings`` is one TrainSettings for every owner, or a list with one per owner.
-    ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round.
+    ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round, or
+    ``score(model)`` where given.
     """
+    score = score or (lambda m: accuracy(m, *val))
     per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
     model = build_model(parts[0][0].shape[1], num_classes)
     velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
@@ -66,5 +69,5 @@ def run_federation(
             velocity[k] = server_momentum * velocity[k] + delta_sum[k]
             new_state[k] = global_state[k] + server_lr * velocity[k]
         model.load_state_dict(new_state)
-        curve.append(accuracy(model, *val))
+        curve.append(score(model))
     return curve, (max(eps) if eps else 0.0)

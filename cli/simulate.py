@@ -89,6 +89,16 @@ def simulate(
     aggregation: Annotated[
         str, typer.Option(help="fedavg, median or trimmed-mean (robust to outliers).")
     ] = "fedavg",
+    class_priors: Annotated[
+        str,
+        typer.Option(
+            help="The head's starting bias is the log of these class priors: 'eval' (the "
+            "evaluation data's class shares), 'uniform', or shares in class order."
+        ),
+    ] = "eval",
+    train_bias: Annotated[
+        bool, typer.Option(help="Owners train the head's bias too (default: they keep the priors).")
+    ] = False,
     max_update_norm: Annotated[
         float,
         typer.Option(
@@ -231,6 +241,8 @@ def simulate(
             "local-epochs": local_epochs,
             "learning-rate": learning_rate,
             "server-momentum": server_momentum,
+            "class-priors": class_priors,
+            "train-bias": train_bias,
             "aggregation": aggregation,
             "max-update-norm": max_update_norm,
             "fraction-train": fraction_train,

@@ -38,7 +38,7 @@ from torch import nn
 from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
-from fedshield.common.model import ModelInputs, ModelSpec, as_tensors
+from fedshield.common.model import ModelInputs, ModelSpec, as_tensors, head_bias
 from fedshield.common.plan import Plan
 from fedshield.common.privacy import ADD_REMOVE, noise_for_target_epsilon
 
@@ -56,6 +56,10 @@ class TrainSettings:
     dp: bool = True
     physical_batch_size: int = 0  # 0: ModelSpec.default_physical_batch_size decides
     encoder_learning_rate: float = 0.0  # pretrained layers (minilm fine-tuning) only
+    # False: the head's bias stays as the server's model holds it (the log of the
+    # federation's published class priors, server/class_priors.py) and every record's
+    # clipped norm goes to the weights; True: the bias is trained with them.
+    train_bias: bool = False
     # The spec that built the model declares its parameter groups and clipping mode.
     model_spec: ModelSpec = ModelSpec()
 
@@ -72,6 +76,7 @@ class TrainSettings:
             dp=plan.dp,
             physical_batch_size=plan.physical_batch_size,
             encoder_learning_rate=plan.encoder_learning_rate,
+            train_bias=plan.train_bias,
             model_spec=ModelSpec.from_config(plan),
         )
 
@@ -274,6 +279,7 @@ def train_locally(
     records = _DeviceRecords.load(inputs, labels, device)
     model.to(device)
     model.train()
+    head_bias(model).requires_grad_(settings.train_bias)
     # The plan may ask for smaller passes, never for more memory than the device has.
     fitting = spec.default_physical_batch_size(model, device, num_records)
     physical = min(settings.physical_batch_size or fitting, fitting)

@@ -146,6 +146,7 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.CONFIG,
             Field.CLASSES,
             Field.MODEL,
+            "class-priors",
             "test-records",
             Field.EVAL_DATA,
             Field.TRANSPORT,

@@ -20,6 +20,7 @@ and the simulation's; ``RunConfig.plan()`` is the part that leaves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedshield.common.kebab_config import KebabConfig, require
@@ -82,6 +83,9 @@ class ServerSettings(KebabConfig):
     # from: public, so no privacy cost; "" = an untrained model.
     continue_from: str = ""
     device: str = "auto"  # the server's evaluation; in simulation, the owners' too
+    # The head's starting bias is the log of these priors (server/class_priors.py):
+    # "eval" = the evaluation data's class shares, "uniform", or shares in class order.
+    class_priors: str = "eval"
 
     def class_names(self) -> tuple[str, ...] | None:
         return split_class_names(self.classes)
@@ -122,6 +126,7 @@ class ServerSettings(KebabConfig):
             "a resumed run continues its own checkpoint; drop continue-from or --resume",
         )
         validate_device(self.device, "device")
+        class_prior_shares(self.class_priors, self.class_names())
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,38 @@ class RunConfig(SimulationSettings, ServerSettings, Plan):
         Plan.validate(self)
         ServerSettings.validate(self)
         SimulationSettings.validate(self)
+
+
+# The most skewed published prior: a share below this would put a class's bias so low
+# that no amount of training could bring it back (log(1e-6) = -13.8).
+MIN_PRIOR_SHARE = 1e-6
+
+
+def class_prior_shares(text: str, classes: tuple[str, ...] | None) -> tuple[float, ...] | None:
+    """``class-priors`` read: None for ``eval`` or ``uniform``; else its shares, normalised,
+    one per class of ``classes`` (when known), none below ``MIN_PRIOR_SHARE``."""
+    if text in ("eval", "uniform"):
+        return None
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        shares = ()
+    total = sum(shares) if shares and all(math.isfinite(s) for s in shares) else 0.0
+    require(
+        total > 0 and all(s / total >= MIN_PRIOR_SHARE for s in shares),
+        "class-priors",
+        text,
+        "use 'eval' (the evaluation data's class shares), 'uniform', or one positive "
+        f"share per class, comma-separated in the class order (each at least "
+        f"{MIN_PRIOR_SHARE:g} of the total)",
+    )
+    require(
+        classes is None or len(shares) == len(classes),
+        "class-priors",
+        text,
+        f"give {len(classes or ())} shares, one per class ({', '.join(classes or ())}), in that order",
+    )
+    return tuple(s / total for s in shares)
 
 
 def split_class_names(text: str) -> tuple[str, ...] | None:

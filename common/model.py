@@ -46,6 +46,16 @@ def build_model(in_dim: int, num_classes: int) -> nn.Module:
     return model
 
 
+def head_bias(model: nn.Module) -> nn.Parameter:
+    """The bias of the classifier head of a model ``ModelSpec.build`` made (the linear
+    model's own, or a fine-tuned encoder top's ``head``): where the log of the
+    federation's published class priors sits."""
+    head = getattr(model, "head", model)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise TypeError(f"no linear head with a bias in {type(model).__name__}")
+    return head.bias
+
+
 # Per-record training memory one pass may take on a CPU (the plan chooses the model's size).
 CPU_PASS_BYTES = 1 << 30
 

@@ -31,10 +31,16 @@ from fedshield.common.data import TextDataset, builtin_class_names
 from fedshield.common.desensitise import desensitiser_for
 from fedshield.common.desensitised_data import desensitised
 from fedshield.common.errors import FedshieldError
-from fedshield.common.model import ModelSpec, evaluate_with_predictions, resolve_device
+from fedshield.common.model import (
+    ModelSpec,
+    evaluate_with_predictions,
+    head_bias,
+    resolve_device,
+)
 from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
+from fedshield.server.class_priors import published_priors, set_prior_bias
 from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
 from fedshield.server.poll import prompt_grid
@@ -139,10 +145,13 @@ def run_federation(
     device = resolve_device(config.device)
     test_inputs = spec.encode(test.texts, device)
     model = spec.build(len(classes))
+    priors = published_priors(config.class_priors, test.labels, classes)
+    set_prior_bias(model, priors)
     initial_arrays = ArrayRecord(model.state_dict())
     lineage: list[dict] = []
     if config.continue_from:
         initial_arrays, lineage = load_parent_model(Path(config.continue_from), spec, classes)
+        model.load_state_dict(initial_arrays.to_torch_state_dict())
     checkpoint = ServerCheckpoint.load(outputs.out_dir) if config.resume else None
     run_key = checkpoint.run_key if checkpoint else (config.run_key or uuid.uuid4().hex)
     norm_bound = UpdateNormBound.from_plan(config, len(classes))
@@ -157,6 +166,14 @@ def run_federation(
             Field.CONFIG: config.as_dict(),
             Field.CLASSES: list(classes),
             Field.MODEL: spec.describe(),
+            # The head's starting bias and where it came from (a continued run keeps its
+            # parent model's), in full precision so an auditor rebuilds it.
+            "class-priors": {
+                "from": "the parent model" if config.continue_from else config.class_priors,
+                "shares": None if config.continue_from else [float(p) for p in priors],
+                "bias": [float(b) for b in head_bias(model).detach()],
+                "bias-trained-by-owners": config.train_bias,
+            },
             "test-records": len(test),
             Field.EVAL_DATA: test.source,
             Field.TRANSPORT: config.transport or "unspecified (flwr run)",

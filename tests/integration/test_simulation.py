@@ -109,6 +109,25 @@ def test_every_round_records_per_class_truth_in_metrics_and_the_server_log(first
     assert "macro F1" in proc.stdout
 
 
+def test_the_head_bias_is_the_published_prior_and_no_owner_moves_it(first_run):
+    """The head's bias is the log of the operator's published priors (its evaluation
+    data's class shares, add-one smoothed) and stays exactly there: owners train the
+    weights only, so no update carries anything about an owner's class counts in it."""
+    import torch
+
+    out, _, _ = first_run
+    log = verify_log(out / "audit" / "server" / "audit.jsonl")
+    start = next(e["data"] for e in log.entries if e["type"] == "run-start")
+    priors = start["class-priors"]
+    assert priors["from"] == "eval" and priors["bias-trained-by-owners"] is False
+    assert abs(sum(priors["shares"]) - 1) < 1e-5
+    assert 0.3 < priors["shares"][0] < 0.7  # IMDB's two classes, near balanced
+    state = torch.load(out / "model.pt", weights_only=True)
+    expected = torch.log(torch.tensor(priors["shares"]))
+    torch.testing.assert_close(state["bias"], expected, rtol=0, atol=1e-5)
+    assert state["weight"].abs().sum() > 0  # the weights did train
+
+
 def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):
     out, _, _ = first_run
     rounds = json.loads((out / "metrics.json").read_text())["rounds"][1:]

@@ -31,27 +31,47 @@ def test_the_charged_event_is_what_training_did(n, batch, epochs):
     assert outcome.dp_event == planned_dp_event(n, settings)
 
 
-def test_with_noise_off_a_dp_step_is_the_mean_of_clipped_per_sample_gradients():
+@pytest.mark.parametrize(
+    ("train_bias", "bias"),
+    [
+        (True, (0.0, 0.0)),
+        (False, (0.0, 0.0)),
+        # A bias far beyond any published prior (the server may send any finite model):
+        # it only shifts the logits, each record still moves the weights by at most the clip.
+        (False, (float(np.log(1e-9)), 0.0)),
+    ],
+)
+def test_with_noise_off_a_dp_step_is_the_mean_of_clipped_per_sample_gradients(train_bias, bias):
     x, y = blobs(40, seed=3)
     clip, lr = 0.05, 1.0
     start = build_model(16, 2)
     with torch.no_grad():
         start.weight.normal_(0, 0.3)
+        start.bias.copy_(torch.tensor(bias))
     reference = build_model(16, 2)
     reference.load_state_dict(start.state_dict())
     # Sample rate 1 (batch = N, one step): Poisson sampling then takes every record.
     settings = TrainSettings(
-        batch_size=40, local_epochs=1, learning_rate=lr, noise_multiplier=0.0, max_grad_norm=clip
+        batch_size=40,
+        local_epochs=1,
+        learning_rate=lr,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        train_bias=train_bias,
     )
     train_locally(start, (x,), y, settings, CPU)
 
+    reference.bias.requires_grad_(train_bias)
     clipped_sum = [torch.zeros_like(p) for p in reference.parameters()]
     for i in range(len(y)):
         reference.zero_grad()
         nn.functional.cross_entropy(
             reference(torch.from_numpy(x[i : i + 1])), torch.tensor([y[i]])
         ).backward()
-        grads = [p.grad.clone() for p in reference.parameters()]
+        grads = [
+            p.grad.clone() if p.requires_grad else torch.zeros_like(p)
+            for p in reference.parameters()
+        ]
         norm = torch.sqrt(sum((g**2).sum() for g in grads))
         factor = min(1.0, clip / (norm.item() + 1e-6))
         for acc, g in zip(clipped_sum, grads, strict=True):

@@ -1,0 +1,162 @@
+"""Pick training choices for every class (issue 24) on validation splits, in-process.
+
+The same loop as ``bench/tune.py`` (``bench/fedloop.py``: the product's local DP
+training at every owner, FedAvg with server momentum), over the corpora of
+``bench/corpora.py``, Dirichlet owners, scored per class: accuracy, macro-F1 and the worst
+class's recall on the validation split, after the last round. ``--post-tau`` also scores
+the final model with ``tau x log(prior)`` subtracted from its logits (post-hoc logit
+adjustment; the priors are the evaluation split's class shares, as the operator's
+evaluation data would publish them). Test splits are never read.
+
+    python bench/class_tune.py r8 trec bbc --grid '{"rounds": [5, 10, 20]}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import fedloop
+import numpy as np
+import torch
+from corpora import CORPORA
+from every_class import splits
+from fedloop import run_federation
+
+from fedshield.client.train import TrainSettings
+from fedshield.common.class_metrics import classification_metrics, round_metrics
+from fedshield.common.data import partition
+from fedshield.common.featurize import FeaturizerSpec, featurize
+from fedshield.common.model import build_model
+from fedshield.server.class_priors import published_priors, set_prior_bias
+
+DEFAULTS = {
+    "rounds": 40,
+    "learning_rate_per_class": 2.5,
+    "local_epochs": 1,
+    "batch_size": 0,
+    "max_grad_norm": 1.0,
+    "server_lr": 1.0,
+    "server_momentum": 0.9,
+    "ngram_max": 1,
+    "out_dim": 4096,
+    # "prior": the product's default, the head's bias fixed at the log of the published
+    # priors (server/class_priors.py); "uniform": fixed at zero; "learnt": trained.
+    "bias": "prior",
+    "features": "hashed",  # or "minilm": the frozen encoder's sentence embeddings
+}
+
+
+def scores(logits: np.ndarray, true: np.ndarray, classes: tuple[str, ...]) -> dict:
+    predicted = logits.argmax(1)
+    _, _, _, accuracy = classification_metrics(true, predicted, classes)
+    per_class = round_metrics(true, predicted, classes)
+    present = {classes[i] for i in np.unique(true)}
+    worst = min(r for name, r in per_class["recall-per-class"].items() if name in present)
+    return {"acc": accuracy, "f1": per_class["macro-f1"], "worst": worst}
+
+
+def with_bias(kind: str, log_prior: np.ndarray):
+    def build(in_dim: int, num_classes: int):
+        model = build_model(in_dim, num_classes)
+        if kind == "prior":
+            set_prior_bias(model, np.exp(log_prior))
+        return model
+
+    return build
+
+
+def minilm(texts: list[str], corpus: str, split: str) -> np.ndarray:
+    """The frozen encoder's embeddings, kept in the temporary folder between runs."""
+    from fedshield.common.minilm import encode_frozen
+
+    kept = Path(tempfile.gettempdir()) / f"class-tune-{corpus}-{split}-minilm128.npy"
+    if not kept.exists():
+        np.save(kept, encode_frozen(texts, 0, 128, torch.device("cpu"))[0])
+    return np.load(kept)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("corpora", nargs="+", choices=("imdb", *CORPORA))
+    ap.add_argument("--owners", type=int, default=10)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--epsilon", type=float, default=3.0)
+    ap.add_argument("--no-dp", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--post-tau", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--grid", default="{}", help="JSON: setting -> list of values")
+    args = ap.parse_args()
+    grid = {k: [v] for k, v in DEFAULTS.items()} | json.loads(args.grid)
+    keys = list(grid)
+    print("| corpus | " + " | ".join(keys) + " | seed | post-tau | acc | macro-F1 | worst |")
+    for corpus in args.corpora:
+        train, val = splits(corpus, "val", 0)
+        index = {name: i for i, name in enumerate(train.classes)}
+        true = np.array([index[val.classes[label]] for label in val.labels])
+        k = len(train.classes)
+        log_prior = np.log(published_priors("eval", true, train.classes))
+        features = {}
+        for values in itertools.product(*(grid[key] for key in keys)):
+            cfg = dict(zip(keys, values, strict=True))
+            spec = FeaturizerSpec(ngram_max=cfg["ngram_max"], out_dim=cfg["out_dim"])
+            key = spec if cfg["features"] == "hashed" else "minilm"
+            if key not in features:
+                features[key] = (
+                    (featurize(train.texts, spec), featurize(val.texts, spec))
+                    if key == spec
+                    else (minilm(train.texts, corpus, "train"), minilm(val.texts, corpus, "val"))
+                )
+            xt, xv = features[key]
+            fedloop.build_model = with_bias(cfg["bias"], log_prior)
+            settings = TrainSettings(
+                dp=not args.no_dp,
+                learning_rate=cfg["learning_rate_per_class"] * k,
+                local_epochs=cfg["local_epochs"],
+                batch_size=cfg["batch_size"],
+                max_grad_norm=cfg["max_grad_norm"],
+                train_bias=cfg["bias"] == "learnt",
+            )
+            for seed in args.seeds:
+                owners = partition(train, args.owners, "dirichlet", args.alpha, seed)
+                # each owner's rows of the features (the corpora keep each text once)
+                positions = {t: i for i, t in enumerate(train.texts)}
+                parts = [(xt[[positions[t] for t in o.texts]], o.labels) for o in owners if len(o)]
+                start = time.time()
+                final = {}
+
+                def keep(model, final=final, xv=xv):
+                    with torch.no_grad():
+                        final["logits"] = model(torch.from_numpy(xv)).numpy()
+                    return 0.0
+
+                _, eps = run_federation(
+                    parts,
+                    (xv, true),
+                    settings,
+                    cfg["rounds"],
+                    cfg["server_lr"],
+                    cfg["server_momentum"],
+                    args.epsilon,
+                    1e-5,
+                    seed,
+                    num_classes=k,
+                    score=keep,
+                )
+                for tau in args.post_tau:
+                    s = scores(final["logits"] - tau * log_prior, true, train.classes)
+                    print(
+                        f"| {corpus} | "
+                        + " | ".join(str(v) for v in values)
+                        + f" | {seed} | {tau} | {s['acc']:.3f} | {s['f1']:.3f} | "
+                        f"{s['worst']:.2f} | eps {eps:.2f} {time.time() - start:.0f}s",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
