@@ -26,6 +26,7 @@ import torch
 from corpora import CORPORA
 from every_class import splits
 from fedloop import run_federation
+from sklearn.preprocessing import normalize
 
 from fedshield.client.train import TrainSettings
 from fedshield.common.class_metrics import classification_metrics, round_metrics
@@ -42,12 +43,15 @@ DEFAULTS = {
     "max_grad_norm": 1.0,
     "server_lr": 1.0,
     "server_momentum": 0.9,
+    "server_opt": "sgd",  # or "adam" / "yogi" (server_momentum is then beta 1)
+    "server_tau": 1e-3,
     "ngram_max": 1,
     "out_dim": 4096,
     # "prior": the product's default, the head's bias fixed at the log of the published
     # priors (server/class_priors.py); "uniform": fixed at zero; "learnt": trained.
     "bias": "prior",
     "features": "hashed",  # or "minilm": the frozen encoder's sentence embeddings
+    "centre": 0,  # 1: subtract the evaluation split's mean feature, then L2 again
 }
 
 
@@ -112,6 +116,9 @@ def main() -> None:
                     else (minilm(train.texts, corpus, "train"), minilm(val.texts, corpus, "val"))
                 )
             xt, xv = features[key]
+            if cfg["centre"]:
+                mean = xv.mean(0, keepdims=True)
+                xt, xv = (normalize(x - mean).astype(np.float32) for x in (xt, xv))
             fedloop.build_model = with_bias(cfg["bias"], log_prior)
             settings = TrainSettings(
                 dp=not args.no_dp,
@@ -146,6 +153,8 @@ def main() -> None:
                     seed,
                     num_classes=k,
                     score=keep,
+                    server_opt=cfg["server_opt"],
+                    tau=cfg["server_tau"],
                 )
                 for tau in args.post_tau:
                     s = scores(final["logits"] - tau * log_prior, true, train.classes)

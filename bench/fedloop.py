@@ -33,6 +33,8 @@ def run_federation(
     seed,
     num_classes: int = 2,
     score=None,
+    server_opt: str = "sgd",
+    tau: float = 1e-3,
 ):
     """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
 
@@ -44,6 +46,7 @@ def run_federation(
     per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
     model = build_model(parts[0][0].shape[1], num_classes)
     velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    second = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     per_owner = [
         calibrated(s, len(x), rounds, epsilon, delta) if s.dp else s
         for s, (x, _) in zip(per_owner, parts, strict=True)
@@ -66,8 +69,18 @@ def run_federation(
                 delta_sum[k] += (v.detach() - global_state[k]) * (len(x) / total)
         new_state = {}
         for k in global_state:
-            velocity[k] = server_momentum * velocity[k] + delta_sum[k]
-            new_state[k] = global_state[k] + server_lr * velocity[k]
+            if server_opt == "sgd":
+                velocity[k] = server_momentum * velocity[k] + delta_sum[k]
+                new_state[k] = global_state[k] + server_lr * velocity[k]
+                continue
+            # Flower's FedAdam / FedYogi on the pseudo-gradient (no bias correction)
+            velocity[k] = server_momentum * velocity[k] + (1 - server_momentum) * delta_sum[k]
+            square = delta_sum[k] ** 2
+            if server_opt == "adam":
+                second[k] = 0.99 * second[k] + 0.01 * square
+            else:
+                second[k] = second[k] - 0.01 * square * torch.sign(second[k] - square)
+            new_state[k] = global_state[k] + server_lr * velocity[k] / (second[k].sqrt() + tau)
         model.load_state_dict(new_state)
         curve.append(score(model))
     return curve, (max(eps) if eps else 0.0)
