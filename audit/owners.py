@@ -173,6 +173,16 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     return audit
 
 
+def _composed(events) -> list[DpEvent]:
+    """One event per (sigma, q), steps summed, sorted: written here, not taken from the
+    owners' code (``privacy.composed_history``), so the audit stays independent of it."""
+    steps: dict[tuple[float, float], int] = {}
+    for event in events:
+        key = (float(event.noise_multiplier), float(event.sample_rate))
+        steps[key] = steps.get(key, 0) + int(event.steps)
+    return [DpEvent(sigma, q, n) for (sigma, q), n in sorted(steps.items()) if n > 0]
+
+
 def _check_charge(
     audit: OwnerAudit,
     tagged: _Tagged,
@@ -182,19 +192,23 @@ def _check_charge(
     """Recompute one charge, judge it against the budget in force; returns its history."""
     data = tagged.entry["data"]
     server_round = int(data[Field.SERVER_ROUND])
-    events = [DpEvent.from_entry(e) for e in data[Field.LEDGER_EVENTS]]
+    # Composed (one event per mechanism, steps summed), whether the entry carries the
+    # whole history (older logs) or the composed one: the same epsilon either way.
+    events = _composed(DpEvent.from_entry(e) for e in data[Field.LEDGER_EVENTS])
     new_event = DpEvent.from_entry(
         [data[Field.NOISE_MULTIPLIER], data[Field.SAMPLE_RATE], data[Field.STEPS]]
     )
-    if previous_events is not None and events[:-1] != previous_events:
+    if previous_events is not None and _composed([*previous_events, new_event]) != events:
         audit.problems.append(
-            f"round {server_round}: ledger history differs from the previous entry's "
-            "(events were removed or changed between rounds)"
+            f"round {server_round}: ledger history differs from the previous entry's plus "
+            "this charge (events were removed or changed between rounds)"
         )
-    if not events or events[-1] != new_event:
-        audit.problems.append(
-            f"round {server_round}: the charged event is not the last in the ledger"
-        )
+    if not any(
+        (e.noise_multiplier, e.sample_rate) == (new_event.noise_multiplier, new_event.sample_rate)
+        and e.steps >= new_event.steps
+        for e in events
+    ):
+        audit.problems.append(f"round {server_round}: the charged event is not in the ledger")
     delta = float(data[Field.DELTA])
     claimed = float(data[Field.EPSILON_AFTER])
     # entries written before the PLD switch name no accountant: they were charged by RDP

@@ -11,6 +11,9 @@ from rich.table import Table
 from fedshield.cli.shared import console, print_final, quiet_libraries
 from fedshield.common.errors import FedshieldError
 
+# common/data.py's BUILTIN_DATASETS, named here so a wrong path fails before pandas loads.
+BUILTIN_DATA = ("imdb", "rotten-tomatoes", "movie-reviews")
+
 
 def simulate(
     clients: Annotated[int, typer.Option(help="Number of simulated data owners.")] = 10,
@@ -89,6 +92,14 @@ def simulate(
     aggregation: Annotated[
         str, typer.Option(help="fedavg, median or trimmed-mean (robust to outliers).")
     ] = "fedavg",
+    ray_address: Annotated[
+        str,
+        typer.Option(
+            envvar="RAY_ADDRESS",
+            help="Run the owners on this existing Ray cluster (host:port of its head, or "
+            "'auto'); its nodes must see --out and --data at the same paths.",
+        ),
+    ] = "",
     class_priors: Annotated[
         str,
         typer.Option(
@@ -194,7 +205,7 @@ def simulate(
     from fedshield.cli.shared import require_file
     from fedshield.common.config import RunConfig
 
-    require_file(data, "--data", builtin=("imdb", "rotten-tomatoes", "movie-reviews"))
+    require_file(data, "--data", builtin=BUILTIN_DATA)
     if eval_data is not None:
         require_file(eval_data, "--eval-data")
     if resume:
@@ -211,6 +222,9 @@ def simulate(
         return
 
     out_dir = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if ray_address:  # the cluster's nodes resolve paths from their own working folders
+        out_dir = out_dir.resolve()
+        data = data if data in BUILTIN_DATA else str(Path(data).resolve())
     if continue_from:
         from fedshield.server.outputs import resolve_continue_from
 
@@ -258,6 +272,7 @@ def simulate(
             "encoder-learning-rate": encoder_learning_rate,
             "transport": "simulation: in-process messages, no network",
             "num-clients": clients,
+            "ray-address": ray_address,
             "desensitise": desensitise,
             "desensitise-policy": str(Path(desensitise_policy).resolve())
             if desensitise_policy

@@ -3,7 +3,9 @@ audit record before anything is released.
 
 Guarantee: ``charge_and_audit`` writes the ledger durably first (a crash after it can
 over-count, never under-count), then appends a ``dp-charged`` audit entry carrying the
-whole ledger history, from which an auditor recomputes epsilon independently, and the
+whole ledger history composed (``privacy.composed_history``: one event per mechanism,
+steps summed, so an entry's size grows with the mechanisms, not the rounds), from which
+an auditor recomputes epsilon independently, and the
 name of the accountant the figures rest on (``privacy.accountant_used``: PLD, or RDP
 beyond PLD's range).
 """
@@ -20,7 +22,12 @@ from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.model import ModelSpec
-from fedshield.common.privacy import ADD_REMOVE, accountant_used, epsilon_spent
+from fedshield.common.privacy import (
+    ADD_REMOVE,
+    accountant_used,
+    composed_history,
+    epsilon_spent,
+)
 
 
 def load_global_model(msg: Message, spec: ModelSpec, num_classes: int) -> torch.nn.Module:
@@ -61,7 +68,7 @@ def charge_and_audit(
     released: int | None = None,
     trained: DpEvent | None = None,
 ) -> float:
-    """Charge the ledger durably, then record the charge with the whole history.
+    """Charge the ledger durably, then record the charge with the whole history, composed.
 
     ``event`` is what the accountant composes (``privacy.accounted_event`` of the
     ``trained`` event under ``relation``); ``released`` is a count release's value.
@@ -106,7 +113,9 @@ def charge_and_audit(
             Field.EPSILON_AFTER: epsilon,
             Field.EPSILON_BUDGET: owner.epsilon_budget,
             "budget-remaining": owner.epsilon_budget - epsilon,
-            Field.LEDGER_EVENTS: [e.as_entry() for e in history],
+            # The history composed (one event per mechanism, steps summed): the same
+            # epsilon, and an entry whose size does not grow with the rounds.
+            Field.LEDGER_EVENTS: [e.as_entry() for e in composed_history(history)],
         },
     )
     return epsilon

@@ -145,6 +145,9 @@ class SimulationSettings(OwnerPrivacy):
     # The empirical audit's included canaries (audit/canaries.py), added to the simulated
     # owners' data.
     audit_canaries: str = ""
+    # An existing Ray cluster to run the simulated owners on (its GCS address, host:port,
+    # or "auto"); "" = Ray's RAY_ADDRESS when set, else a Ray started for this run alone.
+    ray_address: str = ""
 
     def validate(self) -> None:
         OwnerPrivacy.validate(self)

@@ -175,6 +175,14 @@ def _grouped(events: Iterable[DpEvent]) -> Grouped:
     return tuple(sorted((sigma, q, n) for (sigma, q), n in steps.items() if n > 0))
 
 
+def composed_history(events: Iterable[DpEvent]) -> list[DpEvent]:
+    """A history as the accountant composes it: one event per distinct (sigma, q), its
+    steps summed, in a fixed order. Epsilon is the same as the whole history's (the
+    accountant groups it so), and its size grows with the mechanisms used, not with the
+    rounds: what a charge's audit entry carries (client/charge.py)."""
+    return [DpEvent(sigma, q, steps) for sigma, q, steps in _grouped(events)]
+
+
 def epsilon_spent(events: Iterable[DpEvent], delta: float) -> float:
     """Epsilon at ``delta`` of all ``events`` composed, by :func:`accountant_used`'s choice."""
     grouped = _grouped(events)

@@ -128,6 +128,28 @@ def test_the_head_bias_is_the_published_prior_and_no_owner_moves_it(first_run):
     assert state["weight"].abs().sum() > 0  # the weights did train
 
 
+def test_each_charge_entry_carries_the_history_composed_so_logs_grow_linearly(first_run):
+    """A dp-charged entry carries the owner's ledger history composed (one event per
+    mechanism, steps summed): its size does not grow with the rounds, and its epsilon is
+    the whole history's (the report recomputes it from there: the audit test below)."""
+    out, _, _ = first_run
+    owner_logs = [p for p in (out / "audit").glob("*/audit.jsonl") if p.parent.name != "server"]
+    assert owner_logs
+    for path in owner_logs:
+        charged = [e["data"] for e in verify_log(path).entries if e["type"] == "dp-charged"]
+        train = [c for c in charged if c["kind"] == "train"]
+        assert len(train) == 3
+        sizes = {len(c["ledger-events"]) for c in train}
+        assert sizes == {2}  # the count's release and the training mechanism, every round
+        composed = {
+            (e["noise-multiplier"], e["sample-rate"]): e["steps"]
+            for e in train[-1]["ledger-events"]
+        }
+        assert composed[(train[-1]["noise-multiplier"], train[-1]["sample-rate"])] == sum(
+            c["steps"] for c in train
+        )
+
+
 def test_epsilon_rises_every_round_stays_in_budget_and_matches_two_accountants(first_run):
     out, _, _ = first_run
     rounds = json.loads((out / "metrics.json").read_text())["rounds"][1:]

@@ -157,6 +157,11 @@ def test_simulated_clients_get_a_gpu_share_only_when_a_gpu_exists(monkeypatch):
     assert backend_config(10, "auto")["client_resources"]["num_gpus"] == 0.25
     assert backend_config(2, "cuda")["client_resources"]["num_gpus"] == 0.5
     assert backend_config(10, "cpu")["client_resources"]["num_gpus"] == 0.0
+    # Attached to a cluster (--ray-address): its GPUs count, not this machine's.
+    assert backend_config(10, "auto", gpus=0.0)["client_resources"]["num_gpus"] == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_config(2, "auto", gpus=4.0)["client_resources"]["num_gpus"] == 0.5
+    assert backend_config(2, "cpu", gpus=4.0)["client_resources"]["num_gpus"] == 0.0
 
 
 def test_device_choice_fails_clearly_where_the_device_is_missing(monkeypatch):
