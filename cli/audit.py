@@ -209,7 +209,7 @@ def audit_empirical(
     import time
 
     from fedshield.cli.shared import require_file
-    from fedshield.cli.simulate import _run_simulation_with_progress
+    from fedshield.cli.simulate_run import run_with_progress
     from fedshield.common.config import RunConfig
 
     require_file(data, "--data", builtin=("imdb", "rotten-tomatoes", "movie-reviews"))
@@ -255,7 +255,7 @@ def audit_empirical(
             f"{epsilon:g} (its largest bound is {plan.ceiling:.3g}): the result will be "
             "inconclusive. Raise --canaries (1000 can show up to about 5.1, 2000 about 5.6).[/]"
         )
-    _run_simulation_with_progress(plan.config, clients, on_update=plan.scorer.observe)
+    run_with_progress(plan.config, clients, on_update=plan.scorer.observe)
     summary = empirical.finish(plan)
     bound = summary["lower-bound"]
     table = Table("", "epsilon")
