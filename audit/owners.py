@@ -9,8 +9,10 @@ Guarantees:
   last recorded budget change before it), and every budget change is listed with its
   time and whether it followed a refusal: raising a budget after a refusal is shown,
   never folded into a plain "ok";
-- epsilon is recomputed from the whole logged ledger history of each charge with an
-  accountant independent of the owners' (audit/epsilon.py ``claim_problem``);
+- epsilon is recomputed from the whole logged ledger history of each charge (composed: one
+  event per mechanism, steps summed, as the entries carry it) with an accountant
+  independent of the owners' (audit/epsilon.py ``claim_problem``), and each entry's
+  history must be the previous entry's plus its own charge;
 - refusals keep their code, the code's fixed meaning (``wire.REFUSAL_REASONS``) and the
   owner's own reason sentence.
 """
