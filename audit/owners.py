@@ -175,6 +175,25 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     return audit
 
 
+def _logged_event(value) -> DpEvent:
+    """One logged event, read strictly: a positive finite noise multiplier, a sample rate
+    in (0, 1] and a whole number of steps >= 1, else ValueError (a negative or fractional
+    count of steps would subtract from, or shave, the epsilon recomputed)."""
+    sigma, q, steps = (
+        (value["noise-multiplier"], value["sample-rate"], value["steps"])
+        if isinstance(value, dict)
+        else value
+    )
+    if isinstance(steps, float) and steps.is_integer():
+        steps = int(steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps {steps!r} is not a whole number >= 1")
+    sigma, q = float(sigma), float(q)
+    if not (math.isfinite(sigma) and sigma > 0 and 0 < q <= 1):
+        raise ValueError(f"noise multiplier {sigma!r} or sample rate {q!r} out of range")
+    return DpEvent(sigma, q, steps)
+
+
 def _composed(events) -> list[DpEvent]:
     """One event per (sigma, q), steps summed, sorted: written here, not taken from the
     owners' code (``privacy.composed_history``), so the audit stays independent of it."""
@@ -182,7 +201,7 @@ def _composed(events) -> list[DpEvent]:
     for event in events:
         key = (float(event.noise_multiplier), float(event.sample_rate))
         steps[key] = steps.get(key, 0) + int(event.steps)
-    return [DpEvent(sigma, q, n) for (sigma, q), n in sorted(steps.items()) if n > 0]
+    return [DpEvent(sigma, q, n) for (sigma, q), n in sorted(steps.items())]
 
 
 def _check_charge(
@@ -196,10 +215,14 @@ def _check_charge(
     server_round = int(data[Field.SERVER_ROUND])
     # Composed (one event per mechanism, steps summed), whether the entry carries the
     # whole history (older logs) or the composed one: the same epsilon either way.
-    events = _composed(DpEvent.from_entry(e) for e in data[Field.LEDGER_EVENTS])
-    new_event = DpEvent.from_entry(
-        [data[Field.NOISE_MULTIPLIER], data[Field.SAMPLE_RATE], data[Field.STEPS]]
-    )
+    try:
+        events = _composed(_logged_event(e) for e in data[Field.LEDGER_EVENTS])
+        new_event = _logged_event(
+            [data[Field.NOISE_MULTIPLIER], data[Field.SAMPLE_RATE], data[Field.STEPS]]
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        audit.problems.append(f"round {server_round}: a logged DP event is malformed ({exc})")
+        return previous_events or []
     if previous_events is not None and _composed([*previous_events, new_event]) != events:
         audit.problems.append(
             f"round {server_round}: ledger history differs from the previous entry's plus "

@@ -45,7 +45,8 @@ number of records public, and its epsilon protects a record's content, not its
 presence (the same noise costs about twice the epsilon).</p>
 <p>The epsilon in this report is <b>computed from the owners' signed audit logs</b>: each
 charge records the noise multiplier, sampling rate and number of steps of every release
-in the owner's ledger, and this report <b>recomputes</b> epsilon from those alone without
+in the owner's ledger (releases of the same mechanism composed: their steps summed), and
+this report <b>recomputes</b> epsilon from those alone without
 the owners' accountant. The guarantee rests on the owners' figure, by the privacy loss
 distribution (PLD); the report recomputes it exactly for full-batch rounds and as an
 interval (Opacus's PRV accountant) otherwise, and flags a claim above that by more than

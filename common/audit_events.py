@@ -261,7 +261,8 @@ FIELDS: dict[str, frozenset[str]] = {
     Event.BUDGET_CHANGED: frozenset(
         {Field.OLD_BUDGET, Field.NEW_BUDGET, "changed-at", Field.LEDGER_ID}
     ),
-    # one durable ledger charge with the whole ledger history, to recompute epsilon
+    # one durable ledger charge with the whole ledger history composed (one event per
+    # mechanism, steps summed), to recompute epsilon
     Event.DP_CHARGED: frozenset(
         {
             Field.SERVER_ROUND,

@@ -51,8 +51,9 @@ LOG_FORMAT = "fedshield-audit/1"
 CHECKPOINT = Event.CHECKPOINT
 LOG_START = Event.LOG_START
 TAIL_WINDOW_BYTES = 256 * 1024
-# A dp-charged entry carries the whole ledger history (~80 bytes a charge): 4 MiB holds
-# ~50,000 charges, far past any budget; a bigger entry is a bug or an attack. Refused, not
+# A dp-charged entry carries the whole ledger history composed (~80 bytes a distinct
+# mechanism; it was ~80 bytes a charge before 2026-12-07): 4 MiB holds ~50,000 of them,
+# far past any budget; a bigger entry is a bug or an attack. Refused, not
 # stored as a digest: a log that silently drops what its caller named is weaker evidence.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 

@@ -359,6 +359,37 @@ def test_a_dishonest_or_over_budget_owner_is_flagged(tmp_path, second, problem):
     assert any(problem in p for p in owner.problems), owner.problems
 
 
+def with_steps(steps) -> dict:
+    """A second charge whose own event, and its history's last, log ``steps`` steps."""
+    entry = charged([EVENT, EVENT], claimed=0.5)
+    entry["steps"] = steps
+    entry["ledger-events"] = [EVENT.as_entry(), {**EVENT.as_entry(), "steps": steps}]
+    return entry
+
+
+@pytest.mark.parametrize("steps", [-EVENT.steps, 0, 1.5, float("nan"), True, "3"])
+def test_a_charge_with_steps_that_are_not_a_whole_positive_number_is_flagged(tmp_path, steps):
+    """Negative steps would subtract from the epsilon recomputed: never composed."""
+    log = owner_log(
+        tmp_path, (Event.DP_CHARGED, charged([EVENT])), (Event.DP_CHARGED, with_steps(steps))
+    )
+    (owner,) = owner_audits([log])
+    assert any("a logged DP event is malformed" in p for p in owner.problems), owner.problems
+
+
+def test_a_history_logged_composed_is_recomputed_like_the_whole_one(tmp_path):
+    """Entries carry the history composed (one event per mechanism, steps summed): the
+    auditor accepts it after a whole-history entry (older logs) and recomputes the same."""
+    composed = charged([EVENT, EVENT])
+    composed["ledger-events"] = [
+        DpEvent(EVENT.noise_multiplier, EVENT.sample_rate, 2 * EVENT.steps).as_entry()
+    ]
+    log = owner_log(tmp_path, (Event.DP_CHARGED, charged([EVENT])), (Event.DP_CHARGED, composed))
+    (owner,) = owner_audits([log])
+    assert not owner.problems, owner.problems
+    assert owner.charges[-1].epsilon_claimed == pytest.approx(epsilon([EVENT, EVENT]))
+
+
 def test_availability_counts_rounds_with_an_accepted_update_not_rounds_run(tmp_path):
     owners = [Owner(f"hospital-{c}", 1.0, f"L{c}") for c in "abc"]  # 1.0: every round refused
     rows = {
