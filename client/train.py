@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
+from fedshield.client.secure_random import SecureRandom
+from fedshield.client.units import UnitMembers, group_per_unit
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors, head_bias
@@ -60,6 +62,8 @@ class TrainSettings:
     # federation's published class priors, server/class_priors.py) and every record's
     # clipped norm goes to the weights; True: the bias is trained with them.
     train_bias: bool = False
+    # Privacy units (client/units.py): the most records one unit contributes in a round.
+    max_records_per_unit: int = 64
     # The spec that built the model declares its parameter groups and clipping mode.
     model_spec: ModelSpec = ModelSpec()
 
@@ -250,6 +254,35 @@ def _train_logical_batch(
     return loss_sum, seen
 
 
+def _train_unit_batch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    records: _DeviceRecords,
+    members: UnitMembers,
+    units: torch.Tensor,
+    physical_batch_size: int,
+) -> tuple[torch.Tensor, int]:
+    """One DP step on the sampled ``units``: passes of whole units, each unit's
+    per-record gradients summed (``group_per_unit``) before the optimizer clips them, so
+    a unit is one contribution of norm at most C; one noisy step per logical batch."""
+    loss_sum, seen = torch.zeros((), device=records.targets.device), 0
+    passes = list(members.passes(units, physical_batch_size)) or [(units[:0], units[:0])]
+    for number, (rows, positions) in enumerate(passes, start=1):
+        optimizer.signal_skip_step(do_skip=number != len(passes))
+        if len(rows):
+            inputs, targets = records.rows(rows)
+            loss = nn.functional.cross_entropy(model(*inputs), targets)
+            loss.backward()
+            group_per_unit(optimizer.params, positions)
+            loss_sum += loss.detach() * len(rows)
+            seen += len(rows)
+        else:
+            zero_per_sample_gradients(optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+    return loss_sum, seen
+
+
 def train_locally(
     model: nn.Module,
     inputs: ModelInputs,
@@ -257,6 +290,7 @@ def train_locally(
     settings: TrainSettings,
     device: torch.device,
     released_count: int | None = None,
+    units: np.ndarray | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place on (inputs, labels); returns loss and the DP event.
 
@@ -267,6 +301,9 @@ def train_locally(
     ``device`` is the owner's; a linear head with small logical batches trains on the
     CPU instead (``ModelSpec.training_device``). A ``physical_batch_size`` of 0 is
     chosen from that device and the model (``ModelSpec.default_physical_batch_size``).
+
+    ``units`` (one privacy-unit code 0..U-1 per record; DP only): units are sampled and
+    clipped instead of records (client/units.py), and ``released_count`` counts units.
 
     Takes no seed: a server that could predict a client's noise could subtract it, and
     one that knew which records were sampled would void the amplification the
@@ -285,12 +322,18 @@ def train_locally(
     physical = min(settings.physical_batch_size or fitting, fitting)
     groups = spec.param_groups(model, settings.learning_rate, settings.encoder_learning_rate)
     optimizer = torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
-    planned_on = num_records if released_count is None else released_count
+    members = (
+        UnitMembers.draw(units, settings.max_records_per_unit, SecureRandom())
+        if units is not None and settings.dp
+        else None
+    )
+    sampled_items = num_records if members is None else len(members)
+    planned_on = sampled_items if released_count is None else released_count
     private = (
         make_private(
             model,
             optimizer,
-            num_records,
+            sampled_items,
             planned_on,
             _steps_per_epoch(planned_on, settings),
             settings.noise_multiplier,
@@ -317,8 +360,12 @@ def train_locally(
         warnings.filterwarnings("ignore", message=_OUTPUT_ONLY_BACKWARD_HOOK)
         for _ in range(settings.local_epochs):
             for indices in batches():
-                loss_sum, count = _train_logical_batch(
-                    model, optimizer, records, indices, physical, private is not None
+                loss_sum, count = (
+                    _train_logical_batch(
+                        model, optimizer, records, indices, physical, private is not None
+                    )
+                    if members is None
+                    else _train_unit_batch(model, optimizer, records, members, indices, physical)
                 )
                 total_loss += loss_sum
                 seen += count
