@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import fedloop
 import numpy as np
 import torch
 from corpora import CORPORA
@@ -64,14 +63,12 @@ def scores(logits: np.ndarray, true: np.ndarray, classes: tuple[str, ...]) -> di
     return {"acc": accuracy, "f1": per_class["macro-f1"], "worst": worst}
 
 
-def with_bias(kind: str, log_prior: np.ndarray):
-    def build(in_dim: int, num_classes: int):
-        model = build_model(in_dim, num_classes)
-        if kind == "prior":
-            set_prior_bias(model, np.exp(log_prior))
-        return model
-
-    return build
+def starting_model(kind: str, in_dim: int, log_prior: np.ndarray):
+    """The global model before round 1: its bias at the log priors for ``prior``."""
+    model = build_model(in_dim, len(log_prior))
+    if kind == "prior":
+        set_prior_bias(model, np.exp(log_prior))
+    return model
 
 
 def minilm(texts: list[str], corpus: str, split: str) -> np.ndarray:
@@ -119,7 +116,6 @@ def main() -> None:
             if cfg["centre"]:
                 mean = xv.mean(0, keepdims=True)
                 xt, xv = (normalize(x - mean).astype(np.float32) for x in (xt, xv))
-            fedloop.build_model = with_bias(cfg["bias"], log_prior)
             settings = TrainSettings(
                 dp=not args.no_dp,
                 learning_rate=cfg["learning_rate_per_class"] * k,
@@ -155,6 +151,7 @@ def main() -> None:
                     score=keep,
                     server_opt=cfg["server_opt"],
                     tau=cfg["server_tau"],
+                    initial_model=starting_model(cfg["bias"], xt.shape[1], log_prior),
                 )
                 for tau in args.post_tau:
                     s = scores(final["logits"] - tau * log_prior, true, train.classes)

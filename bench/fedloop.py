@@ -35,16 +35,18 @@ def run_federation(
     score=None,
     server_opt: str = "sgd",
     tau: float = 1e-3,
+    initial_model=None,
 ):
     """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
 
     ``settings`` is one TrainSettings for every owner, or a list with one per owner.
+    ``initial_model`` (default: zeros) is the global model before round 1.
     ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round, or
     ``score(model)`` where given.
     """
     score = score or (lambda m: accuracy(m, *val))
     per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
-    model = build_model(parts[0][0].shape[1], num_classes)
+    model = initial_model or build_model(parts[0][0].shape[1], num_classes)
     velocity = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     second = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     per_owner = [
