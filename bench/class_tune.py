@@ -29,9 +29,9 @@ from sklearn.preprocessing import normalize
 
 from fedshield.client.train import TrainSettings
 from fedshield.common.class_metrics import classification_metrics, round_metrics
-from fedshield.common.data import partition
 from fedshield.common.featurize import FeaturizerSpec, featurize
 from fedshield.common.model import build_model
+from fedshield.common.splits import partition
 from fedshield.server.class_priors import published_priors, set_prior_bias
 
 DEFAULTS = {

@@ -50,8 +50,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fedshield.common.data import TextDataset, fingerprint_records, split_holdout, take
+from fedshield.common.data import TextDataset, fingerprint_records
 from fedshield.common.errors import DataError
+from fedshield.common.splits import split_holdout, take
 
 SPLITS = ("train", "val", "test")
 BOLT = {

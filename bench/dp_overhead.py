@@ -35,9 +35,10 @@ from bench_machine import machine, provenance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedshield.common.data import load_builtin, split_holdout, take
+from fedshield.common.data import load_builtin
 from fedshield.common.featurize import featurize
 from fedshield.common.model import build_model
+from fedshield.common.splits import split_holdout, take
 
 RESULTS = Path(__file__).resolve().parent / "results"
 warnings.filterwarnings("ignore")

@@ -40,7 +40,8 @@ from corpora import CORPORA, load_corpus, write_csv
 from tables import print_table, write_json
 
 from fedshield.common.class_metrics import classification_metrics, round_metrics
-from fedshield.common.data import TextDataset, load_builtin, split_holdout, take
+from fedshield.common.data import TextDataset, load_builtin
+from fedshield.common.splits import split_holdout, take
 
 RESULTS = Path(__file__).resolve().parent / "results" / "every_class"
 FEDSHIELD = Path(sys.executable).with_name("fedshield")

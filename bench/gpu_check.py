@@ -39,8 +39,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedshield.client.secure_random import SecureRandom
 from fedshield.client.train import TrainSettings, train_locally
 from fedshield.common import minilm
-from fedshield.common.data import load_dataset, take
+from fedshield.common.data import load_dataset
 from fedshield.common.model import ModelSpec, as_tensors, resolve_device, unwrapped_state_dict
+from fedshield.common.splits import take
 
 CLIP = 1.0
 

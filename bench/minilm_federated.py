@@ -40,7 +40,7 @@ import torch
 
 from fedshield.client.train import TrainSettings, calibrated, train_locally
 from fedshield.common.config import RunConfig
-from fedshield.common.data import TextDataset, load_builtin, partition, split_holdout, take
+from fedshield.common.data import TextDataset, load_builtin
 from fedshield.common.model import (
     ModelInputs,
     ModelSpec,
@@ -49,6 +49,7 @@ from fedshield.common.model import (
     unwrapped_state_dict,
 )
 from fedshield.common.privacy import epsilon_spent
+from fedshield.common.splits import partition, split_holdout, take
 
 NUM_CLASSES = 2
 # What --grid may vary, with the type of each value.

@@ -35,9 +35,10 @@ from torch import nn
 
 from fedshield.client.train import TrainSettings
 from fedshield.common.config import RunConfig
-from fedshield.common.data import load_builtin, partition, split_holdout, take
+from fedshield.common.data import load_builtin
 from fedshield.common.featurize import FeaturizerSpec, featurize
 from fedshield.common.model import build_model
+from fedshield.common.splits import partition, split_holdout, take
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPSILONS = (8.0, 3.0, 1.0)

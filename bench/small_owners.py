@@ -36,9 +36,10 @@ from corpora import load_corpus  # bench/corpora.py
 
 from fedshield.client.train import TrainSettings
 from fedshield.common.config import RunConfig
-from fedshield.common.data import load_builtin, partition, split_holdout, take
+from fedshield.common.data import load_builtin
 from fedshield.common.featurize import FeaturizerSpec, featurize
 from fedshield.common.plan import LEARNING_RATE_PER_CLASS
+from fedshield.common.splits import partition, split_holdout, take
 
 # The product's defaults (common/config.py RunConfig) plus the rule knobs (doc above):
 # 2.5 per class is 5 at K = 2 with power 1.

@@ -17,8 +17,9 @@ import time
 from fedloop import run_federation  # bench/fedloop.py (the shared in-process loop)
 
 from fedshield.client.train import TrainSettings
-from fedshield.common.data import load_builtin, partition, split_holdout
+from fedshield.common.data import load_builtin
 from fedshield.common.featurize import FeaturizerSpec, featurize
+from fedshield.common.splits import partition, split_holdout
 
 
 def main() -> None:

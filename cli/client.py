@@ -7,7 +7,15 @@ from typing import Annotated, Any, get_args, get_type_hints
 
 import typer
 
-from fedshield.cli.shared import InsecureFlag, console, require_file, warn_insecure
+from fedshield.cli.shared import (
+    InsecureFlag,
+    MaxRecordsPerUnitOption,
+    PrivacyUnitOption,
+    RecordLevelFlag,
+    console,
+    require_file,
+    warn_insecure,
+)
 from fedshield.common.errors import ConfigError
 
 client_app = typer.Typer(help="A data owner's side of a deployed federation.", no_args_is_help=True)
@@ -155,6 +163,9 @@ def client_start(
             "accounted under replace-one adjacency (sensitivity 2C), as your ledger says."
         ),
     ] = False,
+    privacy_unit: PrivacyUnitOption = "",
+    max_records_per_unit: MaxRecordsPerUnitOption = 64,
+    record_level: RecordLevelFlag = False,
     insecure: InsecureFlag = False,
 ) -> None:
     """Check your data and budget, then join the federation as an authenticated TLS SuperNode.

@@ -11,6 +11,7 @@ from fedshield.cli.shared import (
     DesensitiseFlag,
     DesensitisePolicyOption,
     KeyDirOption,
+    PrivacyUnitOption,
     console,
 )
 
@@ -28,6 +29,11 @@ def data_check(
     sample: Annotated[
         int, typer.Option(help="Records the desensitisation preview reads (0 = all).")
     ] = 1000,
+    privacy_unit: PrivacyUnitOption = "",
+    epsilon: Annotated[
+        float, typer.Option(help="With --privacy-unit: the budget the group figure is shown for.")
+    ] = 3.0,
+    delta: Annotated[float, typer.Option(help="With --privacy-unit: delta of that figure.")] = 1e-5,
 ) -> None:
     """Validate a data file and print records, classes and fingerprint, and what your
     desensitisation policy would replace in a sample: counts per type, never a value."""
@@ -35,10 +41,12 @@ def data_check(
     from fedshield.common.desensitised_data import local_desensitiser
 
     desensitiser = local_desensitiser(desensitise, desensitise_policy, key_dir)
-    dataset = load_dataset(path, text_column, label_column)
+    dataset = load_dataset(path, text_column, label_column, unit_column=privacy_unit)
     console.print(f"{path}: {len(dataset)} records, fingerprint {dataset.fingerprint}")
     for name, count in dataset.class_counts().items():
         console.print(f"  class {name!r}: {count}")
+    if privacy_unit:
+        print_group_privacy(dataset, epsilon, delta)
     if desensitiser is None:
         console.print("desensitisation: off (--no-desensitise)")
         return
@@ -51,5 +59,28 @@ def data_check(
         f"{len(policy['recognizers'])} recognizers): in {len(texts)} records, {touched} would "
         f"change; identifiers found: "
         + (", ".join(f"{entity} {n}" for entity, n in sorted(counts.items())) or "none"),
+        highlight=False,
+    )
+
+
+def print_group_privacy(dataset, epsilon: float, delta: float) -> None:
+    """Units, the largest, and what a record-level budget means for it, on this console.
+
+    The figure is for full-batch rounds (the default), where it is exact whatever the
+    number of rounds: their Gaussian steps compose to one Gaussian, and k records move
+    its sum by at most k C."""
+    from fedshield.common.dp_event import DpEvent
+    from fedshield.common.group_privacy import group_epsilon
+    from fedshield.common.privacy import noise_for_target_epsilon
+
+    name, largest = dataset.unit_name, dataset.largest_unit
+    sigma = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
+    grouped = group_epsilon([DpEvent(sigma, 1.0, 1)], delta, largest)
+    console.print(
+        f"privacy unit '{name}': {dataset.unit_count} units, the largest holds {largest} "
+        f"records.\n  --privacy-unit {name}: epsilon {epsilon:g} protects each '{name}', all "
+        f"its records together.\n  per record (no --privacy-unit, or --record-level): "
+        f"epsilon {epsilon:g} per record protects the '{name}' with {largest} records only "
+        f"at epsilon {grouped:.1f} (group privacy, full-batch rounds, delta {delta:g}).",
         highlight=False,
     )

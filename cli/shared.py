@@ -59,6 +59,28 @@ DesensitiseFlag = Annotated[
 DesensitisePolicyOption = Annotated[
     str, typer.Option(help="Your desensitisation policy (TOML); '' = the default policy.")
 ]
+PrivacyUnitOption = Annotated[
+    str,
+    typer.Option(
+        help="The column naming whose each record is (a patient, a customer): epsilon then "
+        "protects one such unit, all its records together (docs/design/privacy-unit.md). "
+        "'' = one record."
+    ),
+]
+MaxRecordsPerUnitOption = Annotated[
+    int,
+    typer.Option(
+        help="With --privacy-unit: the most records of one unit a round trains on (a fresh "
+        "random subset above it); bounds compute, not privacy."
+    ),
+]
+RecordLevelFlag = Annotated[
+    bool,
+    typer.Option(
+        help="With --privacy-unit: keep DP per record and warn, each round, what that "
+        "means for the unit with the most records (group privacy)."
+    ),
+]
 KeyDirOption = Annotated[
     Path, typer.Option(help="Your key folder (the pseudonym key, if your policy uses one).")
 ]

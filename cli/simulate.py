@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from fedshield.cli.shared import console
+from fedshield.cli.shared import (
+    MaxRecordsPerUnitOption,
+    PrivacyUnitOption,
+    RecordLevelFlag,
+    console,
+)
 from fedshield.cli.simulate_run import run_with_progress
 from fedshield.common.errors import FedshieldError
 
@@ -110,6 +115,9 @@ def simulate(
     train_bias: Annotated[
         bool, typer.Option(help="Owners train the head's bias too (default: they keep the priors).")
     ] = False,
+    privacy_unit: PrivacyUnitOption = "",
+    max_records_per_unit: MaxRecordsPerUnitOption = 64,
+    record_level: RecordLevelFlag = False,
     max_update_norm: Annotated[
         float,
         typer.Option(
@@ -257,6 +265,9 @@ def simulate(
             "server-momentum": server_momentum,
             "class-priors": class_priors,
             "train-bias": train_bias,
+            "privacy-unit": privacy_unit,
+            "max-records-per-unit": max_records_per_unit,
+            "record-level": record_level,
             "aggregation": aggregation,
             "max-update-norm": max_update_norm,
             "fraction-train": fraction_train,

@@ -25,7 +25,8 @@ from fedshield.client.accept import check_message_records, check_plan_record
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.count import RecordCount, count_event, released_record_count
 from fedshield.client.evaluate import evaluate_round
-from fedshield.client.ledger import KIND_TRAIN
+from fedshield.client.group_warning import warn_group_privacy
+from fedshield.client.ledger_entries import KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
     desensitisation_policy,
@@ -75,7 +76,11 @@ def training_settings(
     rate is the plan's, or per class (``Plan.learning_rate_for``).
     """
     settings = TrainSettings.from_plan(plan)
-    settings = replace(settings, learning_rate=plan.learning_rate_for(num_classes))
+    settings = replace(
+        settings,
+        learning_rate=plan.learning_rate_for(num_classes),
+        max_records_per_unit=owner.max_records_per_unit,  # the owner's, never the plan's
+    )
     if plan.dp and plan.noise_multiplier <= 0:
         settings = calibrated(
             settings,
@@ -153,6 +158,8 @@ def train_round(
             Field.DATA_FINGERPRINT: owner.dataset.fingerprint,
             Field.RECORDS: len(owner.dataset),
             "records-left-out": owner.dataset.left_out,
+            Field.PRIVACY_UNIT: owner.protected_unit,
+            **({"units": owner.dataset.unit_count} if owner.dataset.units is not None else {}),
             Field.CLASS_COUNTS: owner.dataset.class_counts(),
             Field.PLAN: dict(msg.content[wire.CONFIG]),
             "device": str(owner.device),
@@ -207,7 +214,13 @@ def train_round(
     owner = desensitised_for_round(owner, audit, server_round)
     inputs = owner_inputs(owner, spec)
     outcome = train_locally(
-        model, inputs, owner.dataset.labels, settings, owner.device, released_count=count.value
+        model,
+        inputs,
+        owner.dataset.labels,
+        settings,
+        owner.device,
+        released_count=count.value,
+        units=owner.training_units,
     )
     epsilon = 0.0
     if plan.dp:
@@ -224,6 +237,7 @@ def train_round(
             relation=count.relation,
             trained=planned,
         )
+        warn_group_privacy(owner, audit, server_round)
     else:
         audit.append(
             Event.NON_PRIVATE_ROUND,

@@ -83,6 +83,7 @@ def charge_and_audit(
         records=len(owner.dataset),
         relation=relation,
         released=released,
+        unit=owner.protected_unit,
     )
     state = owner.ledger.state()  # one read: this charge is last
     history = [e.event for e in state.entries]
@@ -99,6 +100,8 @@ def charge_and_audit(
             Field.STEPS: event.steps,
             Field.DELTA: owner.delta,
             Field.RELATION: relation,
+            # What epsilon protects: one record, or one unit (the privacy-unit column).
+            Field.PRIVACY_UNIT: owner.protected_unit,
             **({"released-count": released} if released is not None else {}),
             **(
                 {

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from flwr.app import Context
 
 from fedshield.client.charge import charge_and_audit
-from fedshield.client.ledger import KIND_COUNT
+from fedshield.client.ledger_entries import KIND_COUNT
 from fedshield.client.owner import Owner
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common.audit_log import AuditLog
@@ -58,11 +58,12 @@ def noisy_count(exact: int, std: float) -> int:
 def released_record_count(
     owner: Owner, audit: AuditLog, context: Context, server_round: int, dp: bool
 ) -> RecordCount:
-    """This data version's count as it may leave, releasing (and charging) it if new."""
-    exact = len(owner.dataset)
+    """This data version's count as it may leave, releasing (and charging) it if new:
+    of records, or with a privacy unit, of units (``Owner.protected_count``)."""
+    exact = owner.protected_count
     relation = owner.relation(dp)
     if dp:
-        owner.ledger.check_relation(relation)
+        owner.ledger.check_relation(relation, owner.protected_unit)
     if relation != ADD_REMOVE:
         return RecordCount(exact, relation)
     stored = owner.ledger.released_count(owner.dataset.fingerprint)

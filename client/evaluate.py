@@ -15,8 +15,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.count import released_record_count
-from fedshield.client.ledger import KIND_EVALUATE
-from fedshield.client.owner import Owner, desensitised_for_round, owner_inputs
+from fedshield.client.ledger_entries import KIND_EVALUATE
+from fedshield.client.owner import RECORD, Owner, desensitised_for_round, owner_inputs
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
@@ -49,6 +49,13 @@ def evaluate_round(
     server_round = int(msg.content[wire.CONFIG].get(wire.SERVER_ROUND, 0))
     if not owner.allow_evaluate:
         raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
+    if owner.protected_unit != RECORD:
+        # Decided on the owner's settings alone. One unit moves the answer by up to its
+        # record count, not 1; an answer per unit is not built, so none is given.
+        raise PolicyRefusal(
+            f"evaluate answers are DP per record and this owner protects each "
+            f"'{owner.protected_unit}' (privacy-unit); set allow-evaluate off"
+        )
     spec = ModelSpec.from_config(plan)
     model = load_global_model(msg, spec, len(classes))  # checked before any charge
     event = DpEvent(noise_multiplier=owner.evaluate_noise_multiplier, sample_rate=1.0, steps=1)

@@ -18,7 +18,8 @@ Guarantees:
   multi-run budget;
 - the record count's DP release (``KIND_COUNT``) is an event like any other, with its
   released value, so every later round on the same data reuses it; each entry names the
-  neighbouring relation it was accounted under, and a ledger keeps one;
+  neighbouring relation it was accounted under and the privacy unit it protects
+  ("record", or the owner's privacy-unit column), and a ledger keeps one of each;
 - a write is atomic and durable (temp file, fsync, rename, fsync of the directory), and
   happens before the release it pays for leaves the machine: a crash can over-count,
   never under-count;
@@ -42,6 +43,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshield.client.ledger_entries import (
+    KIND_COUNT,
+    KIND_TRAIN,
+    UNIT_RECORD,
+    BudgetChange,
+    LedgerEntry,
+    LedgerState,
+)
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import LedgerCorrupted, PolicyRefusal, PrivacyBudgetExceeded
@@ -50,89 +59,6 @@ from fedshield.common.privacy import ADD_REMOVE, epsilon_spent
 LEDGER_FORMAT = 2
 LEGACY_FORMAT = 1
 LEDGER_FILE = "ledger.json"
-KIND_TRAIN = "train"
-KIND_EVALUATE = "evaluate"
-KIND_COUNT = "count"  # the DP release of a data version's record count (client/count.py)
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One charged DP release: the event, what it was on, and when."""
-
-    event: DpEvent
-    delta: float
-    run_id: int
-    server_round: int
-    recorded_at: float
-    kind: str = KIND_TRAIN
-    data_fingerprint: str = ""
-    records: int = 0
-    # The neighbouring relation the event was accounted under (``event`` is already the
-    # accounted event: privacy.accounted_event).
-    relation: str = ADD_REMOVE
-    # KIND_COUNT only: the noisy count released, reused by every later round on the same
-    # data version so that one version costs one count release.
-    released: int | None = None
-
-    def as_dict(self) -> dict:
-        return {
-            **self.event.as_dict(),
-            "delta": self.delta,
-            "run-id": self.run_id,
-            "server-round": self.server_round,
-            "recorded-at": self.recorded_at,
-            "kind": self.kind,
-            "data-fingerprint": self.data_fingerprint,
-            "records": self.records,
-            "relation": self.relation,
-            "released": self.released,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LedgerEntry:
-        return cls(
-            event=DpEvent(
-                noise_multiplier=float(data["noise_multiplier"]),
-                sample_rate=float(data["sample_rate"]),
-                steps=int(data["steps"]),
-            ),
-            delta=float(data["delta"]),
-            run_id=int(data["run-id"]),
-            server_round=int(data["server-round"]),
-            recorded_at=float(data["recorded-at"]),
-            kind=str(data.get("kind", KIND_TRAIN)),
-            data_fingerprint=str(data.get("data-fingerprint", "")),
-            records=int(data.get("records", 0)),
-            relation=str(data.get("relation", ADD_REMOVE)),
-            released=None if data.get("released") is None else int(data["released"]),
-        )
-
-
-@dataclass(frozen=True)
-class BudgetChange:
-    """The owner's budget changed from ``old`` to ``new`` at ``recorded_at``."""
-
-    old: float | None
-    new: float
-    recorded_at: float
-
-    def as_dict(self) -> dict:
-        return {"old": self.old, "new": self.new, "recorded-at": self.recorded_at}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BudgetChange:
-        old = data.get("old")
-        return cls(
-            None if old is None else float(old), float(data["new"]), float(data["recorded-at"])
-        )
-
-
-@dataclass(frozen=True)
-class LedgerState:
-    ledger_id: str
-    entries: list[LedgerEntry]
-    budgets: list[BudgetChange]
-    migrated_from: list[str]
 
 
 def _checksum(body: dict) -> str:
@@ -265,6 +191,24 @@ class PrivacyLedger:
         return self.state().entries
 
     @staticmethod
+    def _refuse_other_unit(entries: list[LedgerEntry], unit: str) -> None:
+        """A ledger's privacy unit is fixed by its first charge (docs/design/privacy-unit.md).
+
+        Why: epsilon per patient composed with epsilon per record is neither; a per-record
+        charge costs a patient of k records the group-privacy figure, itself a function
+        of the data. One unit per ledger keeps every figure exact.
+        """
+        fixed = next((e.unit for e in entries), None)
+        if fixed is not None and fixed != unit:
+            raise PolicyRefusal(
+                f"this ledger's charges protect one {fixed!r} each and the owner's policy now "
+                f"asks for {unit!r}; a ledger keeps one privacy unit: restore the setting it "
+                "was charged under (privacy-unit, record-level), or use a new ledger-dir for "
+                f"the other unit (what the {fixed!r} charges already cost each {unit!r}: "
+                "fedshield ledger show --group-size K)"
+            )
+
+    @staticmethod
     def _refuse_other_relation(entries: list[LedgerEntry], relation: str) -> None:
         """A ledger's neighbouring relation is fixed by its first charge.
 
@@ -281,9 +225,12 @@ class PrivacyLedger:
                 f"{'on' if fixed == 'replace-one' else 'off'})"
             )
 
-    def check_relation(self, relation: str) -> None:
-        """Refuse (before anything is computed) a relation other than the ledger's."""
-        self._refuse_other_relation(self.entries(), relation)
+    def check_relation(self, relation: str, unit: str = UNIT_RECORD) -> None:
+        """Refuse (before anything is computed) a relation or a privacy unit other than
+        the ledger's."""
+        entries = self.entries()
+        self._refuse_other_relation(entries, relation)
+        self._refuse_other_unit(entries, unit)
 
     def released_count(self, data_fingerprint: str) -> int | None:
         """The count already released for this data version, if any (the first one)."""
@@ -355,6 +302,7 @@ class PrivacyLedger:
         records: int = 0,
         relation: str = ADD_REMOVE,
         released: int | None = None,
+        unit: str = UNIT_RECORD,
     ) -> float:
         """Durably append ``event``; returns epsilon composed over all events after it.
 
@@ -364,6 +312,7 @@ class PrivacyLedger:
         with self._locked():
             state = self._read()
             self._refuse_other_relation(state.entries, relation)
+            self._refuse_other_unit(state.entries, unit)
             after = self._refuse_if_over(
                 state.entries,
                 event,
@@ -381,6 +330,7 @@ class PrivacyLedger:
                 records,
                 relation,
                 released,
+                unit,
             )
             self._write(
                 LedgerState(

@@ -82,13 +82,35 @@ def check_local(settings: SuperNodeSettings) -> LocalChecks:
         else node_key_fingerprint(settings.auth_key)
     )
     dataset = load_dataset(
-        owner.data_path, owner.text_column, owner.label_column, split_class_names(owner.classes)
+        owner.data_path,
+        owner.text_column,
+        owner.label_column,
+        split_class_names(owner.classes),
+        unit_column=owner.privacy_unit,
     )
-    check_delta(owner.delta, len(dataset))
+    unit_level = owner.privacy_unit and not owner.record_level
+    check_delta(owner.delta, dataset.unit_count if unit_level else len(dataset))
     spent = PrivacyLedger(owner.ledger_dir).epsilon(owner.delta)
     # Created here on first start, so a key folder others can read is refused at start.
     keys = open_owner_keys(Path(owner.key_dir).expanduser())
     return LocalChecks(dataset, spent, fingerprint, keys.key_id, desensitisation_line(owner, keys))
+
+
+def unit_line(owner, dataset: TextDataset) -> str:
+    """What one DP contribution is, for the owner's console (exact figures: its own)."""
+    if not owner.privacy_unit:
+        return "privacy unit: record (epsilon protects one record; --privacy-unit COLUMN protects a person)"
+    name, largest = owner.privacy_unit, dataset.largest_unit
+    if owner.record_level:
+        return (
+            f"privacy unit: record (record-level) on data with units '{name}': "
+            f"{dataset.unit_count} units, the largest {largest} records, protected only "
+            "through group privacy (each round's ledger warning shows its epsilon)"
+        )
+    return (
+        f"privacy unit: '{name}', {dataset.unit_count} units (largest {largest} records; "
+        f"at most {owner.max_records_per_unit} train a round): epsilon protects one '{name}'"
+    )
 
 
 def desensitisation_line(owner, keys) -> str:
@@ -247,6 +269,7 @@ def start_node(
         f"{local.epsilon_spent:.3f}; left {owner.epsilon_budget - local.epsilon_spent:.3f} "
         f"(ledger {Path(owner.ledger_dir).expanduser()})"
     )
+    say(unit_line(owner, local.dataset))
     say(
         f"keys {Path(owner.key_dir).expanduser()}: at-rest key {local.at_rest_key_id} "
         "(encrypts the caches derived from your text, and kept releases)"

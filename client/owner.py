@@ -34,7 +34,8 @@ from fedshield.common.privacy import ADD_REMOVE, REPLACE_ONE
 from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
 from fedshield.common.simulation_split import simulated_owner_data
 
-NO_DP = "none"  # a non-private round the owner opted in to: no definition holds
+NO_DP = "none"
+RECORD = "record"  # the privacy unit of an owner without a privacy-unit column  # a non-private round the owner opted in to: no definition holds
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
@@ -62,6 +63,27 @@ class Owner:
     evaluate_noise_multiplier: float = 10.0
     count_noise: float = 20.0  # std of the record count's DP release (client/count.py)
     public_record_count: bool = False
+    # The privacy unit (common/config.py OwnerPrivacy): the records each unit trains on at
+    # most per round, and whether DP stays per record on data with a unit column.
+    max_records_per_unit: int = 64
+    record_level: bool = False
+
+    @property
+    def protected_unit(self) -> str:
+        """What one DP contribution is: "record", or the privacy-unit column's name."""
+        if self.dataset.units is None or self.record_level:
+            return RECORD
+        return self.dataset.unit_name
+
+    @property
+    def training_units(self):
+        """Each record's unit code for unit-level DP-SGD; None: DP per record."""
+        return None if self.protected_unit == RECORD else self.dataset.units
+
+    @property
+    def protected_count(self) -> int:
+        """The exact number of protected units (records, or units): never leaves."""
+        return len(self.dataset) if self.protected_unit == RECORD else self.dataset.unit_count
 
     @property
     def epsilon_budget(self) -> float:
@@ -139,7 +161,7 @@ def resolve_owner(
 ) -> Owner:
     if is_simulated(node_config):
         pid, num = int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
-        dataset = simulated_owner_data(run_config, pid, num)
+        dataset = simulated_owner_data(run_config, pid, num)  # units: run config's column
         budget = run_config.epsilon_budget or run_config.target_epsilon
         if budget <= 0:
             raise ConfigError(
@@ -169,6 +191,8 @@ def resolve_owner(
             allow_evaluate=run_config.fraction_evaluate > 0,
             count_noise=run_config.count_noise,
             public_record_count=run_config.public_record_count,
+            max_records_per_unit=run_config.max_records_per_unit,
+            record_level=run_config.record_level,
         )
     else:
         config = OwnerConfig.from_dict(dict(node_config))
@@ -178,6 +202,7 @@ def resolve_owner(
             config.label_column,
             accepted_classes(config, classes),
             usable_rows_only=True,
+            unit_column=config.privacy_unit,
         )
         owner = Owner(
             owner_id=config.owner_id or "owner",
@@ -195,6 +220,8 @@ def resolve_owner(
             evaluate_noise_multiplier=config.evaluate_noise_multiplier,
             count_noise=config.count_noise,
             public_record_count=config.public_record_count,
+            max_records_per_unit=config.max_records_per_unit,
+            record_level=config.record_level,
         )
     # No check of delta against N here: it would refuse on the exact count. The round
     # checks it against the released count (client/app.py), the owner's start against N.

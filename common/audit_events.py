@@ -39,6 +39,7 @@ class Event:
     BUDGET_CHANGED = "budget-changed"
     DP_CHARGED = "dp-charged"
     NON_PRIVATE_ROUND = "non-private-round"
+    GROUP_PRIVACY_WARNING = "group-privacy-warning"
     UPDATE_RELEASED = "update-released"
     UPDATE_RE_RELEASED = "update-re-released"
     EVALUATE_RELEASED = "evaluate-released"
@@ -110,6 +111,7 @@ class Field:
     NEW_BUDGET = "new-budget"
     KIND = "kind"
     RELATION = "relation"
+    PRIVACY_UNIT = "privacy-unit"
     NOISE_MULTIPLIER = "noise-multiplier"
     SAMPLE_RATE = "sample-rate"
     STEPS = "steps"
@@ -250,6 +252,8 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.DATA_FINGERPRINT,
             Field.RECORDS,
             "records-left-out",
+            Field.PRIVACY_UNIT,
+            "units",
             Field.CLASS_COUNTS,
             Field.PLAN,
             "device",
@@ -275,6 +279,7 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.STEPS,
             Field.DELTA,
             Field.RELATION,
+            Field.PRIVACY_UNIT,
             "released-count",
             "trained-noise-multiplier",
             "trained-sample-rate",
@@ -284,6 +289,19 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.EPSILON_BUDGET,
             "budget-remaining",
             Field.LEDGER_EVENTS,
+        }
+    ),
+    # a record-level charge on data with a privacy-unit column (the owner's own record):
+    # what the ledger's epsilon per record means for the unit with the most records
+    Event.GROUP_PRIVACY_WARNING: frozenset(
+        {
+            Field.SERVER_ROUND,
+            Field.PRIVACY_UNIT,
+            "largest-unit-records",
+            "epsilon-per-record",
+            "epsilon-for-largest-unit",
+            Field.DELTA,
+            Field.WARNING,
         }
     ),
     # a round trained without DP: the plan asked and the owner opted in

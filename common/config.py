@@ -12,7 +12,7 @@ owns it:
   simulated owners, and those owners' privacy settings, since the operator plays them);
 - ``OwnerConfig``: a deployed owner's node config, never taken from the server.
 
-``OwnerPrivacy`` (budget, delta, the count's noise, public count) is declared once and
+``OwnerPrivacy`` (budget, delta, the count's noise, public count, privacy unit) is declared once and
 shared by ``OwnerConfig`` and ``SimulationSettings``. ``RunConfig`` is the operator's
 whole run config, flat as Flower's ``--run-config`` is: the plan, the server's settings
 and the simulation's; ``RunConfig.plan()`` is the part that leaves.
@@ -45,9 +45,30 @@ class OwnerPrivacy(KebabConfig):
     # type ("" = the default policy: every pattern type replaced by its type tag).
     desensitise: bool = True
     desensitise_policy: str = ""
+    # The privacy unit (issue 25, docs/design/privacy-unit.md): the column naming whose
+    # each record is (a patient, a customer); units are sampled, each unit's records'
+    # gradients summed and clipped as one, and the count, the ledger and epsilon are per
+    # unit. "" = every record is its own unit. ``record-level`` keeps record-level DP on
+    # such data (the column then only sizes the group-privacy warning).
+    privacy_unit: str = ""
+    max_records_per_unit: int = 64
+    record_level: bool = False
 
     def validate(self) -> None:
         require(0 < self.delta < 1, "delta", self.delta, "must be in (0, 1), well below 1/N")
+        require(
+            1 <= self.max_records_per_unit <= 10_000,
+            "max-records-per-unit",
+            self.max_records_per_unit,
+            "must be in [1, 10000] (the most records of one unit a round trains on; 64 is "
+            "the default)",
+        )
+        require(
+            not self.record_level or bool(self.privacy_unit),
+            "record-level",
+            self.record_level,
+            "needs privacy-unit (the column whose group-privacy figure it warns about)",
+        )
         require(
             1.0 <= self.count_noise <= 1e6,
             "count-noise",

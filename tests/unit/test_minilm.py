@@ -180,7 +180,8 @@ def test_device_choice_fails_clearly_where_the_device_is_missing(monkeypatch):
 
 def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, monkeypatch):
     from fedshield.client import owner as owner_module
-    from fedshield.common.data import load_dataset, take
+    from fedshield.common.data import load_dataset
+    from fedshield.common.splits import take
 
     dataset = take(load_dataset("rotten-tomatoes"), 20, seed=0)
     owner = owner_module.Owner(
