@@ -3,6 +3,8 @@ are summed and clipped as one contribution, checked against per-example autograd
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,68 @@ def test_passes_hold_whole_units_and_every_sampled_record_once(physical):
         seen.extend(rows.tolist())
     expected = np.flatnonzero(np.isin(units, sampled.numpy()))
     assert sorted(seen) == sorted(expected.tolist())
+
+
+def test_the_fine_tuned_encoder_clips_each_unit_per_layer_as_opacus_would():
+    """The fine-tuned MiniLM top (per-layer clipping, two learning rates): one step is
+    each layer's per-unit sum of per-example autograd gradients, clipped to that layer's
+    norm, averaged over the units."""
+    from fedshield.common import minilm
+    from fedshield.common.model import ModelSpec, head_bias
+
+    torch.manual_seed(0)
+    sizes = [6, 1, 3]
+    units = np.repeat(np.arange(len(sizes)), sizes)
+    np.random.default_rng(4).shuffle(units)
+    n = len(units)
+    hidden = torch.randn(n, 8, minilm.HIDDEN)
+    mask = torch.ones(n, 8, dtype=torch.int8)
+    for i in range(n):
+        mask[i, 2 + i % 6 :] = 0
+    labels = np.random.default_rng(5).integers(0, 3, size=n)
+    spec = ModelSpec(name="minilm", finetune_layers=1, max_tokens=8)
+    start = minilm.MiniLMTop(finetune_layers=1, num_classes=3)
+    with torch.no_grad():
+        for p in start.head.parameters():
+            p.normal_(0, 0.5)
+    reference = copy.deepcopy(start)
+    settings = TrainSettings(
+        batch_size=0,
+        learning_rate=0.5,
+        encoder_learning_rate=0.05,
+        noise_multiplier=0.0,
+        max_grad_norm=0.3,
+        max_records_per_unit=1000,
+        model_spec=spec,
+    )
+    trained = copy.deepcopy(start)
+    train_locally(trained, (hidden, mask), labels, settings, CPU, released_count=3, units=units)
+    trained = getattr(trained, "_module", trained)
+
+    head_bias(reference).requires_grad_(False)
+    groups = spec.param_groups(reference, 0.5, 0.05)
+    params = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]
+    norms = reference.max_grad_norms(0.3)
+    assert len(norms) == len(params)
+    totals = [torch.zeros_like(p) for p, _ in params]
+    for unit in range(len(sizes)):
+        sums = [torch.zeros_like(p) for p, _ in params]
+        for i in np.flatnonzero(units == unit):
+            reference.zero_grad()
+            logits = reference(hidden[i : i + 1], mask[i : i + 1])
+            nn.functional.cross_entropy(logits, torch.tensor([labels[i]])).backward()
+            for s, (p, _) in zip(sums, params, strict=True):
+                s += p.grad
+        for total, s, bound in zip(totals, sums, norms, strict=True):
+            total += s * min(1.0, bound / (s.norm().item() + 1e-6))
+    expected = {
+        id(p): p.detach() - lr * t / len(sizes) for (p, lr), t in zip(params, totals, strict=True)
+    }
+    named = dict(reference.named_parameters())
+    compared = 0
+    for name, p in trained.named_parameters():
+        if id(named[name]) in expected:
+            torch.testing.assert_close(p.detach(), expected[id(named[name])], rtol=1e-4, atol=1e-5)
+            assert not torch.equal(p.detach(), dict(start.named_parameters())[name].detach())
+            compared += 1
+    assert compared == len(params) > 2  # the layer's tensors and the head's weight
