@@ -142,8 +142,9 @@ def test_training_runs_float32_matmuls_at_full_precision_and_restores_the_settin
         torch.set_float32_matmul_precision(previous)
 
 
-def _clipped_update(model_spec, inputs, labels, physical, device=CPU) -> dict:
-    """The weights after one noise-free full-batch DP step (update = -clipped sum / n)."""
+def _clipped_update(model_spec, inputs, labels, physical, device=CPU, units=None) -> dict:
+    """The weights after one noise-free full-batch DP step (update = -clipped sum / n);
+    with ``units``, of units (each unit's summed gradients clipped as one)."""
     torch.manual_seed(0)
     model = model_spec.build(2)
     head = getattr(model, "head", model)
@@ -158,8 +159,9 @@ def _clipped_update(model_spec, inputs, labels, physical, device=CPU) -> dict:
         physical_batch_size=physical,
         model_spec=model_spec,
     )
-    outcome = train_locally(model, inputs, labels, settings, device)
-    assert outcome.dp_event == planned_dp_event(len(labels), settings)
+    outcome = train_locally(model, inputs, labels, settings, device, units=units)
+    count = len(labels) if units is None else len(set(units.tolist()))
+    assert outcome.dp_event == planned_dp_event(count, settings)
     inner = getattr(model, "_module", model)
     return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
 
@@ -260,6 +262,29 @@ def test_on_cuda_the_clipped_step_equals_the_cpu_step():
     inputs, y = hidden_states(12)
     on_cpu = _clipped_update(MINILM_TOP, inputs, y, physical=5)
     on_gpu = _clipped_update(MINILM_TOP, inputs, y, physical=0, device=CUDA)
+    for key in on_cpu:
+        torch.testing.assert_close(on_gpu[key], on_cpu[key], rtol=1e-4, atol=1e-6)
+
+
+UNITS = np.array([0, 1, 1, 2, 0, 3, 3, 3, 1, 2, 0, 4])  # 5 units of 1 to 3 records
+
+
+def test_unit_passes_give_the_clipped_sum_of_one_pass_minilm_top():
+    inputs, y = hidden_states(12)
+    one_pass = _clipped_update(MINILM_TOP, inputs, y, physical=12, units=UNITS)
+    per_record = _clipped_update(MINILM_TOP, inputs, y, physical=12)
+    assert any(not torch.allclose(one_pass[k], per_record[k]) for k in one_pass)
+    for physical in (1, 4):  # a unit larger than the pass gets a pass of its own
+        passes = _clipped_update(MINILM_TOP, inputs, y, physical=physical, units=UNITS)
+        for key in one_pass:
+            torch.testing.assert_close(passes[key], one_pass[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_on_cuda_the_unit_level_step_equals_the_cpu_step():
+    inputs, y = hidden_states(12)
+    on_cpu = _clipped_update(MINILM_TOP, inputs, y, physical=5, units=UNITS)
+    on_gpu = _clipped_update(MINILM_TOP, inputs, y, physical=0, device=CUDA, units=UNITS)
     for key in on_cpu:
         torch.testing.assert_close(on_gpu[key], on_cpu[key], rtol=1e-4, atol=1e-6)
 
