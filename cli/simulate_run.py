@@ -52,6 +52,7 @@ def run_with_progress(config, clients: int, on_update=None) -> None:
             else f"DP-SGD, noise multiplier {config.noise_multiplier:g}, budget {config.epsilon_budget:g}"
         )
         console.print(f"[bold green]Private run[/]: {mode}, delta {config.delta:g}")
+        console.print(_unit_line(config), highlight=False)
     else:
         console.print(
             "[bold red]NON-PRIVATE BASELINE (--no-dp): no clipping, no noise; "
@@ -134,3 +135,19 @@ def run_with_progress(config, clients: int, on_update=None) -> None:
         run_simulation(config, clients, on_round, on_update)
     console.print(table)
     print_final(Path(config.out_dir))
+
+
+def _unit_line(config) -> str:
+    """What epsilon protects in this run (the simulated owners' privacy unit)."""
+    unit = config.privacy_unit
+    if not unit:
+        return "Epsilon protects one record (--privacy-unit COLUMN protects a person)."
+    if config.record_level:
+        return (
+            f"Epsilon protects one record (--record-level) on data with units '{unit}': each "
+            "owner's audit log warns what that means for its largest unit."
+        )
+    return (
+        f"Epsilon protects one '{unit}', all its records together (at most "
+        f"{config.max_records_per_unit} of them train a round); owners hold whole units."
+    )
