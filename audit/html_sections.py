@@ -167,8 +167,9 @@ def owner_rows(owner: dict, esc) -> str:
         f"<code>{esc(owner['ledger_id'])}</code>",
         f"{kinds.count('train')} train, {kinds.count('evaluate')} evaluate, "
         f"{kinds.count('count')} count<br><small>{esc(owner['definition'])}</small>",
-        f"{owner['final_claimed']:.4f}",
-        f"{owner['final_recomputed']:.4f}",
+        f"{owner['final_claimed']:.4f}<br><small>{esc(owner['per_unit'])}</small>"
+        + _group_privacy_note(owner, esc),
+        f"{owner['final_recomputed']:.4f}" + _per_record_note(owner["epsilon_per_record"]),
         f"{owner['budget']:g}"
         + (
             f" ({len(owner['budget_changes'])} changes)" if len(owner["budget_changes"]) > 1 else ""
@@ -182,12 +183,33 @@ def owner_rows(owner: dict, esc) -> str:
     for f in owner["data_files"]:
         html_rows += (
             "<tr class='file'><td colspan='2'>&#8627; data file <code>"
-            f"{esc(f['fingerprint'][:16])}&hellip;</code> ({esc(str(f['records'] or '?'))} records)</td>"
+            f"{esc(f['fingerprint'][:16])}&hellip;</code> ({esc(str(f['records'] or '?'))} records"
+            + (f" in {f['units']} units" if f.get("units") is not None else "")
+            + ")</td>"
             f"<td>{f['charges']} charges</td><td colspan='2'>{f['epsilon_alone']:.4f} for these "
             "charges alone</td>"
             f"<td colspan='5'>{esc(_when(f['first_charge']))} to {esc(_when(f['last_charge']))}</td></tr>"
         )
     return html_rows
+
+
+def _per_record_note(epsilon_per_record: float | None) -> str:
+    """A unit-level figure's per-record twin, under it (audit/privacy_units.py)."""
+    if epsilon_per_record is None:
+        return ""
+    return f"<br><small>per record {epsilon_per_record:.4f} (replace-one bound at 2C)</small>"
+
+
+def _group_privacy_note(owner: dict, esc) -> str:
+    """A record-level owner's latest group-privacy warning, under its claim."""
+    if not owner["group_privacy"]:
+        return ""
+    warning = owner["group_privacy"][-1]
+    return (
+        f"<br><small class='attention'>largest {esc(warning['unit'])} "
+        f"({warning['largest_unit_records']} records): "
+        f"{warning['epsilon_for_largest_unit']:.4f} (group privacy)</small>"
+    )
 
 
 def owner_details(owner: dict, esc) -> str:
@@ -230,11 +252,11 @@ def owner_details(owner: dict, esc) -> str:
         [
             [
                 esc(_when(c["time"])),
-                esc(f"{c['run_id']} / {c['server_round']} ({c['kind']})"),
+                esc(f"{c['run_id']} / {c['server_round']} ({c['kind']}, per {c['privacy_unit']})"),
                 f"<code>{esc(c['data_fingerprint'][:12])}</code>",
                 esc(f"{c['noise_multiplier']:g}, {c['sample_rate']:g}, {c['steps']}"),
                 esc(f"{c['epsilon_claimed']:.4f} ({c['accountant']})"),
-                f"{c['epsilon_recomputed']:.4f}",
+                f"{c['epsilon_recomputed']:.4f}" + _per_record_note(c["epsilon_per_record"]),
                 f"{c['epsilon_rdp']:.4f}",
                 f"{c['budget_in_force']:g}",
                 "yes" if c["within_budget"] else "<span class='fail'>NO</span>",
@@ -244,16 +266,30 @@ def owner_details(owner: dict, esc) -> str:
         [15, 19, 11, 13, 11, 8, 8, 8, 7],
     )
     problems = "".join(f"<li class='fail'>{esc(p)}</li>" for p in owner["problems"])
+    warnings = "".join(
+        f"<li>{esc(_when(w['time']))}, round {esc(str(w['server_round']))}: the "
+        f"{esc(repr(w['unit']))} with {w['largest_unit_records']} records at epsilon "
+        f"{w['epsilon_for_largest_unit']:.4f} (group privacy, delta {w['delta']:g}; epsilon "
+        f"{w['epsilon_per_record']:.4f} per record)</li>"
+        for w in owner["group_privacy"]
+    )
     return (
         f"<h3>{esc(owner['owner'])}</h3>"
         + kv_table(
             [
                 ("Node key", f"<code>{esc(owner['identity'])}</code>"),
                 ("Ledger", f"<code>{esc(owner['ledger_id'])}</code>"),
+                ("Privacy unit", esc(owner["unit_text"])),
                 ("Logs", "<br>".join(f"<code>{esc(p)}</code>" for p in owner["logs"])),
             ]
         )
         + (f"<ul>{problems}</ul>" if problems else "")
+        + (
+            "<p><b>Group privacy</b> (the owner's own warnings: per record on data with "
+            f"units, its largest unit)</p><ul>{warnings}</ul>"
+            if warnings
+            else ""
+        )
         + f"<p><b>Budget history</b></p><ul>{budget or '<li>no budget change recorded</li>'}</ul>"
         + "<p><b>Refusals</b></p>"
         + (refusals if owner["refusals"] else "<p>none</p>")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedshield.audit.privacy_units import PER_RECORD_BOUND, UNIT_RECORD, GroupPrivacyWarning
+
 SIMULATED = "simulated (no node key recorded)"
 
 
@@ -40,6 +42,11 @@ class Charge:
     # The neighbouring relation the charge was accounted under (entries before issue 21
     # name none: they were add/remove with the record count treated as public).
     relation: str = "add-remove (count public)"
+    # What one contribution was: "record" (entries before issue 25), or the owner's
+    # privacy-unit column; epsilon_claimed is per that unit.
+    privacy_unit: str = UNIT_RECORD
+    # Unit-level charges only: the ledger so far for one record (audit/privacy_units.py).
+    epsilon_per_record: float | None = None
 
 
 @dataclass
@@ -91,6 +98,7 @@ class DataFile:
     epsilon_alone: float  # these charges composed on their own (the owner's total is higher)
     first_charge: str
     last_charge: str
+    units: int | None = None  # the privacy unit's count in the file, where it has one
 
 
 @dataclass
@@ -108,6 +116,8 @@ class OwnerAudit:
     evaluate_answers_released: int = 0
     updates_re_released: int = 0
     problems: list[str] = field(default_factory=list)
+    group_warnings: list[GroupPrivacyWarning] = field(default_factory=list)
+    unit_at_round_start: str | None = None  # the unit named before any charge
     # filled from the events above
     budget: float = 0.0
     delta: float = 0.0
@@ -133,6 +143,52 @@ class OwnerAudit:
         """What the owner's epsilon protects: the relations its charges rest on."""
         relations = sorted({c.relation for c in self.charges})
         return ", ".join(relations) or "no charges"
+
+    @property
+    def privacy_units(self) -> list[str]:
+        """The units the charges name, in order of first use (one, unless a problem)."""
+        units = list(dict.fromkeys(c.privacy_unit for c in self.charges))
+        return units or [self.unit_at_round_start or UNIT_RECORD]
+
+    @property
+    def privacy_unit(self) -> str:
+        return " and ".join(self.privacy_units)
+
+    @property
+    def per_unit(self) -> str:
+        """What the epsilon is per, as a reader says it: "per author"."""
+        if len(self.privacy_units) > 1:
+            return f"over mixed units ({', '.join(self.privacy_units)}): see the problems"
+        return f"per {self.privacy_unit}"
+
+    @property
+    def final_per_record(self) -> float | None:
+        """A unit-level owner's epsilon for one record (replace-one bound at 2C)."""
+        return self.charges[-1].epsilon_per_record if self.charges else None
+
+    @property
+    def group_privacy(self) -> GroupPrivacyWarning | None:
+        """A record-level owner's latest group-privacy warning (its largest unit)."""
+        return self.group_warnings[-1] if self.group_warnings else None
+
+    @property
+    def unit_text(self) -> str:
+        """The privacy unit and what it means for this owner, in one sentence."""
+        if len(self.privacy_units) > 1:
+            return f"mixed units on one ledger ({', '.join(self.privacy_units)}): see the problems"
+        unit = self.privacy_unit
+        if unit == UNIT_RECORD:
+            text = "record: epsilon protects one record"
+            warning = self.group_privacy
+            return text + (f"; data with units: {warning.describe()}" if warning else "")
+        text = f"{unit}: epsilon protects one {unit!r}, all its records together"
+        if self.final_per_record is not None:
+            text += (
+                f"; one record: epsilon {self.final_per_record:.4f} ({PER_RECORD_BOUND}: "
+                "removing a record moves the clipped sum of its "
+                f"{unit!r} by at most twice the clipping norm)"
+            )
+        return text
 
     @property
     def final_claimed(self) -> float:
@@ -179,6 +235,12 @@ class OwnerAudit:
             "epsilon_recomputed": self.epsilon_recomputed,
             "final_claimed": self.final_claimed,
             "definition": self.definition,
+            "privacy_unit": self.privacy_unit,
+            "per_unit": self.per_unit,
+            "unit_text": self.unit_text,
+            "epsilon_per_record": self.final_per_record,
+            "per_record_bound": PER_RECORD_BOUND if self.final_per_record is not None else None,
+            "group_privacy": [asdict(w) for w in self.group_warnings],
             "final_recomputed": self.final_recomputed,
             "budget": self.budget,
             "delta": self.delta,

@@ -14,7 +14,10 @@ Guarantees:
   independent of the owners' (audit/epsilon.py ``claim_problem``), and each entry's
   history must be the previous entry's plus its own charge;
 - refusals keep their code, the code's fixed meaning (``wire.REFUSAL_REASONS``) and the
-  owner's own reason sentence.
+  owner's own reason sentence;
+- each charge's epsilon is per the privacy unit its entry names (audit/privacy_units.py:
+  "record" where none), a ledger with charges in two units is a problem, and a
+  unit-level ledger's figure for one record is recomputed beside its claim.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from dataclasses import dataclass
 
 from fedshield.audit.epsilon import claim_problem, independent_epsilon
 from fedshield.audit.owner_records import BudgetChange, Charge, DataFile, OwnerAudit, Refusal
+from fedshield.audit.privacy_units import (
+    UNIT_RECORD,
+    ChargedMechanism,
+    group_warning,
+    moved_for_a_record,
+    other_unit_problem,
+    per_record_history,
+    unit_of,
+)
 from fedshield.audit.verify import Verification
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
@@ -128,6 +140,7 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     budget_in_force: float | None = None
     refusals_since_change: list[Refusal] = []
     records_by_file: dict[str, int] = {}
+    units_by_file: dict[str, int] = {}
     for tagged in entries:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
@@ -141,6 +154,15 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
                 audit.node_ids.append(node_id)
             if data.get(Field.DATA_FINGERPRINT) and data.get(Field.RECORDS) is not None:
                 records_by_file[data[Field.DATA_FINGERPRINT]] = int(data[Field.RECORDS])
+            if data.get(Field.DATA_FINGERPRINT) and isinstance(data.get("units"), int):
+                units_by_file[data[Field.DATA_FINGERPRINT]] = data["units"]
+            if not audit.charges:
+                audit.unit_at_round_start = unit_of(data)
+        elif kind == Event.GROUP_PRIVACY_WARNING:
+            try:
+                audit.group_warnings.append(group_warning(entry["ts"], data))
+            except (ValueError, TypeError, KeyError) as exc:
+                audit.problems.append(f"a group-privacy warning is malformed ({exc!r})")
         elif kind in REFUSAL_EVENTS:
             refusal = _refusal(tagged)
             refusal.after_charges, refusal.budget_in_force = len(audit.charges), budget_in_force
@@ -171,7 +193,7 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
             previous_events = _check_charge(audit, tagged, previous_events, budget_in_force)
             refusals_since_change = []
             budget_in_force = audit.charges[-1].budget_in_force
-    audit.data_files = _data_files(audit.charges, records_by_file)
+    audit.data_files = _data_files(audit.charges, records_by_file, units_by_file)
     return audit
 
 
@@ -241,6 +263,10 @@ def _check_charge(
     recomputed, rdp, mismatch = claim_problem(claimed, events, delta, accountant)
     if mismatch:
         audit.problems.append(f"round {server_round}: {mismatch}")
+    unit = unit_of(data)
+    ledger_unit = audit.charges[0].privacy_unit if audit.charges else None
+    if switched := other_unit_problem(server_round, unit, ledger_unit):
+        audit.problems.append(switched)
     recorded_budget = float(data[Field.EPSILON_BUDGET])
     if budget_in_force is not None and budget_in_force != recorded_budget:
         audit.problems.append(
@@ -271,10 +297,28 @@ def _check_charge(
             accountant=accountant,
             budget_in_force=in_force,
             within_budget=claimed <= in_force,
+            privacy_unit=unit,
         )
     )
+    audit.charges[-1].epsilon_per_record = _per_record_epsilon(audit.charges, events, delta)
     audit.budget, audit.delta = in_force, delta
     return events
+
+
+def _per_record_epsilon(charges: list[Charge], events: list[DpEvent], delta: float) -> float | None:
+    """A unit-level ledger's epsilon for one record (audit/privacy_units.py), by the
+    audit's accountant; None for a ledger charged per record only."""
+    if all(c.privacy_unit == UNIT_RECORD for c in charges):
+        return None
+    mechanisms = [
+        ChargedMechanism(
+            c.noise_multiplier,
+            c.sample_rate,
+            moved_for_a_record(c.kind, c.relation, c.privacy_unit),
+        )
+        for c in charges
+    ]
+    return _epsilon_or_nan(_composed(per_record_history(events, mechanisms)), delta)
 
 
 def _epsilon_or_nan(events: list[DpEvent], delta: float) -> float:
@@ -284,7 +328,9 @@ def _epsilon_or_nan(events: list[DpEvent], delta: float) -> float:
         return math.nan  # the charges themselves carry the problem
 
 
-def _data_files(charges: list[Charge], records: dict[str, int]) -> list[DataFile]:
+def _data_files(
+    charges: list[Charge], records: dict[str, int], units: dict[str, int]
+) -> list[DataFile]:
     files: dict[str, list[Charge]] = {}
     for charge in charges:
         files.setdefault(charge.data_fingerprint, []).append(charge)
@@ -299,6 +345,7 @@ def _data_files(charges: list[Charge], records: dict[str, int]) -> list[DataFile
             ),
             first_charge=group[0].time,
             last_charge=group[-1].time,
+            units=units.get(fingerprint),
         )
         for fingerprint, group in files.items()
     ]

@@ -36,8 +36,16 @@ refuses any round that would take it over. <b>Delta (&delta;)</b> is the small p
 that the epsilon bound does not hold; it must be far below one divided by the owner's
 number of records (1e-5 for up to some tens of thousands of records).</p>
 <p>Both figures are <b>per owner</b>: each covers that owner's records only, and owners
-do not share a budget. The protection is per record; a person with several records is
-protected record by record. Each owner's row names its <b>definition</b>:
+do not share a budget. Each owner's row names its <b>privacy unit</b>, what its epsilon
+protects: <i>per record</i> (the default), or <i>per unit</i>, a column of the owner's
+data naming whose each record is (an author, a patient), when epsilon protects one unit,
+all its records together. Per record, a person with k records is protected only through
+group privacy, at up to about k times the epsilon; where the owner's data names units,
+the report shows the owner's figure for its largest unit. Per unit, one record of a unit
+is protected at the per-record figure shown beside the claim: a replace-one bound at 2C
+(removing a record moves its unit's clipped contribution by up to twice the clipping
+norm C), recomputed here. A ledger keeps one unit; charges in two are a problem.
+Each owner's row also names its <b>definition</b>:
 <i>add-remove</i> (the default) protects whether a record is there at all, so the
 owner's number of records is secret too and left only as a noisy count, itself a
 charged release (the "count" charge); <i>replace-one</i> means the owner declared its
@@ -96,7 +104,7 @@ def render_html(report: dict) -> str:
             "owner and node key",
             "ledger",
             "charges",
-            "epsilon claimed",
+            "epsilon claimed (per privacy unit)",
             "recomputed",
             "budget in force",
             "delta",

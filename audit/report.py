@@ -3,13 +3,14 @@ and map each data-security requirement to the evidence found.
 
 Guarantee: the report says when it was made, by which fedshield, from which inputs,
 and covers each run (ids, period, settings, outcome: audit/runs.py) and each owner
-(key fingerprint, budget history, charges, refusals with reasons: audit/owners.py), so
-a data-protection officer can sign it as it stands. The recomputation does not use the
-owners' accountant (PLD, dp-accounting): the exact closed form for full-batch rounds,
-Opacus's PRV interval otherwise (audit/epsilon.py ``epsilon_interval``), with RDP as a
-looser cross-check; a claim is flagged if it is above the recomputation by more than
-1%, below it, or above RDP. Output: a self-contained ``report.html`` (plots embedded) and
-its twin ``report.json`` (audit/render.py).
+(key fingerprint, privacy unit, budget history, charges, refusals with reasons:
+audit/owners.py), so a data-protection officer can sign it as it stands. The
+recomputation does not use the owners' accountant (PLD, dp-accounting): the exact
+closed form for full-batch rounds, Opacus's PRV interval otherwise (audit/epsilon.py
+``epsilon_interval``), with RDP as a looser cross-check; a claim is flagged if it is
+above the recomputation by more than 1%, below it, or above RDP. Output: a
+self-contained ``report.html`` (plots embedded) and its twin ``report.json``
+(audit/render.py).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def requirements(
             f"within {TOLERANCE:.0%}: {'yes' if not bad else 'no'}; every charge judged against "
             f"the budget in force when it was made; {refusals} refusals (reasons listed per owner)"
             + (f"; budget raised after a refusal: {'; '.join(raised)}" if raised else "")
+            + _unit_evidence(owners)
             + (f"; {non_private} NON-PRIVATE rounds (owners opted in)" if non_private else "")
             + (f"; problems: {bad[:3]}" if bad else ""),
         )
@@ -199,6 +201,28 @@ def requirements(
         )
     )
     return rows
+
+
+def _unit_evidence(owners: list[OwnerAudit]) -> str:
+    """What the owners' epsilons are per, and who protects a person only by group privacy."""
+    units: dict[str, list[str]] = {}
+    for owner in owners:
+        units.setdefault(owner.per_unit, []).append(owner.owner)
+    text = "; epsilon " + ", ".join(
+        f"{per} ({len(names)} owner{'s' if len(names) > 1 else ''})"
+        for per, names in sorted(units.items())
+    )
+    warned = [
+        f"{o.owner}: the {w.unit!r} with {w.largest_unit_records} records at epsilon "
+        f"{w.epsilon_for_largest_unit:.2f}"
+        for o in owners
+        if (w := o.group_privacy) is not None
+    ]
+    if warned:
+        text += "; per record on data with units (group privacy, the owners' figures): " + (
+            "; ".join(warned)
+        )
+    return text if owners else ""
 
 
 def _anchors(servers: list[Verification], clients: list[Verification]) -> dict:

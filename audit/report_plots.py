@@ -68,6 +68,8 @@ def epsilon_plot_png(owners: list[dict]) -> str:
             ax.hlines(budget, k - 0.5, k + 0.5, colors=[color], linestyles=(0, (2, 2)), lw=1.1)
         name = owner["owner"]  # a long name must not squeeze the plot out of the figure
         label = name if len(name) <= 32 else name[:30] + "\u2026"
+        per = "mixed units" if owner["per_unit"].startswith("over mixed") else owner["per_unit"]
+        label += f" ({per})" if len(per) <= 24 else f" ({per[:22]}\u2026)"
         handles.append(Line2D([], [], label=label, **style))
         for refusal in owner["refusals"]:
             # a refusal sits between the charges it fell between, at the budget then in force
@@ -102,7 +104,7 @@ def epsilon_plot_png(owners: list[dict]) -> str:
     ax.set_ylim(0, max(top, 1.0) * 1.08)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("charges in time order (training rounds and evaluate answers, all runs)")
-    ax.set_ylabel("epsilon spent (total so far)")
+    ax.set_ylabel("epsilon spent (total so far, per privacy unit)")
     ax.set_title("Epsilon per owner against the budget in force at each charge")
     ax.grid(alpha=0.3)
     shown = handles if len(charged) <= 24 else handles[:24] + handles[-3:]

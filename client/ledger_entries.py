@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedshield.common.dp_event import DpEvent
-from fedshield.common.privacy import ADD_REMOVE
+from fedshield.common.privacy import ADD_REMOVE, PER_RECORD
 
 KIND_TRAIN = "train"
 KIND_EVALUATE = "evaluate"
 KIND_COUNT = "count"  # the DP release of a data version's record count (client/count.py)
-UNIT_RECORD = "record"
+UNIT_RECORD = PER_RECORD
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ from fedshield.common.desensitised_data import desensitised
 from fedshield.common.errors import ConfigError, PolicyRefusal, SealedFileError
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
 from fedshield.common.owner_keys import OwnerKeys, open_owner_keys
-from fedshield.common.privacy import ADD_REMOVE, REPLACE_ONE
+from fedshield.common.privacy import ADD_REMOVE, PER_RECORD, REPLACE_ONE
 from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
 from fedshield.common.simulation_split import simulated_owner_data
 
 NO_DP = "none"
-RECORD = "record"  # the privacy unit of an owner without a privacy-unit column  # a non-private round the owner opted in to: no definition holds
+RECORD = PER_RECORD  # the privacy unit of an owner without a privacy-unit column  # a non-private round the owner opted in to: no definition holds
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"

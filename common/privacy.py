@@ -66,6 +66,9 @@ PLD_MAX_MECHANISMS = 64
 ADD_REMOVE = "add-remove"
 REPLACE_ONE = "replace-one"
 RELATIONS = (ADD_REMOVE, REPLACE_ONE)
+# What one DP contribution is when an owner names no privacy unit (issue 25); otherwise
+# the owner's privacy-unit column's name.
+PER_RECORD = "record"
 
 
 def accounted_event(event: DpEvent, relation: str) -> DpEvent:

@@ -513,6 +513,8 @@ def test_the_page_explains_epsilon_and_delta_and_is_made_to_wrap(tmp_path):
         "one record",
         "probability",
         "per owner",
+        "privacy unit",
+        "per record",
         "recomputes",
         "overflow-wrap:anywhere",
         "table-layout:fixed",
