@@ -214,18 +214,20 @@ def verdict(
 EMPIRICAL_FORMAT = "fedshield-empirical-audit/1"
 
 WHAT_IT_SHOWS = (
-    "Canaries (records of random words with a random label) were dealt to the simulated "
-    "owners and each was put into its owner's data on a coin flip. After one training "
-    "run, the server's view (every owner's update, every round) was used to guess which "
-    "canaries were trained on. Many correct guesses are impossible for a mechanism that "
-    "really is (epsilon, delta)-DP with a small epsilon (Steinke, Nasr and Jagielski, "
-    "NeurIPS 2023, Theorem 3.1); the lower bound is the largest epsilon the guesses rule "
-    "out at the stated confidence. A lower bound ABOVE the claimed epsilon proves, at "
-    "that confidence, that the implementation leaks more than it claims (noise switched "
-    "off, clipping that does not clip, an update that bypasses the optimizer). A lower "
-    "bound BELOW the claim is consistent with the claim but does not prove it: one run "
-    "with these canaries and these scores is a weak attacker, so the bound is usually far "
-    "below the true epsilon; it tests this run, this data and these settings only."
+    "Canaries (records of random words with a random label; with a privacy unit, units "
+    "of several such records, in or out whole) were dealt to the simulated owners and "
+    "each was put into its owner's data on a coin flip. After one training run, the "
+    "server's view (every owner's update, every round) was used to guess which canaries "
+    "were trained on. Many correct guesses are impossible for a mechanism that really is "
+    "(epsilon, delta)-DP per record, or per unit, with a small epsilon (Steinke, Nasr "
+    "and Jagielski, NeurIPS 2023, Theorem 3.1); the lower bound is the largest epsilon "
+    "the guesses rule out at the stated confidence. A lower bound ABOVE the claimed "
+    "epsilon proves, at that confidence, that the implementation leaks more than it "
+    "claims (noise switched off, clipping that does not clip, an update that bypasses "
+    "the optimizer). A lower bound BELOW the claim is consistent with the claim but does "
+    "not prove it: one run with these canaries and these scores is a weak attacker, so "
+    "the bound is usually far below the true epsilon; it tests this run, this data and "
+    "these settings only."
 )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedshield.cli.shared import console, err_console
+from fedshield.cli.shared import PrivacyUnitOption, console, err_console
 from fedshield.common.errors import FedshieldError
 
 audit_app = typer.Typer(
@@ -194,6 +194,14 @@ def audit_empirical(
     partition: Annotated[str, typer.Option(help="iid or dirichlet.")] = "iid",
     model: Annotated[str, typer.Option(help="hashed or minilm.")] = "hashed",
     seed: Annotated[int, typer.Option(help="Seed of the split (never of canaries or noise).")] = 0,
+    privacy_unit: PrivacyUnitOption = "",
+    records_per_canary: Annotated[
+        int | None,
+        typer.Option(
+            help="With --privacy-unit: records in each canary unit, in or out whole on one "
+            "coin (default 5; 1 without --privacy-unit)."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: runs/audit-<timestamp>).")
     ] = None,
@@ -202,6 +210,10 @@ def audit_empirical(
     beside the claimed and the independently recomputed epsilon (Steinke, Nasr and
     Jagielski, NeurIPS 2023). The defaults make canaries count (few records per owner,
     small batches, several local epochs); pass your own settings to audit those.
+
+    With --privacy-unit COLUMN (a column of --data), each canary is a unit of
+    --records-per-canary records, the owners train per unit, and the bound is compared
+    with the claim per unit.
 
     Exit status 0 when the bound does not exceed the claim (or --no-dp), 1 when it does.
     Add the result to the budget report: fedshield audit report ... --empirical
@@ -237,13 +249,18 @@ def audit_empirical(
             "device": "cpu" if model == "hashed" else "auto",
             "transport": "simulation: in-process messages, no network",
             "num-clients": clients,
+            "privacy-unit": privacy_unit,
         }
     )
     from fedshield.simulation import empirical
 
-    plan = empirical.prepare(config, clients, canaries, confidence)
+    per_canary = records_per_canary if records_per_canary is not None else 5 if privacy_unit else 1
+    plan = empirical.prepare(config, clients, canaries, confidence, per_canary)
+    kind = (
+        f"canary units of {per_canary} records ('{privacy_unit}')" if privacy_unit else "canaries"
+    )
     console.print(
-        f"Empirical audit: {canaries} canaries over {clients} owners "
+        f"Empirical audit: {canaries} {kind} over {clients} owners "
         f"({sum(c.included for c in plan.canaries)} included by coin flip), "
         f"confidence {confidence:.0%}. Canaries: {out_dir / 'canaries'}. The largest bound "
         f"{canaries} canaries can show is {plan.ceiling:.3g} (every guess right).",
@@ -258,7 +275,7 @@ def audit_empirical(
     run_with_progress(plan.config, clients, on_update=plan.scorer.observe)
     summary = empirical.finish(plan)
     bound = summary["lower-bound"]
-    table = Table("", "epsilon")
+    table = Table("", f"epsilon per {summary['privacy-unit']}")
     claimed, recomputed = summary["claimed-epsilon"], summary["recomputed-epsilon"]
     table.add_row(
         "claimed (owners' ledgers, PLD)", "none (--no-dp)" if claimed is None else f"{claimed:.4f}"

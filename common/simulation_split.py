@@ -83,6 +83,7 @@ def _canaries(path: str) -> dict[int, list[dict]]:
             isinstance(r, dict)
             and isinstance(r.get("text"), str)
             and isinstance(r.get("label"), str)
+            and isinstance(r.get("unit", ""), str)
             for r in records
         )
         for key, records in owners.items()
@@ -90,7 +91,7 @@ def _canaries(path: str) -> dict[int, list[dict]]:
     if not well_formed:
         raise ConfigError(
             f"audit-canaries {path}: 'owners' must map owner numbers to lists of "
-            "{text, label} records; write it with fedshield audit empirical"
+            "{text, label} records (and an optional unit name); write it with fedshield audit empirical"
         )
     return {int(owner): records for owner, records in owners.items()}
 

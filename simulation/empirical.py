@@ -1,7 +1,8 @@
 """The empirical privacy audit: one simulated run with canaries, scored as the server can.
 
-prepare (draw m canaries, deal them to the simulated owners, flip each one's coin, write
-them down) -> run the real simulation (Flower's Simulation Engine, the owners' real
+prepare (draw m canaries, one record each or, with a privacy unit, one unit of several
+records each; deal them to the simulated owners, flip each one's coin, write them
+down) -> run the real simulation (Flower's Simulation Engine, the owners' real
 ClientApp, DP-SGD and ledgers; the server scores every accepted update against the
 canaries) -> finish (guess, count, bound epsilon from below: audit/one_run.py; recompute
 the claimed epsilon from the owners' signed logs: audit/report.py) -> ``empirical.json``.
@@ -48,9 +49,30 @@ class EmpiricalAudit:
 
 
 def prepare(
-    config: RunConfig, num_clients: int, num_canaries: int, confidence: float
+    config: RunConfig,
+    num_clients: int,
+    num_canaries: int,
+    confidence: float,
+    records_per_canary: int = 1,
 ) -> EmpiricalAudit:
-    """Draw and write the canaries; returns the run's config and the server-side scorer."""
+    """Draw and write the canaries; returns the run's config and the server-side scorer.
+
+    With the owners' ``privacy-unit``, each canary is a unit of ``records_per_canary``
+    records, and the bound is compared with the claim per unit."""
+    if records_per_canary > 1 and not config.privacy_unit:
+        raise ConfigError(
+            f"--records-per-canary {records_per_canary}: canaries of several records need "
+            "--privacy-unit COLUMN (without it each record is its own unit, and a canary of "
+            "several records would test group privacy, not the claim); pass --privacy-unit "
+            "or --records-per-canary 1"
+        )
+    if not 1 <= records_per_canary <= config.max_records_per_unit:
+        raise ConfigError(
+            f"--records-per-canary {records_per_canary}: must be in [1, "
+            f"{config.max_records_per_unit}] (max-records-per-unit: above it a round trains "
+            "a random subset of a canary unit, which only weakens the audit); the default "
+            "is 5 with --privacy-unit, 1 without"
+        )
     if num_canaries < 2 * num_clients:
         raise ConfigError(
             f"--canaries {num_canaries}: need at least 2 per owner ({2 * num_clients} for "
@@ -67,7 +89,9 @@ def prepare(
             "ledgers and logs must hold this run alone)"
         )
     classes = class_names(config)
-    canaries = draw_canaries(num_canaries, num_clients, classes)
+    canaries = draw_canaries(
+        num_canaries, num_clients, classes, records_per_canary=records_per_canary
+    )
     included = write_canaries(canaries, out_dir / "canaries")
     config = config.replace(audit_canaries=str(included.resolve()))
     scorer = CanaryScorer(ModelSpec.from_config(config), classes, canaries)
@@ -133,6 +157,9 @@ def finish(audit: EmpiricalAudit) -> dict:
         "dp": config.dp,
         "target-epsilon": config.target_epsilon if config.dp else None,
         "delta": config.delta,
+        # What one canary is and what the claim protects: "record", or the unit column.
+        "privacy-unit": config.privacy_unit or "record",
+        "records-per-canary": len(audit.canaries[0].texts),
         "claimed-epsilon": claimed,
         "recomputed-epsilon": recomputed,
         "per-owner": owners,

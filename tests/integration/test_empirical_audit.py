@@ -2,34 +2,39 @@
 owners' real ClientApps on Ray) on a slice of IMDB with canaries, and its bound is checked
 against the claim: well above zero without DP, below the claim with the product's DP,
 above the claim when a test-only build switches the noise off while the ledger still
-charges. The report carries the result and fails on a bound above the claim."""
+charges. The report carries the result and fails on a bound above the claim. With a
+privacy unit, canary units of a correct unit-level run stay below the claim per unit, and
+a test-only build that clips each record while charging per unit is caught."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import FEDSHIELD
+from tests.support.planted import NOISE_OFF, UNITS_CLIPPED_PER_RECORD, planted_build
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["--max-records", "600", "--clients", "2", "--rounds", "3", "--canaries", "200"]
+# Canary units of 20 records on reviews that come three to an author: the smallest
+# settings measured (2026-12-07) to show a unit clipped record by record. The learning
+# rate is low so that a canary unit's fit does not saturate within a round: its trace
+# then grows with how far its records move the model (kC under the defect, C if not).
+UNITS = [
+    *["--privacy-unit", "author", "--records-per-canary", "20", "--max-records", "600"],
+    *["--clients", "2", "--rounds", "3", "--canaries", "200", "--learning-rate", "0.5"],
+]
 
-# A test-only build with a planted defect: the owners' DP noise is zero (the sampler,
-# clipping, accounting and ledger are untouched, so the claim is the product's claim).
-# Python runs sitecustomize at start-up in every process, Ray's workers included.
-NOISE_OFF = """
-import torch
-import fedshield.client.secure_random as secure_random
-secure_random.SecureRandom.normal_like = lambda self, reference, std: torch.zeros_like(reference)
-"""
 
-
-def audit_empirical(out: Path, *args: str, env_extra: dict | None = None):
+def audit_empirical(
+    out: Path, *args: str, env_extra: dict | None = None, settings: list[str] = SMALL
+):
     env = {
         **os.environ,
         "FLWR_TELEMETRY_ENABLED": "0",
@@ -37,7 +42,7 @@ def audit_empirical(out: Path, *args: str, env_extra: dict | None = None):
         **(env_extra or {}),
     }
     return subprocess.run(
-        [*FEDSHIELD, "audit", "empirical", *SMALL, "--out", str(out), *args],
+        [*FEDSHIELD, "audit", "empirical", *settings, "--out", str(out), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -98,12 +103,9 @@ def test_with_dp_the_bound_stays_below_the_claim(private_run):
 def test_a_planted_defect_is_caught(tmp_path):
     """Noise off in a test-only build: the ledgers still claim epsilon 0.5, the
     arithmetic audit still passes, and the empirical bound exposes the leak."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(NOISE_OFF)
     out = tmp_path / "run"
-    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
-    proc = audit_empirical(out, "--epsilon", "0.5", env_extra={"PYTHONPATH": pythonpath})
+    planted = planted_build(tmp_path / "site", NOISE_OFF)
+    proc = audit_empirical(out, "--epsilon", "0.5", env_extra=planted)
     assert (out / "empirical.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = result(out)
     assert summary["claimed-epsilon"] == pytest.approx(0.5, abs=0.01)
@@ -204,3 +206,49 @@ def test_bad_audit_settings_are_refused_before_any_run(tmp_path):
     (tmp_path / "used" / "ledgers").mkdir()
     proc = audit_empirical(tmp_path / "used")
     assert proc.returncode != 0 and "not empty" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def authors_csv(tmp_path_factory, imdb_frame) -> Path:
+    """600 IMDB reviews, three to an author (the privacy unit)."""
+    path = tmp_path_factory.mktemp("units") / "reviews.csv"
+    authors = [f"author-{row // 3}" for row in range(len(imdb_frame))]
+    imdb_frame.assign(author=authors).to_csv(path, index=False)
+    return path
+
+
+def test_canary_units_of_a_unit_level_run_stay_below_the_claim_per_unit(tmp_path, authors_csv):
+    out = tmp_path / "run"
+    proc = audit_empirical(out, "--data", str(authors_csv), "--epsilon", "1", settings=UNITS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = result(out)
+    bound = summary["lower-bound"]
+    assert summary["privacy-unit"] == "author" and summary["records-per-canary"] == 20
+    assert summary["claimed-epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert bound["epsilon_lower_bound"] < summary["claimed-epsilon"]
+    assert not summary["exceeds-claim"] and bound["canaries"] == 200
+    assert "epsilon per author" in proc.stdout
+    # Each included canary reached its owner as one unit of 20 records, and the owners
+    # charged their ledgers per author.
+    owners = json.loads((out / "canaries" / "included.json").read_text())["owners"]
+    units = Counter(record["unit"] for records in owners.values() for record in records)
+    assert set(units.values()) == {20} and len(units) == bound["included"]
+    log = (out / "audit" / "client-0" / "audit.jsonl").read_text().splitlines()
+    charges = [json.loads(line)["data"] for line in log if '"dp-charged"' in line]
+    assert charges and {c["privacy-unit"] for c in charges} == {"author"}
+
+
+def test_clipping_each_record_of_a_unit_is_caught(tmp_path, authors_csv):
+    """A test-only build forms no per-unit sums, so each record is clipped alone while
+    the ledgers still charge per author: the bound lands above the claim per unit."""
+    out = tmp_path / "run"
+    planted = planted_build(tmp_path / "site", UNITS_CLIPPED_PER_RECORD)
+    proc = audit_empirical(
+        out, "--data", str(authors_csv), "--epsilon", "1", settings=UNITS, env_extra=planted
+    )
+    assert (out / "empirical.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = result(out)
+    assert summary["claimed-epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert summary["recomputed-epsilon"] == pytest.approx(1.0, rel=0.02)
+    assert summary["exceeds-claim"], summary["lower-bound"]
+    assert proc.returncode == 1 and "LEAKS MORE THAN CLAIMED" in proc.stdout

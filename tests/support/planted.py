@@ -1,4 +1,5 @@
-"""Identifiers planted in owners' data, and a scan for them in whatever fedshield wrote.
+"""Identifiers planted in owners' data, and a scan for them in whatever fedshield wrote;
+and defects planted in a test-only build of fedshield.
 
 ``IDENTIFIERS`` holds several realistic values of every default desensitisation type
 (checksums valid; the first of each is tests/unit/test_desensitise.py's PLANTED value),
@@ -6,6 +7,10 @@ each found and tagged by the default policy in a review's prose. ``found_in`` lo
 a value in a file's bytes and in the forms a writer may give it: JSON escapes ('/' as
 '\\/', '@' as '\\u0040'), the digits alone of a number written with separators, HTML
 escapes, any case, inside zip members (model.pt, .npz) and gzip streams.
+
+``planted_build`` gives the environment of a test-only build with a defect (``NOISE_OFF``,
+``UNITS_CLIPPED_PER_RECORD``): the defect runs in every process of a run, the owners'
+Ray workers included, so that the empirical audit can be shown to catch it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import gzip
 import html
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -181,3 +187,60 @@ def found_in(paths: list[Path], needles: list[str]) -> list[str]:
             if any(v in blob for blob in contents for v in variants):
                 hits.append(f"{path}: {needle!r}")
     return hits
+
+
+# A defect: the module it goes into, and Python run on that module (``module``) right
+# after its first import. Each leaves the rest of the product, the ledger's claim
+# included, as it is.
+# The owners' DP noise is zero (sampler, clipping, accounting and ledger untouched).
+NOISE_OFF = (
+    "fedshield.client.secure_random",
+    "module.SecureRandom.normal_like = "
+    "lambda self, reference, std: __import__('torch').zeros_like(reference)",
+)
+# Unit-level DP-SGD clips each record, not each unit (the per-unit sums are never
+# formed), while the ledger still charges per unit: a unit of k records moves the
+# update by up to kC.
+UNITS_CLIPPED_PER_RECORD = (
+    "fedshield.client.train",
+    "module.group_per_unit = lambda params, positions: None",
+)
+
+# Python runs sitecustomize at start-up in every process that has it on its path, Ray's
+# workers included (they inherit PYTHONPATH). It plants the defect when its module is
+# first imported, so that the processes that never import it (Ray's own) start as fast
+# as ever.
+_SITECUSTOMIZE = """
+import importlib.abc
+import importlib.util
+import sys
+
+
+class _PlantDefect(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != {module!r}:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            exec({patch!r}, {{"module": module}})
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PlantDefect())
+"""
+
+
+def planted_build(folder: Path, defect: tuple[str, str]) -> dict[str, str]:
+    """The environment variables of a test-only build with ``defect`` planted: a
+    sitecustomize.py in ``folder``, put first on PYTHONPATH."""
+    module, patch = defect
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(module=module, patch=patch))
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH", "")]))
+    return {"PYTHONPATH": path}
