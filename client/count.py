@@ -60,7 +60,8 @@ def released_record_count(
 ) -> RecordCount:
     """This data version's count as it may leave, releasing (and charging) it if new:
     of records, or with a privacy unit, of units (``Owner.protected_count``)."""
-    exact = owner.protected_count
+    # A non-private round trains on records whatever the unit (client/train.py).
+    exact = owner.protected_count if dp else len(owner.dataset)
     relation = owner.relation(dp)
     if dp:
         owner.ledger.check_relation(relation, owner.protected_unit)

@@ -37,7 +37,7 @@ from torch import nn
 
 from fedshield.client.dp_sgd import make_private, zero_per_sample_gradients
 from fedshield.client.secure_random import SecureRandom
-from fedshield.client.units import UnitMembers, group_per_unit
+from fedshield.client.units import UnitMembers, add_carried, carry_unit, group_per_unit
 from fedshield.common.dp_event import DpEvent
 from fedshield.common.errors import PolicyRefusal
 from fedshield.common.model import ModelInputs, ModelSpec, as_tensors, head_bias
@@ -262,13 +262,15 @@ def _train_unit_batch(
     units: torch.Tensor,
     physical_batch_size: int,
 ) -> tuple[torch.Tensor, int]:
-    """One DP step on the sampled ``units``: passes of whole units, each unit's
-    per-record gradients summed (``group_per_unit``) before the optimizer clips them, so
-    a unit is one contribution of norm at most C; one noisy step per logical batch."""
+    """One DP step on the sampled ``units``: passes of at most the physical batch, each
+    unit's per-record gradients summed (``group_per_unit``, carried over the passes of a
+    unit larger than a pass: ``carry_unit``) before the optimizer clips them, so a unit is
+    one contribution of norm at most C; one noisy step per logical batch."""
     loss_sum, seen = torch.zeros((), device=records.targets.device), 0
-    passes = list(members.passes(units, physical_batch_size)) or [(units[:0], units[:0])]
-    for number, (rows, positions) in enumerate(passes, start=1):
-        optimizer.signal_skip_step(do_skip=number != len(passes))
+    passes = list(members.passes(units, physical_batch_size))
+    passes = passes or [(units[:0], units[:0], False)]
+    carried = None
+    for number, (rows, positions, more) in enumerate(passes, start=1):
         if len(rows):
             inputs, targets = records.rows(rows)
             loss = nn.functional.cross_entropy(model(*inputs), targets)
@@ -276,8 +278,15 @@ def _train_unit_batch(
             group_per_unit(optimizer.params, positions)
             loss_sum += loss.detach() * len(rows)
             seen += len(rows)
+            if more:  # not clipped until the unit is whole
+                carried = carry_unit(optimizer.params, carried)
+                continue
+            if carried is not None:
+                add_carried(optimizer.params, carried)
+                carried = None
         else:
             zero_per_sample_gradients(optimizer)
+        optimizer.signal_skip_step(do_skip=number != len(passes))
         optimizer.step()
         optimizer.zero_grad()
     return loss_sum, seen

@@ -64,6 +64,14 @@ class OwnerPrivacy(KebabConfig):
             "the default)",
         )
         require(
+            not (self.public_record_count and self.privacy_unit and not self.record_level),
+            "public-record-count",
+            self.public_record_count,
+            "with privacy-unit the count that would leave as is is the number of units "
+            "(people), not of records; drop public-record-count (the count of units then "
+            "leaves as a DP release) or privacy-unit",
+        )
+        require(
             not self.record_level or bool(self.privacy_unit),
             "record-level",
             self.record_level,

@@ -95,9 +95,17 @@ def unit_codes(values) -> np.ndarray:
     return pd.factorize(np.asarray(values, dtype=object))[0].astype(np.int64)
 
 
+# Beyond 2**53 a float no longer tells neighbouring integers apart: two people's numeric
+# ids read as floats (JSON with a null in the column) would merge into one unit.
+_EXACT_FLOAT_IDS = 2.0**53
+
+
 def _unit_value(value: object) -> str | None:
-    """A unit cell as text (3 and 3.0 are one unit); None when missing or blank."""
+    """A unit cell as text (3 and 3.0 are one unit); None when missing, blank, or a
+    float too large to be an exact id."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, float) and abs(value) >= _EXACT_FLOAT_IDS:
         return None
     return _label_text(value) or None
 
@@ -204,8 +212,9 @@ def _strict_units(frame: pd.DataFrame, origin: str, unit_column: str) -> np.ndar
         value = _unit_value(cell)
         if value is None:
             raise DataError(
-                f"{origin}: row {row + 1}, column '{unit_column}': missing privacy unit; "
-                "every record needs the unit (person) it belongs to: fill it in or remove the row"
+                f"{origin}: row {row + 1}, column '{unit_column}': missing privacy unit, or a "
+                "number too large to read exactly (write ids as strings); every record needs "
+                "the unit (person) it belongs to: fill it in or remove the row"
             )
         values.append(value)
     return unit_codes(values)

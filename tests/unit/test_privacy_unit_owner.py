@@ -174,3 +174,40 @@ def test_simulated_owners_get_whole_units(unit_data, tmp_path, scheme):
     # A person split between two owners would count once in each.
     assert sum(p.unit_count for p in parts) == dataset.unit_count
     assert all(p.unit_name == "person" for p in parts)
+
+
+def test_numeric_ids_too_large_for_a_float_are_not_merged(tmp_path):
+    """JSON with a null in the unit column reads ids as floats: two 17-digit ids would
+    become one person. They are refused at the owner's check, never merged."""
+    path = tmp_path / "owner.jsonl"
+    rows = [
+        {"text": "a note", "label": "0", "person": 12345678901234567},
+        {"text": "b note", "label": "1", "person": 12345678901234568},
+        {"text": "c note", "label": "1", "person": None},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="row 1, column 'person'.*too large to read exactly"):
+        load_dataset(path, unit_column="person")
+    kept = load_dataset(path, unit_column="person", classes=("0", "1"), usable_rows_only=True)
+    assert len(kept) == 0 and kept.left_out == 3
+
+
+def test_a_public_count_of_people_is_refused_with_the_fix():
+    from fedshield.common.config import OwnerConfig
+    from fedshield.common.errors import ConfigError
+
+    settings = {"data-path": "x.csv", "epsilon-budget": 3.0, "privacy-unit": "person"}
+    with pytest.raises(ConfigError, match="number of units"):
+        OwnerConfig.from_dict({**settings, "public-record-count": True})
+    OwnerConfig.from_dict({**settings, "public-record-count": True, "record-level": True})
+
+
+def test_a_non_private_round_on_unit_data_reports_its_records(unit_data, tmp_path):
+    path = tmp_path / "owner.csv"
+    unit_data.to_csv(path, index=False)
+    context = owner_context(path, tmp_path / "ledgers")
+    context.node_config.update({**UNIT, "allow-no-dp": True})
+    reply = run_train(context, train_message(PLAN.replace(dp=False, batch_size=0)))
+    assert not reply.has_error()
+    usable = int(unit_data["label"].isin(["0", "1"]).sum())
+    assert reply.content[wire.METRICS]["num-examples"] == usable  # trained per record

@@ -116,19 +116,38 @@ def test_a_unit_above_the_cap_contributes_a_fresh_random_subset():
 
 
 @pytest.mark.parametrize("physical", [1, 7, 64])
-def test_passes_hold_whole_units_and_every_sampled_record_once(physical):
+def test_passes_never_exceed_the_physical_batch_and_cut_a_unit_only_across_its_own(physical):
+    """Whatever the units' sizes, no pass holds more than the physical batch (memory must
+    not depend on the data); a unit that fits is whole in one pass, a larger one fills
+    consecutive passes of its own, flagged to carry its sum until its last."""
     _, _, units = data(seed=3)
     members = UnitMembers.draw(units, 1000, SecureRandom())
     sampled = torch.tensor([0, 2, 3, 7, 11])
-    seen = []
-    for rows, positions in members.passes(sampled, physical):
+    seen, open_unit = [], None
+    for rows, positions, more in members.passes(sampled, physical):
+        assert 0 < len(rows) <= physical
         assert torch.all(rows[1:] > rows[:-1])  # ascending, distinct
+        owners = {int(units[r]) for r in rows.tolist()}
         in_pass = positions.unique().tolist()
-        assert in_pass == list(range(len(in_pass)))
-        assert len(rows) <= physical or len(in_pass) == 1
+        assert in_pass == list(range(len(in_pass))) and len(owners) == len(in_pass)
+        if open_unit is not None:  # the cut unit goes on, alone
+            assert owners == {open_unit}
+        if more or open_unit is not None:
+            assert len(owners) == 1
+        open_unit = owners.pop() if more else None
         seen.extend(rows.tolist())
+    assert open_unit is None
     expected = np.flatnonzero(np.isin(units, sampled.numpy()))
     assert sorted(seen) == sorted(expected.tolist())
+
+
+@pytest.mark.parametrize("physical", [1, 3, 7])
+def test_a_unit_cut_over_passes_is_clipped_once_when_whole(physical):
+    """The clipped step does not depend on how passes cut the units."""
+    x, y, units = data()
+    whole = one_step(x, y, units, 0.5, released=len(SIZES), physical=0)
+    cut = one_step(x, y, units, 0.5, released=len(SIZES), physical=physical)
+    torch.testing.assert_close(cut, whole, rtol=1e-4, atol=1e-6)
 
 
 def test_the_fine_tuned_encoder_clips_each_unit_per_layer_as_opacus_would():
