@@ -74,7 +74,11 @@ def print_group_privacy(dataset, epsilon: float, delta: float) -> None:
     from fedshield.common.privacy import noise_for_target_epsilon
 
     name, largest = dataset.unit_name, dataset.largest_unit
-    sigma = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
+    import warnings
+
+    with warnings.catch_warnings():  # Opacus: "optimal order is the largest alpha"
+        warnings.simplefilter("ignore", UserWarning)
+        sigma = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
     grouped = group_epsilon([DpEvent(sigma, 1.0, 1)], delta, largest)
     console.print(
         f"privacy unit '{name}': {dataset.unit_count} units, the largest holds {largest} "

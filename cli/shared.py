@@ -99,7 +99,11 @@ def print_final(out_dir: Path) -> None:
     metrics_path = out_dir / "metrics.json"
     if not metrics_path.exists():
         raise FedshieldError(f"the run ended without writing {metrics_path}; rerun with --debug")
-    final = json.loads(metrics_path.read_text())["final"]
+    metrics = json.loads(metrics_path.read_text())
+    final = metrics["final"]
+    run = metrics.get("run") or {}
+    # Simulated owners' privacy unit (a deployment's owners keep theirs to themselves).
+    unit = "" if run.get("record-level") else str(run.get("privacy-unit") or "")
     if final is None:
         raise FedshieldError(f"the run stopped before its last round; see {metrics_path}")
     reasons = "; ".join(final.get("reasons", [])) or "no reason recorded"
@@ -110,6 +114,7 @@ def print_final(out_dir: Path) -> None:
         )
     privacy = (
         f"max epsilon per client {final['epsilon_max']:.3f}"
+        + (f" per '{unit}' (one record: fedshield ledger show --group-size 1)" if unit else "")
         if final["dp"]
         else "NO privacy (--no-dp)"
     )

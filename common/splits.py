@@ -26,11 +26,21 @@ def check_batch_fits(dataset: TextDataset, batch_size: int) -> None:
 def split_holdout(
     dataset: TextDataset, test_fraction: float, seed: int
 ) -> tuple[TextDataset, TextDataset]:
-    """Shuffle and split off a held-out test set that no client trains on."""
+    """Shuffle and split off a held-out test set that no client trains on; with privacy
+    units, whole units (about ``test_fraction`` of the records), so that no person's
+    records are both trained on and scored."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
     order = np.random.default_rng(seed).permutation(len(dataset))
     cut = int(round(len(dataset) * test_fraction))
+    if dataset.units is not None:
+        units = np.random.default_rng(seed).permutation(dataset.unit_count)
+        rank = np.empty_like(units)
+        rank[units] = np.arange(len(units))  # each unit's place in the shuffled order
+        order = np.lexsort((order, rank[dataset.units]))  # records, unit by unit
+        placed = rank[dataset.units][order]
+        if cut > 0:  # the cut moves to the end of the unit it falls in
+            cut = int(np.searchsorted(placed, placed[cut - 1], side="right"))
     return (
         dataset.subset(np.sort(order[cut:]), f"{dataset.source}[train]"),
         dataset.subset(np.sort(order[:cut]), f"{dataset.source}[test]"),

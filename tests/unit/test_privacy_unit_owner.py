@@ -211,3 +211,15 @@ def test_a_non_private_round_on_unit_data_reports_its_records(unit_data, tmp_pat
     assert not reply.has_error()
     usable = int(unit_data["label"].isin(["0", "1"]).sum())
     assert reply.content[wire.METRICS]["num-examples"] == usable  # trained per record
+
+
+def test_the_held_out_split_takes_whole_units(unit_data, tmp_path):
+    from fedshield.common.splits import split_holdout
+
+    path = tmp_path / "owner.csv"
+    unit_data.to_csv(path, index=False)
+    dataset = load_dataset(path, unit_column="person")
+    train, test = split_holdout(dataset, 0.2, seed=0)
+    assert len(train) + len(test) == len(dataset)
+    assert 0.15 < len(test) / len(dataset) < 0.25
+    assert train.unit_count + test.unit_count == dataset.unit_count  # no person in both
