@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedshield.client.accept import check_message_records, check_plan_record
@@ -33,10 +32,15 @@ from fedshield.client.owner import (
     desensitised_for_round,
     is_simulated,
     owner_allows_evaluate,
-    owner_audit_dir,
     owner_inputs,
     owner_label,
     resolve_owner,
+)
+from fedshield.client.refusals import (
+    MAX_LOGGED_REASON_CHARS,
+    record_refusal,
+    refusal,
+    refusal_audit,
 )
 from fedshield.client.releases import ReleasedUpdates
 from fedshield.client.train import (
@@ -53,9 +57,7 @@ from fedshield.common.config import RunConfig
 from fedshield.common.errors import (
     DataError,
     FedshieldError,
-    LedgerCorrupted,
     PolicyRefusal,
-    PrivacyBudgetExceeded,
 )
 from fedshield.common.model import ModelSpec, unwrapped_state_dict
 from fedshield.common.plan import Plan
@@ -113,26 +115,6 @@ def _local_run_config(context: Context, overrides: dict) -> RunConfig:
     if not is_simulated(dict(context.node_config)):
         return RunConfig.from_dict(overrides)
     return RunConfig.from_dict({**dict(context.run_config), **overrides})
-
-
-def refusal_code(exc: Exception) -> int:
-    return {
-        PrivacyBudgetExceeded: wire.ERROR_BUDGET_EXCEEDED,
-        LedgerCorrupted: wire.ERROR_LEDGER_CORRUPTED,
-        PolicyRefusal: wire.ERROR_POLICY,
-    }.get(
-        type(exc),
-        wire.ERROR_BAD_DATA_OR_CONFIG if isinstance(exc, FedshieldError) else wire.ERROR_INTERNAL,
-    )
-
-
-def _refusal(msg: Message, owner_id: str, exc: Exception) -> Message:
-    """An error reply with a code and a fixed reason: the details stay with the owner."""
-    code = refusal_code(exc)
-    log.warning("%s refused the %s request: %s", owner_id, msg.metadata.message_type, exc)
-    return Message(
-        Error(code=code, reason=f"{owner_id}: {wire.REFUSAL_REASONS[code]}"), reply_to=msg
-    )
 
 
 def train_round(
@@ -298,32 +280,6 @@ def _reply(
     return Message(content=content, reply_to=msg)
 
 
-# A refusal's reason in the owner's log: enough to act on, never a server-sized value.
-MAX_LOGGED_REASON_CHARS = 2000
-
-
-def _record_refusal(audit: AuditLog, kind: str, server_round: int, exc: Exception) -> None:
-    """The details of a refusal, for the owner's own log only."""
-    reason = str(exc)
-    if len(reason) > MAX_LOGGED_REASON_CHARS:
-        reason = reason[:MAX_LOGGED_REASON_CHARS] + f"... ({len(reason)} characters)"
-    audit.append(
-        Event.EVALUATE_REFUSED if kind == "evaluate" else Event.ROUND_REFUSED,
-        **{Field.SERVER_ROUND: server_round, Field.CODE: refusal_code(exc), Field.REASON: reason},
-    )
-
-
-def _refusal_audit(node_config: dict, run_config: RunConfig | None) -> AuditLog | None:
-    """The owner's audit log when its data or settings could not be loaded."""
-    try:
-        directory = owner_audit_dir(node_config, run_config or RunConfig())
-    except (FedshieldError, ValueError, TypeError):
-        return None
-    if directory is None:
-        return None
-    return AuditLog(Path(directory) / "audit.jsonl", actor=owner_label(node_config))
-
-
 def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler) -> Message:
     """Every failure becomes a coded refusal, even one in recording a refusal: nothing
     but a code and a fixed reason leaves (Flower would send the exception's text)."""
@@ -331,7 +287,7 @@ def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler)
         return _handle_or_refuse(kind, msg, context, overrides, handler)
     except Exception as exc:
         log.exception("%s request failed while refusing", kind)
-        return _refusal(msg, owner_label(dict(context.node_config)), exc)
+        return refusal(msg, owner_label(dict(context.node_config)), exc)
 
 
 def _handle_or_refuse(
@@ -355,17 +311,17 @@ def _handle_or_refuse(
             raise PolicyRefusal("evaluate requests need the owner's consent (allow-evaluate)")
         owner = resolve_owner(node_config, local, classes)
     except Exception as exc:
-        audit = _refusal_audit(node_config, local)
+        audit = refusal_audit(node_config, local)
         if audit is not None:
-            _record_refusal(audit, kind, server_round, exc)
+            record_refusal(audit, kind, server_round, exc)
             audit.checkpoint("message-end")
-        return _refusal(msg, label, exc)
+        return refusal(msg, label, exc)
     audit = AuditLog(owner.audit_dir / "audit.jsonl", actor=owner.owner_id)
     try:
         return handler(msg, context, plan, classes, server_round, owner, audit)
     except FedshieldError as exc:
-        _record_refusal(audit, kind, server_round, exc)
-        return _refusal(msg, owner.owner_id, exc)
+        record_refusal(audit, kind, server_round, exc)
+        return refusal(msg, owner.owner_id, exc)
     except Exception as exc:
         # Fail closed and say nothing: an exception's text may hold values from the data.
         log.exception("%s: %s request failed", owner.owner_id, kind)
@@ -376,7 +332,7 @@ def _handle_or_refuse(
                 Field.ERROR: f"{type(exc).__name__}: {str(exc)[:MAX_LOGGED_REASON_CHARS]}",
             },
         )
-        return _refusal(msg, owner.owner_id, exc)
+        return refusal(msg, owner.owner_id, exc)
     finally:
         audit.checkpoint("message-end")
 
