@@ -53,7 +53,7 @@ def one_step(x, y, units, clip, released, physical=0):
     return getattr(model, "_module", model).weight.detach().clone()
 
 
-@pytest.mark.parametrize("physical", [0, 20])  # 20: the 50-record unit gets a pass alone
+@pytest.mark.parametrize("physical", [0, 20])  # 20: the 50-record unit is cut over 3 passes
 def test_a_step_is_the_mean_of_per_unit_sums_of_per_record_gradients_clipped(physical):
     x, y, units = data()
     clip = 0.5
