@@ -280,6 +280,7 @@ def test_unit_passes_give_the_clipped_sum_of_one_pass_minilm_top():
             torch.testing.assert_close(passes[key], one_pass[key], rtol=1e-4, atol=1e-6)
 
 
+# Like the test above: only where CUDA exists (neither CI nor the dev machine has it).
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_on_cuda_the_unit_level_step_equals_the_cpu_step():
     inputs, y = hidden_states(12)
