@@ -115,6 +115,13 @@ def simulate(
     train_bias: Annotated[
         bool, typer.Option(help="Owners train the head's bias too (default: they keep the priors).")
     ] = False,
+    class_descriptions: Annotated[
+        str,
+        typer.Option(
+            help="Start the head as a zero-shot classifier: 'names' (each class described "
+            "by its name) or a JSON file of one public phrase per class; '' = a zero head."
+        ),
+    ] = "",
     privacy_unit: PrivacyUnitOption = "",
     max_records_per_unit: MaxRecordsPerUnitOption = 64,
     record_level: RecordLevelFlag = False,
@@ -265,6 +272,7 @@ def simulate(
             "server-momentum": server_momentum,
             "class-priors": class_priors,
             "train-bias": train_bias,
+            "class-descriptions": class_descriptions,
             "privacy-unit": privacy_unit,
             "max-records-per-unit": max_records_per_unit,
             "record-level": record_level,

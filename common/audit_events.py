@@ -149,6 +149,7 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.CLASSES,
             Field.MODEL,
             "class-priors",
+            "class-descriptions",
             "test-records",
             Field.EVAL_DATA,
             Field.TRANSPORT,

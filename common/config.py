@@ -115,6 +115,12 @@ class ServerSettings(KebabConfig):
     # The head's starting bias is the log of these priors (server/class_priors.py):
     # "eval" = the evaluation data's class shares, "uniform", or shares in class order.
     class_priors: str = "eval"
+    # The head's starting weights (server/class_descriptions.py): "" = zero; "names" =
+    # each class described by its name; or the operator's JSON file {class: phrase}.
+    # Each class's row is class-description-scale x its description's unit-norm
+    # features: a zero-shot head that owners refine under DP.
+    class_descriptions: str = ""
+    class_description_scale: float = 30.0
 
     def class_names(self) -> tuple[str, ...] | None:
         return split_class_names(self.classes)
@@ -156,6 +162,20 @@ class ServerSettings(KebabConfig):
         )
         validate_device(self.device, "device")
         class_prior_shares(self.class_priors, self.class_names())
+        require(
+            0 < self.class_description_scale <= 1000,
+            "class-description-scale",
+            self.class_description_scale,
+            "must be in (0, 1000] (the zero-shot head's logit per unit of cosine; 30 is "
+            "the default)",
+        )
+        require(
+            not (self.continue_from and self.class_descriptions),
+            "class-descriptions",
+            self.class_descriptions,
+            "a continued run starts from its parent model's head; drop class-descriptions "
+            "or continue-from",
+        )
 
 
 @dataclass(frozen=True)

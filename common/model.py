@@ -46,14 +46,24 @@ def build_model(in_dim: int, num_classes: int) -> nn.Module:
     return model
 
 
+def _head(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "head", model)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise TypeError(f"no linear head with a bias in {type(model).__name__}")
+    return head
+
+
 def head_bias(model: nn.Module) -> nn.Parameter:
     """The bias of the classifier head of a model ``ModelSpec.build`` made (the linear
     model's own, or a fine-tuned encoder top's ``head``): where the log of the
     federation's published class priors sits."""
-    head = getattr(model, "head", model)
-    if not isinstance(head, nn.Linear) or head.bias is None:
-        raise TypeError(f"no linear head with a bias in {type(model).__name__}")
-    return head.bias
+    return _head(model).bias
+
+
+def head_weight(model: nn.Module) -> nn.Parameter:
+    """The (classes, features) weights of the same head: where the zero-shot head from
+    the operator's class descriptions sits (server/class_descriptions.py)."""
+    return _head(model).weight
 
 
 # Per-record training memory one pass may take on a CPU (the plan chooses the model's size).

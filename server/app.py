@@ -40,6 +40,11 @@ from fedshield.common.model import (
 from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
+from fedshield.server.class_descriptions import (
+    class_descriptions,
+    description_digest,
+    set_description_head,
+)
 from fedshield.server.class_priors import published_priors, set_prior_bias
 from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
@@ -147,6 +152,9 @@ def run_federation(
     model = spec.build(len(classes))
     priors = published_priors(config.class_priors, test.labels, classes)
     set_prior_bias(model, priors)
+    descriptions = class_descriptions(config.class_descriptions, classes)
+    if descriptions:
+        set_description_head(model, spec, descriptions, config.class_description_scale, device)
     initial_arrays = ArrayRecord(model.state_dict())
     lineage: list[dict] = []
     if config.continue_from:
@@ -173,6 +181,14 @@ def run_federation(
                 "shares": None if config.continue_from else [float(p) for p in priors],
                 "bias": [float(b) for b in head_bias(model).detach()],
                 "bias-trained-by-owners": config.train_bias,
+            },
+            # The zero-shot head's public source, so an auditor rebuilds the weights.
+            "class-descriptions": descriptions
+            and {
+                "from": config.class_descriptions,
+                "sha256": description_digest(config.class_descriptions),
+                "scale": config.class_description_scale,
+                "descriptions": descriptions,
             },
             "test-records": len(test),
             Field.EVAL_DATA: test.source,

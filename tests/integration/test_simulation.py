@@ -3,6 +3,7 @@ on Ray) on a slice of the built-in IMDB data, and its outcome is checked, not it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -188,6 +189,9 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
     out, _, _ = first_run
     ledger_dir = out / "ledgers"
     before = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
+    # The operator's public class descriptions start this run from a zero-shot head.
+    described = tmp_path / "descriptions.json"
+    described.write_text(json.dumps({"0": "a bad, boring, awful film", "1": "a great film"}))
     second = simulate(
         *SMALL,
         "--data",
@@ -198,10 +202,24 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         "4",
         "--ledger-dir",
         str(ledger_dir),
+        "--class-descriptions",
+        str(described),
         "--out",
         str(tmp_path / "run2"),
     )
     assert second.returncode == 0, second.stderr[-3000:]
+    start = next(
+        e["data"]
+        for e in verify_log(tmp_path / "run2" / "audit" / "server" / "audit.jsonl").entries
+        if e["type"] == "run-start"
+    )
+    assert start["class-descriptions"]["descriptions"] == json.loads(described.read_text())
+    assert (
+        start["class-descriptions"]["sha256"] == hashlib.sha256(described.read_bytes()).hexdigest()
+    )
+    # a zero head with the prior bias predicts one class at round 0; the described head both
+    untrained = json.loads((tmp_path / "run2" / "metrics.json").read_text())["rounds"][0]
+    assert untrained["never-predicted"] == []
     after = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
     assert after.keys() == before.keys()
     for name, eps in after.items():
