@@ -1,7 +1,7 @@
 """The operator's class descriptions: a zero-shot head the federation starts from.
 
-Guarantee: the descriptions are the operator's own public text (a short phrase per
-class, or the class names themselves), never an owner's records, so the head they make
+Guarantee: the descriptions are the operator's own public text (one or more short
+phrases per class, or the class names themselves), never an owner's records, so the head they make
 costs no owner any privacy; the descriptions, their scale and the file's SHA-256 are
 published in the run's audit entry, and the head itself is in the model every owner
 receives. Owners train from it under their own DP as from any model the server sends.
@@ -9,7 +9,7 @@ receives. Owners train from it under their own DP as from any model the server s
 Why: a linear head on the pretrained encoder starts at zero and learns every class
 through DP noise, and the rare classes, a few dozen records spread over ten owners, are
 lost in it. Each class's row set to ``scale`` times the unit-norm embedding of its
-description makes the head a zero-shot classifier (logit = scale x cosine between a text
+description (the mean of its phrases' embeddings) makes the head a zero-shot classifier (logit = scale x cosine between a text
 and the description) before any owner trains, and DP-SGD refines it from there. Measured
 in docs/BENCHMARKS.md, "Every class counts": on R8 the worst class's recall went from
 0.00 to 0.77 at epsilon 3.
@@ -38,34 +38,29 @@ from fedshield.common.model import ModelSpec, head_weight
 FROM_NAMES = "names"
 
 
-def class_descriptions(source: str, classes: tuple[str, ...]) -> dict[str, str] | None:
-    """The description of each class, in class order; None when ``source`` is ""."""
+def class_descriptions(source: str, classes: tuple[str, ...]) -> dict[str, list[str]] | None:
+    """The phrases describing each class, in class order; None when ``source`` is ""."""
     if not source:
         return None
     if source == FROM_NAMES:
-        return {c: c.replace("_", " ").replace("-", " ") for c in classes}
+        return {c: [c.replace("_", " ").replace("-", " ")] for c in classes}
     written = _read_file(Path(source).expanduser())
     missing = [c for c in classes if c not in written]
     unknown = sorted(set(written) - set(classes))
     if missing or unknown:
+        problems = [f"no description for {', '.join(missing)}"] if missing else []
+        problems += [f"not a class of this run: {', '.join(unknown)}"] if unknown else []
         raise ConfigError(
-            f"class-descriptions {source}: "
-            + "; ".join(
-                part
-                for part in (
-                    f"no description for {', '.join(missing)}" if missing else "",
-                    f"not a class of this run: {', '.join(unknown)}" if unknown else "",
-                )
-                if part
-            )
-            + f". Describe exactly the run's classes ({', '.join(classes)})."
+            f"class-descriptions {source}: {'; '.join(problems)}. Describe exactly the "
+            f"run's classes ({', '.join(classes)})."
         )
     return {c: written[c] for c in classes}
 
 
-def _read_file(path: Path) -> dict[str, str]:
+def _read_file(path: Path) -> dict[str, list[str]]:
     fix = (
-        'write a JSON object mapping each class to a short phrase, e.g. {"grain": "grain harvests"}'
+        "write a JSON object mapping each class to a short phrase or a list of phrases, "
+        'e.g. {"grain": "grain harvests", "ship": ["shipping", "ports and vessels"]}'
     )
     try:
         written = json.loads(path.read_text(encoding="utf-8"))
@@ -73,13 +68,19 @@ def _read_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"class-descriptions: no file {path}; {fix}, or use 'names'") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"class-descriptions: cannot read {path} ({err}); {fix}") from None
-    if not isinstance(written, dict) or not all(
-        isinstance(v, str) and v.strip() for v in written.values()
+    phrases = (
+        {str(k): [v] if isinstance(v, str) else v for k, v in written.items()}
+        if isinstance(written, dict)
+        else {}
+    )
+    if not phrases or not all(
+        isinstance(v, list) and v and all(isinstance(p, str) and p.strip() for p in v)
+        for v in phrases.values()
     ):
         raise ConfigError(
-            f"class-descriptions: {path} is not one non-empty phrase per class; {fix}"
+            f"class-descriptions: {path} does not give non-empty phrases for each class; {fix}"
         )
-    return {str(k): v.strip() for k, v in written.items()}
+    return {k: [p.strip() for p in v] for k, v in phrases.items()}
 
 
 def description_digest(source: str) -> str | None:
@@ -104,12 +105,15 @@ def description_embeddings(spec: ModelSpec, texts: list[str], device: torch.devi
 def set_description_head(
     model: nn.Module,
     spec: ModelSpec,
-    descriptions: dict[str, str],
+    descriptions: dict[str, list[str]],
     scale: float,
     device: torch.device,
 ) -> None:
-    """Set the head's weights of a freshly built model to ``scale`` x the descriptions'
-    unit-norm features, one row per class in class order."""
-    rows = description_embeddings(spec, list(descriptions.values()), device)
+    """Set the head's weights of a freshly built model: each class's row is ``scale`` x
+    the unit-norm mean of its phrases' unit-norm features, in class order."""
+    rows = []
+    for phrases in descriptions.values():
+        mean = description_embeddings(spec, phrases, device).mean(axis=0)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
     with torch.no_grad():
-        head_weight(model).copy_(torch.from_numpy(scale * rows))
+        head_weight(model).copy_(torch.from_numpy(scale * np.stack(rows).astype(np.float32)))

@@ -30,9 +30,9 @@ def written(tmp_path, mapping) -> str:
 
 def test_names_describe_each_class_with_separators_read_as_spaces():
     assert class_descriptions("names", CLASSES) == {
-        "grain": "grain",
-        "money-fx": "money fx",
-        "card_arrival": "card arrival",
+        "grain": ["grain"],
+        "money-fx": ["money fx"],
+        "card_arrival": ["card arrival"],
     }
     assert class_descriptions("", CLASSES) is None
 
@@ -42,9 +42,9 @@ def test_a_file_is_read_in_class_order_and_its_digest_is_the_files(tmp_path):
         tmp_path, {"card_arrival": " when my card comes ", "grain": "wheat", "money-fx": "fx"}
     )
     assert list(class_descriptions(source, CLASSES).items()) == [
-        ("grain", "wheat"),
-        ("money-fx", "fx"),
-        ("card_arrival", "when my card comes"),
+        ("grain", ["wheat"]),
+        ("money-fx", ["fx"]),
+        ("card_arrival", ["when my card comes"]),
     ]
     import hashlib
 
@@ -68,9 +68,12 @@ def test_a_file_is_read_in_class_order_and_its_digest_is_the_files(tmp_path):
         ),
         (
             {"grain": "wheat", "money-fx": "", "card_arrival": "c"},
-            r"not one non-empty phrase per class",
+            r"does not give non-empty phrases for each class",
         ),
-        (["grain", "wheat"], r"not one non-empty phrase per class"),
+        (["grain", "wheat"], r"does not give non-empty phrases for each class"),
+        ({"grain": [], "money-fx": "fx", "card_arrival": "c"}, r"does not give non-empty"),
+        ({"grain": ["wheat", " "], "money-fx": "fx", "card_arrival": "c"}, r"non-empty phrases"),
+        ({"grain": ["wheat", 3], "money-fx": "fx", "card_arrival": "c"}, r"non-empty phrases"),
     ],
 )
 def test_a_file_that_does_not_describe_exactly_the_classes_is_refused_with_the_fix(
@@ -92,14 +95,16 @@ def test_a_missing_or_unreadable_file_is_refused_with_the_fix(tmp_path):
 def test_the_head_is_scale_times_the_unit_norm_features_and_classifies_by_description():
     spec = ModelSpec()
     descriptions = {
-        "grain": "wheat corn harvest grain exports",
-        "money-fx": "dollar yen currency exchange rate",
-        "card_arrival": "when will my new card arrive in the post",
+        "grain": ["wheat corn harvest grain exports"],
+        "money-fx": ["dollar yen currency exchange rate"],
+        "card_arrival": ["when will my new card arrive in the post"],
     }
     model = spec.build(len(CLASSES))
     set_description_head(model, spec, descriptions, 30.0, CPU)
     rows = head_weight(model).detach().numpy()
-    np.testing.assert_allclose(rows, 30.0 * featurize(list(descriptions.values())), atol=1e-5)
+    np.testing.assert_allclose(
+        rows, 30.0 * featurize([p for (p,) in descriptions.values()]), atol=1e-5
+    )
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 30.0, rtol=1e-5)
     texts = [
         "the wheat harvest was poor and grain exports fell",
@@ -129,12 +134,31 @@ def test_on_minilm_the_head_is_the_sentence_embedding_of_each_description(finetu
     from fedshield.common.minilm import encode_frozen
 
     spec = ModelSpec(name="minilm", finetune_layers=finetune_layers, max_tokens=32)
-    descriptions = {"grain": "grain and wheat harvests", "money-fx": "currency exchange rates"}
+    descriptions = {"grain": ["grain and wheat harvests"], "money-fx": ["currency exchange rates"]}
     model = spec.build(2)
     set_description_head(model, spec, descriptions, 30.0, CPU)
-    embedded = encode_frozen(list(descriptions.values()), 0, 32, CPU)[0]
+    embedded = encode_frozen([p for (p,) in descriptions.values()], 0, 32, CPU)[0]
     np.testing.assert_allclose(head_weight(model).detach().numpy(), 30.0 * embedded, atol=1e-4)
     texts = ["wheat exports fell after a poor harvest", "the dollar fell against the yen"]
     with torch.no_grad():
         logits = model(*(torch.from_numpy(part) for part in spec.encode(texts, CPU)))
     assert logits.argmax(1).tolist() == [0, 1]
+
+
+def test_a_class_described_by_several_phrases_gets_the_unit_norm_mean_of_their_features(tmp_path):
+    spec = ModelSpec()
+    source = written(
+        tmp_path,
+        {
+            "grain": ["wheat harvest", "corn exports"],
+            "money-fx": "yen dollar",
+            "card_arrival": "card",
+        },
+    )
+    descriptions = class_descriptions(source, CLASSES)
+    model = spec.build(len(CLASSES))
+    set_description_head(model, spec, descriptions, 10.0, CPU)
+    mean = featurize(["wheat harvest", "corn exports"]).mean(axis=0)
+    np.testing.assert_allclose(
+        head_weight(model).detach().numpy()[0], 10.0 * mean / np.linalg.norm(mean), atol=1e-5
+    )
