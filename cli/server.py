@@ -72,6 +72,14 @@ def server_start(
             "STATE/runs). Public, so it costs the owners no budget."
         ),
     ] = "",
+    class_descriptions: Annotated[
+        str,
+        typer.Option(
+            help="Start the head as a zero-shot classifier: 'names' (each class described by "
+            "its name) or your JSON file of public phrases per class (run config "
+            "class-descriptions)."
+        ),
+    ] = "",
     run_config: Annotated[
         list[str] | None,
         typer.Option(help="key=value for the run (repeat), e.g. num-rounds=5 target-epsilon=1.0."),
@@ -100,7 +108,7 @@ def server_start(
     Exit status: 0 when every planned round ran; 6 when no owner's update was accepted
     (nothing saved); 7 when the run stopped early because every owner refused for budget.
     """
-    from fedshield.cli.shared import require_file
+    from fedshield.cli.shared import described_classes, require_file
 
     for key in node_key or []:
         require_file(key, "--node-key")
@@ -120,6 +128,7 @@ def server_start(
         ("classes", classes),
         ("eval-data", str(eval_data) if eval_data else ""),
         ("continue-from", continue_from),
+        ("class-descriptions", described_classes(class_descriptions)),
     ):
         if value:
             values[key] = value

@@ -163,6 +163,15 @@ def require_file(path: str | Path, option: str, builtin: tuple[str, ...] = ()) -
         raise FedshieldError(f"{path}: is a folder; pass the file itself to {option}")
 
 
+def described_classes(source: str) -> str:
+    """``--class-descriptions``: 'names', '', or the file as an absolute path (the server
+    reads it from its own process, wherever that runs)."""
+    if source in ("", "names"):
+        return source
+    require_file(source, "--class-descriptions")
+    return str(Path(source).expanduser().resolve())
+
+
 def parse_key_values(items: list[str]) -> dict:
     import tomllib
 

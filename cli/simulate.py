@@ -12,6 +12,7 @@ from fedshield.cli.shared import (
     PrivacyUnitOption,
     RecordLevelFlag,
     console,
+    described_classes,
 )
 from fedshield.cli.simulate_run import run_with_progress
 from fedshield.common.errors import FedshieldError
@@ -272,7 +273,7 @@ def simulate(
             "server-momentum": server_momentum,
             "class-priors": class_priors,
             "train-bias": train_bias,
-            "class-descriptions": class_descriptions,
+            "class-descriptions": described_classes(class_descriptions),
             "privacy-unit": privacy_unit,
             "max-records-per-unit": max_records_per_unit,
             "record-level": record_level,

@@ -77,6 +77,10 @@ def check_request(settings: SuperLinkSettings, request: FederationRequest) -> Ru
         from fedshield.server.outputs import check_continuation
 
         check_continuation(plan, evaluation.classes)
+    if plan.class_descriptions:
+        from fedshield.server.class_descriptions import class_descriptions
+
+        class_descriptions(plan.class_descriptions, plan.class_names())  # read, every class
     if plan.model == "minilm":
         from fedshield.common import minilm
 

@@ -169,6 +169,11 @@ def test_the_operator_must_name_classes_and_evaluation_data(corpus, tmp_path):
         check(classes="0,2", **{"eval-data": str(evaluation)})
     plan = check(classes="0,1", **{"eval-data": str(evaluation)})
     assert plan.class_names() == ("0", "1")
+    # class descriptions that do not describe the federation's classes stop it at start
+    described = tmp_path / "descriptions.json"
+    described.write_text('{"0": "a bad film"}')
+    with pytest.raises(ConfigError, match="no description for 1"):
+        check(classes="0,1", **{"eval-data": str(evaluation), "class-descriptions": str(described)})
 
 
 @pytest.mark.parametrize(
@@ -181,6 +186,7 @@ def test_the_operator_must_name_classes_and_evaluation_data(corpus, tmp_path):
         (["server", "start", "--pki", "no-pki-here"], "no-pki-here/ca.crt: no such file"),
         (["simulate", "--data", "typo.csv"], "typo.csv: no such file"),
         (["simulate", "--eval-data", "typo.csv"], "typo.csv: no such file"),
+        (["simulate", "--class-descriptions", "typo.json"], "typo.json: no such file"),
     ],
 )
 def test_a_typo_answers_at_once(args, message, tmp_path):
