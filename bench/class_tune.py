@@ -9,6 +9,8 @@ adjustment; the priors are the evaluation split's class shares, as the operator'
 evaluation data would publish them). Test splits are never read.
 
     python bench/class_tune.py r8 trec bbc --grid '{"rounds": [5, 10, 20]}'
+    python bench/class_tune.py r8 trec bbc --seeds 0 1 2 --grid '{"features": ["minilm"],
+        "descriptions": ["file"], "rounds": [20], "learning_rate_per_class": [1.0]}'
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from sklearn.preprocessing import normalize
 from fedshield.client.train import TrainSettings
 from fedshield.common.class_metrics import classification_metrics, round_metrics
 from fedshield.common.featurize import FeaturizerSpec, featurize
-from fedshield.common.model import build_model
+from fedshield.common.model import ModelSpec, build_model
 from fedshield.common.splits import partition
+from fedshield.server.class_descriptions import class_descriptions, set_description_head
 from fedshield.server.class_priors import published_priors, set_prior_bias
 
 DEFAULTS = {
@@ -51,7 +54,12 @@ DEFAULTS = {
     "bias": "prior",
     "features": "hashed",  # or "minilm": the frozen encoder's sentence embeddings
     "centre": 0,  # 1: subtract the evaluation split's mean feature, then L2 again
+    # The zero-shot head (server/class_descriptions.py): "" = a zero head; "names"; or
+    # "file" = bench/class_descriptions/CORPUS.json. "scale" = class-description-scale.
+    "descriptions": "",
+    "scale": 30.0,
 }
+DESCRIBED = Path(__file__).resolve().parent / "class_descriptions"
 
 
 def scores(logits: np.ndarray, true: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -68,6 +76,22 @@ def starting_model(kind: str, in_dim: int, log_prior: np.ndarray):
     model = build_model(in_dim, len(log_prior))
     if kind == "prior":
         set_prior_bias(model, np.exp(log_prior))
+    return model
+
+
+def described(model, cfg: dict, corpus: str, classes: tuple[str, ...]):
+    """``model`` with its head set from the corpus's class descriptions, when asked."""
+    if cfg["descriptions"]:
+        source = "names" if cfg["descriptions"] == "names" else str(DESCRIBED / f"{corpus}.json")
+        spec = (
+            ModelSpec(name="minilm", max_tokens=128)
+            if cfg["features"] == "minilm"
+            else ModelSpec(
+                featurizer=FeaturizerSpec(ngram_max=cfg["ngram_max"], out_dim=cfg["out_dim"])
+            )
+        )
+        descriptions = class_descriptions(source, classes)
+        set_description_head(model, spec, descriptions, cfg["scale"], torch.device("cpu"))
     return model
 
 
@@ -137,22 +161,29 @@ def main() -> None:
                         final["logits"] = model(torch.from_numpy(xv)).numpy()
                     return 0.0
 
-                _, eps = run_federation(
-                    parts,
-                    (xv, true),
-                    settings,
-                    cfg["rounds"],
-                    cfg["server_lr"],
-                    cfg["server_momentum"],
-                    args.epsilon,
-                    1e-5,
-                    seed,
-                    num_classes=k,
-                    score=keep,
-                    server_opt=cfg["server_opt"],
-                    tau=cfg["server_tau"],
-                    initial_model=starting_model(cfg["bias"], xt.shape[1], log_prior),
+                start_model = described(
+                    starting_model(cfg["bias"], xt.shape[1], log_prior), cfg, corpus, train.classes
                 )
+                eps = 0.0
+                if not cfg["rounds"]:  # the starting model itself, before any owner trains
+                    keep(start_model)
+                else:
+                    _, eps = run_federation(
+                        parts,
+                        (xv, true),
+                        settings,
+                        cfg["rounds"],
+                        cfg["server_lr"],
+                        cfg["server_momentum"],
+                        args.epsilon,
+                        1e-5,
+                        seed,
+                        num_classes=k,
+                        score=keep,
+                        server_opt=cfg["server_opt"],
+                        tau=cfg["server_tau"],
+                        initial_model=start_model,
+                    )
                 for tau in args.post_tau:
                     s = scores(final["logits"] - tau * log_prior, true, train.classes)
                     print(
