@@ -40,11 +40,7 @@ from fedshield.common.model import (
 from fedshield.common.owner_keys import open_owner_keys
 from fedshield.common.simulation_split import heldout_test_split
 from fedshield.server.checkpoint import ServerCheckpoint
-from fedshield.server.class_descriptions import (
-    class_descriptions,
-    description_digest,
-    set_description_head,
-)
+from fedshield.server.class_descriptions import read_class_descriptions, set_description_head
 from fedshield.server.class_priors import published_priors, set_prior_bias
 from fedshield.server.identity import OwnerDirectory
 from fedshield.server.outputs import RunOutputs, load_parent_model
@@ -152,7 +148,7 @@ def run_federation(
     model = spec.build(len(classes))
     priors = published_priors(config.class_priors, test.labels, classes)
     set_prior_bias(model, priors)
-    descriptions = class_descriptions(config.class_descriptions, classes)
+    descriptions, digest = read_class_descriptions(config.class_descriptions, classes)
     if descriptions:
         set_description_head(model, spec, descriptions, config.class_description_scale, device)
     initial_arrays = ArrayRecord(model.state_dict())
@@ -186,7 +182,7 @@ def run_federation(
             "class-descriptions": descriptions
             and {
                 "from": config.class_descriptions,
-                "sha256": description_digest(config.class_descriptions),
+                "sha256": digest,
                 "scale": config.class_description_scale,
                 "descriptions": descriptions,
             },

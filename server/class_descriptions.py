@@ -36,15 +36,39 @@ from fedshield.common.model import ModelSpec, head_weight
 # ``class-descriptions`` = this: every class described by its own name, with "_" and "-"
 # read as spaces ("card_arrival" -> "card arrival").
 FROM_NAMES = "names"
+# Descriptions are a few phrases per class; a larger file is a mistake, and would not fit
+# the run-start audit entry that publishes it.
+MAX_FILE_BYTES = 1 << 20
+_FIX = (
+    "write a JSON object mapping each class to a short phrase or a list of phrases, "
+    'e.g. {"grain": "grain harvests", "ship": ["shipping", "ports and vessels"]}'
+)
 
 
 def class_descriptions(source: str, classes: tuple[str, ...]) -> dict[str, list[str]] | None:
     """The phrases describing each class, in class order; None when ``source`` is ""."""
+    return read_class_descriptions(source, classes)[0]
+
+
+def read_class_descriptions(
+    source: str, classes: tuple[str, ...]
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    """(the phrases of each class in class order, the SHA-256 of the very bytes they were
+    read from); (None, None) for "", no digest for ``names``."""
     if not source:
-        return None
+        return None, None
     if source == FROM_NAMES:
-        return {c: [c.replace("_", " ").replace("-", " ")] for c in classes}
-    written = _read_file(Path(source).expanduser())
+        phrases = {c: [c.replace("_", " ").replace("-", " ").strip()] for c in classes}
+        blank = [c for c, (phrase,) in phrases.items() if not phrase]
+        if blank:
+            raise ConfigError(
+                f"class-descriptions names: the class names {blank} have no words once '_' "
+                f"and '-' read as spaces; describe the classes in a file instead ({_FIX})"
+            )
+        return phrases, None
+    path = Path(source).expanduser()
+    raw = _read_bytes(path)
+    written = _parse(raw, path)
     missing = [c for c in classes if c not in written]
     unknown = sorted(set(written) - set(classes))
     if missing or unknown:
@@ -54,20 +78,41 @@ def class_descriptions(source: str, classes: tuple[str, ...]) -> dict[str, list[
             f"class-descriptions {source}: {'; '.join(problems)}. Describe exactly the "
             f"run's classes ({', '.join(classes)})."
         )
-    return {c: written[c] for c in classes}
+    return {c: written[c] for c in classes}, hashlib.sha256(raw).hexdigest()
 
 
-def _read_file(path: Path) -> dict[str, list[str]]:
-    fix = (
-        "write a JSON object mapping each class to a short phrase or a list of phrases, "
-        'e.g. {"grain": "grain harvests", "ship": ["shipping", "ports and vessels"]}'
-    )
+def _read_bytes(path: Path) -> bytes:
     try:
-        written = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"class-descriptions: no file {path}; {fix}, or use 'names'") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"class-descriptions: cannot read {path} ({err}); {fix}") from None
+        raise ConfigError(f"class-descriptions: no file {path}; {_FIX}, or use 'names'") from None
+    except OSError as err:
+        raise ConfigError(f"class-descriptions: cannot read {path} ({err}); {_FIX}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"class-descriptions: {path} is over {MAX_FILE_BYTES:,} bytes; descriptions are "
+            "a few short phrases per class, published whole in the run's audit log"
+        )
+    return raw
+
+
+def _parse(raw: bytes, path: Path) -> dict[str, list[str]]:
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(
+                f"class-descriptions: {path} describes {', '.join(twice)} more than once; "
+                "keep one entry per class (a list holds several phrases)"
+            )
+        return dict(pairs)
+
+    try:
+        written = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ConfigError(f"class-descriptions: cannot read {path} ({why}); {_FIX}") from None
     phrases = (
         {str(k): [v] if isinstance(v, str) else v for k, v in written.items()}
         if isinstance(written, dict)
@@ -78,16 +123,9 @@ def _read_file(path: Path) -> dict[str, list[str]]:
         for v in phrases.values()
     ):
         raise ConfigError(
-            f"class-descriptions: {path} does not give non-empty phrases for each class; {fix}"
+            f"class-descriptions: {path} does not give non-empty phrases for each class; {_FIX}"
         )
     return {k: [p.strip() for p in v] for k, v in phrases.items()}
-
-
-def description_digest(source: str) -> str | None:
-    """SHA-256 of the descriptions file (None for ``names`` or none), for the audit."""
-    if source in ("", FROM_NAMES):
-        return None
-    return hashlib.sha256(Path(source).expanduser().read_bytes()).hexdigest()
 
 
 def description_embeddings(spec: ModelSpec, texts: list[str], device: torch.device) -> np.ndarray:
@@ -112,8 +150,15 @@ def set_description_head(
     """Set the head's weights of a freshly built model: each class's row is ``scale`` x
     the unit-norm mean of its phrases' unit-norm features, in class order."""
     rows = []
-    for phrases in descriptions.values():
+    for name, phrases in descriptions.items():
         mean = description_embeddings(spec, phrases, device).mean(axis=0)
-        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        norm = float(np.linalg.norm(mean))
+        if not norm > 1e-6:  # a zero row would be the zero head, claimed as described
+            raise ConfigError(
+                f"class-descriptions: the phrases of class {name!r} ({phrases}) give this "
+                f"model no features (hashed words skip one-character words and "
+                f"punctuation); describe the class in words"
+            )
+        rows.append(mean / norm)
     with torch.no_grad():
         head_weight(model).copy_(torch.from_numpy(scale * np.stack(rows).astype(np.float32)))

@@ -59,6 +59,10 @@ def check_inputs(config: RunConfig, num_clients: int) -> tuple[list[int], int]:
     if num_clients < 1:
         raise ConfigError(f"--clients must be >= 1, got {num_clients}")
     test = heldout_test_split(config)
+    if config.class_descriptions:  # read now, not after the owners' preparation
+        from fedshield.server.class_descriptions import class_descriptions
+
+        class_descriptions(config.class_descriptions, test.classes)
     sizes = [len(simulated_owner_data(config, i, num_clients)) for i in range(num_clients)]
     if config.dp:
         for size in sizes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from fedshield.common.featurize import featurize
 from fedshield.common.model import ModelSpec, head_weight
 from fedshield.server.class_descriptions import (
     class_descriptions,
-    description_digest,
+    read_class_descriptions,
     set_description_head,
 )
 
@@ -41,18 +42,14 @@ def test_a_file_is_read_in_class_order_and_its_digest_is_the_files(tmp_path):
     source = written(
         tmp_path, {"card_arrival": " when my card comes ", "grain": "wheat", "money-fx": "fx"}
     )
-    assert list(class_descriptions(source, CLASSES).items()) == [
+    phrases, digest = read_class_descriptions(source, CLASSES)
+    assert list(phrases.items()) == [
         ("grain", ["wheat"]),
         ("money-fx", ["fx"]),
         ("card_arrival", ["when my card comes"]),
     ]
-    import hashlib
-
-    assert (
-        description_digest(source)
-        == hashlib.sha256((tmp_path / "descriptions.json").read_bytes()).hexdigest()
-    )
-    assert description_digest("names") is None
+    assert digest == hashlib.sha256((tmp_path / "descriptions.json").read_bytes()).hexdigest()
+    assert read_class_descriptions("names", CLASSES)[1] is None
 
 
 @pytest.mark.parametrize(
