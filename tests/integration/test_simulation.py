@@ -213,7 +213,9 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         for e in verify_log(tmp_path / "run2" / "audit" / "server" / "audit.jsonl").entries
         if e["type"] == "run-start"
     )
-    assert start["class-descriptions"]["descriptions"] == json.loads(described.read_text())
+    assert start["class-descriptions"]["descriptions"] == {
+        label: [phrase] for label, phrase in json.loads(described.read_text()).items()
+    }
     assert (
         start["class-descriptions"]["sha256"] == hashlib.sha256(described.read_bytes()).hexdigest()
     )
