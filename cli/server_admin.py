@@ -85,7 +85,9 @@ def server_status(
             console.print(
                 Text(
                     "Warning: the model never predicts "
-                    f"{', '.join(current['never-predicted'])} on the evaluation data",
+                    f"{', '.join(current['never-predicted'])} on the evaluation data; "
+                    "the next run can start from a head that knows each class "
+                    "(--class-descriptions FILE, with model='minilm')",
                     style="yellow",
                 )
             )

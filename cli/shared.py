@@ -135,7 +135,9 @@ def print_final(out_dir: Path) -> None:
         console.print(
             f"[yellow]Warning: the model never predicts {', '.join(final['never_predicted'])} "
             "on the evaluation data, though it holds records of them: accuracy hides whole "
-            "classes lost (per-class recall per round: metrics.json).[/]",
+            "classes lost (per-class recall per round: metrics.json). DP noise erases a class "
+            "with few records; start from a head that knows each class: --class-descriptions "
+            "FILE with --model minilm (docs/USING.md, 'Class descriptions').[/]",
             highlight=False,
         )
     if final.get("initial_accuracy", 0.0) > final["accuracy"]:

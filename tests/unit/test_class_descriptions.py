@@ -159,3 +159,22 @@ def test_a_class_described_by_several_phrases_gets_the_unit_norm_mean_of_their_f
     np.testing.assert_allclose(
         head_weight(model).detach().numpy()[0], 10.0 * mean / np.linalg.norm(mean), atol=1e-5
     )
+
+
+def test_a_run_that_loses_a_class_says_so_and_names_the_fix(tmp_path, capsys):
+    from fedshield.cli.shared import print_final
+
+    final = {
+        "accuracy": 0.93,
+        "rounds_completed": 20,
+        "epsilon_max": 2.999,
+        "dp": True,
+        "macro_f1": 0.69,
+        "worst_class_recall": 0.0,
+        "never_predicted": ["grain"],
+        "initial_accuracy": 0.52,
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps({"final": final, "run": {}}))
+    print_final(tmp_path)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "never predicts grain" in said and "--class-descriptions FILE" in said
