@@ -171,7 +171,8 @@ def requirements(
             "pass" if not broken and not unanchored else "fail",
             f"{len(logs)} logs verified (hash chain, Ed25519 checkpoints); {anchors['matched']} log heads "
             f"recorded by the other side found (owner heads in the server log, server heads in owner logs), "
-            f"{len(unanchored)} missing"
+            f"{len(unanchored)} missing; owners' files sealed at rest that failed "
+            f"authentication and were never used: {_count(logs, Event.SEALED_FILE_REJECTED)}"
             + (f"; failures: {broken[:3]}" if broken else "")
             + (f"; missing: {unanchored[:3]}" if unanchored else ""),
         )

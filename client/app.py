@@ -25,6 +25,7 @@ from fedshield.client.charge import charge_and_audit, load_global_model, record_
 from fedshield.client.count import RecordCount, count_event, released_record_count
 from fedshield.client.evaluate import evaluate_round
 from fedshield.client.group_warning import warn_group_privacy
+from fedshield.client.integrity import rejection_recorder
 from fedshield.client.ledger_entries import KIND_TRAIN
 from fedshield.client.owner import (
     Owner,
@@ -62,6 +63,7 @@ from fedshield.common.errors import (
 from fedshield.common.model import ModelSpec, unwrapped_state_dict
 from fedshield.common.plan import Plan
 from fedshield.common.privacy import ADD_REMOVE, accounted_event, check_delta
+from fedshield.common.sealed import RELEASED_UPDATE
 
 log = logging.getLogger("fedshield.client")
 
@@ -151,7 +153,12 @@ def train_round(
             Field.DESENSITISATION: desensitisation_policy(owner),
         },
     )
-    releases = ReleasedUpdates(owner.ledger.directory, owner.dataset.fingerprint, owner.keys)
+    releases = ReleasedUpdates(
+        owner.ledger.directory,
+        owner.dataset.fingerprint,
+        owner.keys,
+        rejection_recorder(audit, owner.owner_id, RELEASED_UPDATE),
+    )
     global_sha256 = wire.arrays_digest(msg.content[wire.ARRAYS])[0]
     already = releases.find(plan.run_key, server_round, global_sha256)
     if already is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedshield.client.integrity import rejection_recorder
 from fedshield.client.ledger import OwnerLimits, PrivacyLedger
 from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
@@ -31,7 +31,12 @@ from fedshield.common.errors import ConfigError, PolicyRefusal, SealedFileError
 from fedshield.common.model import ModelInputs, ModelSpec, resolve_device
 from fedshield.common.owner_keys import OwnerKeys, open_owner_keys
 from fedshield.common.privacy import ADD_REMOVE, PER_RECORD, REPLACE_ONE
-from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
+from fedshield.common.sealed import (
+    DESENSITISED_TEXT,
+    ENCODED_RECORDS,
+    read_sealed,
+    write_sealed,
+)
 from fedshield.common.simulation_split import simulated_owner_data
 
 NO_DP = "none"
@@ -241,7 +246,13 @@ def with_desensitised_text(owner: Owner) -> tuple[Owner, dict[str, int]]:
     text (``owner_inputs`` refuses text that skipped it)."""
     if owner.desensitiser is None or owner.dataset.desensitised:
         return owner, {}
-    dataset, counts = desensitised(owner.dataset, owner.desensitiser, owner.keys, owner.cache_dir)
+    dataset, counts = desensitised(
+        owner.dataset,
+        owner.desensitiser,
+        owner.keys,
+        owner.cache_dir,
+        rejection_recorder(owner.audit_dir, owner.owner_id, DESENSITISED_TEXT),
+    )
     return replace(owner, dataset=dataset), dict(sorted(counts.items()))
 
 
@@ -345,7 +356,8 @@ def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
             stored_bytes = read_sealed(path, owner.keys, ENCODED_RECORDS)
         except SealedFileError as exc:
             # The reason and the path (a hash, no text) only: then rebuilt below.
-            logging.getLogger(__name__).warning("%s", exc)
+            record = rejection_recorder(owner.audit_dir, owner.owner_id, ENCODED_RECORDS)
+            record(exc, "rebuilt from the owner's data and overwritten")
         else:
             with np.load(io.BytesIO(stored_bytes)) as stored:
                 parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))

@@ -10,8 +10,8 @@ the two latest rounds of each run are kept.
 
 A kept release that fails authentication (edited, truncated, another owner's, sealed
 under a key since rotated) is never sent: it counts as absent, so the round trains
-again and is charged as new (a cost, never a leak), and a warning naming the file goes
-to the owner's console.
+again and is charged as new (a cost, never a leak); the owner's console and audit log
+name the file (client/integrity.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,9 +33,16 @@ _log = logging.getLogger(__name__)
 
 
 class ReleasedUpdates:
-    def __init__(self, ledger_dir: Path, fingerprint: str, keys: OwnerKeys) -> None:
+    def __init__(
+        self,
+        ledger_dir: Path,
+        fingerprint: str,
+        keys: OwnerKeys,
+        on_rejected: Callable[[SealedFileError, str], None] | None = None,
+    ) -> None:
         self.directory = Path(ledger_dir).expanduser() / f"{fingerprint}.releases"
         self.keys = keys
+        self.on_rejected = on_rejected
 
     @staticmethod
     def _run_name(run_key: str) -> str:
@@ -54,7 +62,10 @@ class ReleasedUpdates:
         try:
             sealed = read_sealed(path, self.keys, RELEASED_UPDATE)
         except SealedFileError as exc:
-            _log.warning("%s", exc)
+            if self.on_rejected is None:
+                _log.warning("%s", exc)
+            else:
+                self.on_rejected(exc, "treated as absent: the round trains again, charged as new")
             return None
         saved = torch.load(io.BytesIO(sealed), weights_only=True)
         if saved["global-sha256"] != global_sha256:

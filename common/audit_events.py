@@ -47,6 +47,7 @@ class Event:
     EVALUATE_REFUSED = "evaluate-refused"
     ROUND_ERROR = "round-error"
     TEXT_DESENSITISED = "text-desensitised"
+    SEALED_FILE_REJECTED = "sealed-file-rejected"
     FOREIGN_APP_REFUSED = "foreign-app-refused"
     # the server (appended)
     EVALUATE_RECEIVED = "evaluate-received"
@@ -313,6 +314,10 @@ FIELDS: dict[str, frozenset[str]] = {
     Event.TEXT_DESENSITISED: frozenset(
         {Field.SERVER_ROUND, Field.POLICY_DIGEST, Field.IDENTIFIERS_REPLACED}
     ),
+    # a file the owner sealed at rest (common/sealed.py) failed authentication: edited,
+    # truncated, another owner's or under a rotated key; never used (what happened
+    # instead: "action"). Its name (a hash) and the reason only, no content.
+    Event.SEALED_FILE_REJECTED: frozenset({"file", "purpose", "reason", "action"}),
     # an update leaving the owner: digest, size, distance from the global model, metrics
     Event.UPDATE_RELEASED: frozenset(
         {

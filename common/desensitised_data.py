@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,13 +41,17 @@ def desensitised(
     desensitiser: Desensitiser,
     keys: OwnerKeys | None = None,
     cache_dir: Path | None = None,
+    on_rejected: Callable[[SealedFileError, str], None] | None = None,
 ) -> tuple[TextDataset, dict[str, int]]:
-    """``dataset`` desensitised, and the count per entity type of what was replaced."""
+    """``dataset`` desensitised, and the count per entity type of what was replaced.
+
+    A cached result that fails authentication is rebuilt; ``on_rejected(error, action)``
+    hears of it (the owner records it in its audit log)."""
     memo_key = (dataset.fingerprint, len(dataset), desensitiser.digest)
     stored = _MEMO.get(memo_key)
     path = cache_path(cache_dir, dataset, desensitiser.digest) if cache_dir and keys else None
     if stored is None and path is not None:
-        stored = _read(path, keys, len(dataset))
+        stored = _read(path, keys, len(dataset), on_rejected)
     if stored is None:
         texts, counts = desensitiser.apply(dataset.texts)
         stored = {"texts": texts, "counts": dict(sorted(counts.items()))}
@@ -60,14 +65,18 @@ def desensitised(
     return result, Counter(stored["counts"])
 
 
-def _read(path: Path, keys: OwnerKeys, records: int) -> dict | None:
+def _read(path: Path, keys: OwnerKeys, records: int, on_rejected=None) -> dict | None:
     """The cached result, or None: absent, failing authentication, or for other records."""
     if not path.is_file():
         return None
     try:
         stored = json.loads(read_sealed(path, keys, DESENSITISED_TEXT))
-    except (SealedFileError, ValueError):
+    except SealedFileError as error:
+        if on_rejected is not None:
+            on_rejected(error, "rebuilt from the owner's data and overwritten")
         return None  # rebuilt and overwritten by the caller, never used
+    except ValueError:
+        return None
     return stored if len(stored.get("texts", ())) == records else None
 
 

@@ -1,21 +1,33 @@
 """Encryption at rest (issue 23, part 4) against someone who can write the owner's files:
 an encoding cache that was edited, or copied in from another owner's folder, is rebuilt
 from the owner's own data, never used; a kept release that was edited is never re-sent.
-What is on disk never holds the owner's text or its encodings in the clear."""
+What is on disk never holds the owner's text or its encodings in the clear. Each rejected
+file is an entry of the owner's audit log: its name, purpose and why, no content."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from fedshield.audit.verify import verify_log
 from fedshield.client import owner as owner_module
 from fedshield.client.ledger import KIND_TRAIN, PrivacyLedger
-from fedshield.common import wire
+from fedshield.common import desensitised_data, wire
 from fedshield.common.data import load_dataset
+from fedshield.common.desensitise import desensitiser_for
+from fedshield.common.desensitised_data import cache_path
 from fedshield.common.model import ModelSpec
 from fedshield.common.owner_keys import open_owner_keys
-from fedshield.common.sealed import ENCODED_RECORDS, read_sealed, write_sealed
+from fedshield.common.sealed import (
+    DESENSITISED_TEXT,
+    ENCODED_RECORDS,
+    RELEASED_UPDATE,
+    read_sealed,
+    write_sealed,
+)
 from fedshield.common.splits import take
 from tests.support.client_app import PLAN, owner_context, run_train, train_message
 
@@ -58,12 +70,21 @@ def encode_calls(monkeypatch):
     return calls
 
 
+def rejections(audit_dir) -> list[dict]:
+    """The owner's ``sealed-file-rejected`` entries (its log verified first)."""
+    log = verify_log(audit_dir / "audit.jsonl")
+    return [e["data"] for e in log.entries if e["type"] == "sealed-file-rejected"]
+
+
 def assert_rebuilt(owner, expected, encode_calls) -> None:
     path = owner_module._cache_path(owner, SPEC)
     got = owner_module._encoded_on_disk(owner, SPEC)
     assert encode_calls == [len(owner.dataset)], "the bad cache was used, not rebuilt"
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
     read_sealed(path, owner.keys, ENCODED_RECORDS)  # overwritten, sealed under its own key
+    (entry,) = rejections(owner.audit_dir)
+    assert entry["file"] == path.name and entry["purpose"] == ENCODED_RECORDS
+    assert entry["reason"] and entry["action"].startswith("rebuilt")
 
 
 def test_the_cache_holds_no_encoding_in_the_clear(tmp_path):
@@ -143,3 +164,24 @@ def test_a_tampered_release_is_not_re_sent(owner_csv, tmp_path):
     release.write_bytes(bytes(data))
     assert update(resent()) != first  # trained again (fresh noise), the bad file not sent
     assert trained() == 2  # and charged as new
+    (entry,) = rejections(tmp_path / "audit")
+    assert entry["file"] == release.name and entry["purpose"] == RELEASED_UPDATE
+    assert "fails authentication" in entry["reason"] and "charged as new" in entry["action"]
+
+
+def test_a_tampered_desensitised_text_cache_is_rebuilt_and_recorded(tmp_path):
+    bare = make_owner(tmp_path, "a")
+    policy = desensitiser_for(True, "", bare.keys.pseudonym)
+    owner = dataclasses.replace(bare, desensitiser=policy)
+    first, _ = owner_module.with_desensitised_text(owner)
+    path = cache_path(owner.cache_dir, owner.dataset, policy.digest)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10
+    path.write_bytes(bytes(data))
+    desensitised_data._MEMO.clear()  # a fresh process: only the disk remembers
+    again, _ = owner_module.with_desensitised_text(owner)
+    assert again.dataset.texts == first.dataset.texts
+    read_sealed(path, owner.keys, DESENSITISED_TEXT)  # rebuilt under the owner's key
+    (entry,) = rejections(owner.audit_dir)
+    assert entry["file"] == path.name and entry["purpose"] == DESENSITISED_TEXT
+    assert not any(text in str(entry) for text in owner.dataset.texts)
