@@ -33,11 +33,12 @@ def client_rotate_key(
 ) -> None:
     """Replace your at-rest key and re-seal your cache and kept releases under the new one.
 
-    Stop your node first. The pseudonym key is kept: pseudonyms stay the same. Files that
+    Stop your node first (refused while it runs). The pseudonym key is kept: pseudonyms stay the same. Files that
     neither key opens are left alone (the node rebuilds such a cache and never reuses
     such a release).
     """
     from fedshield.common import owner_keys, sealed
+    from fedshield.common.key_folder_lock import rotation_owns_keys
 
     folders = [ledger_dir.expanduser()] + ([Path(cache_dir).expanduser()] if cache_dir else [])
     for folder in folders:
@@ -61,13 +62,14 @@ def client_rotate_key(
         owner_keys.finish_rotation(key_dir)
         return counts
 
-    if owner_keys.open_previous_keys(key_dir) is not None:
-        # An interrupted rotation: finished first, then the rotation asked for now (the
-        # owner may rotate because the current key leaked: it must not stay).
-        reseal_under_current_key()
-        say("finished an interrupted rotation first")
-    old_id, new_id = owner_keys.rotate_at_rest_key(key_dir)
-    counts = reseal_under_current_key()
+    with rotation_owns_keys(key_dir):  # refused while a node runs
+        if owner_keys.open_previous_keys(key_dir) is not None:
+            # An interrupted rotation: finished first, then the rotation asked for now
+            # (the owner may rotate because the current key leaked: it must not stay).
+            reseal_under_current_key()
+            say("finished an interrupted rotation first")
+        old_id, new_id = owner_keys.rotate_at_rest_key(key_dir)
+        counts = reseal_under_current_key()
 
     say(f"at-rest key {old_id} -> {new_id} in {key_dir.expanduser()} (pseudonym key kept)")
     say(f"re-sealed {counts.resealed} file(s); {counts.already} already under the new key")

@@ -39,6 +39,7 @@ from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import split_class_names
 from fedshield.common.errors import StoppedBySignal
+from fedshield.common.key_folder_lock import node_uses_keys
 from fedshield.common.pki import node_key_fingerprint
 
 if TYPE_CHECKING:  # torch-free at import: the CLI checks its inputs before loading these
@@ -301,17 +302,19 @@ def start_node(
         if check_only:
             return None
         config = node_config(settings, ready)
-        record_node_start(settings, ready, config)
-        try:
-            stop = run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
-        except Exception as exc:  # the stop is recorded whatever went wrong
-            stop = NodeStop(
-                STOP_FAILED,
-                1,
-                f"fedshield failed while the node ran ({type(exc).__name__}: {exc}); see "
-                "the output above and start again",
-            )
-        record_node_stop(config, stop)
+        # No key rotation under a running node (common/key_folder_lock.py).
+        with node_uses_keys(Path(owner.key_dir)):
+            record_node_start(settings, ready, config)
+            try:
+                stop = run_supernode(settings, config, stops, ready.node_key_fingerprint, say)
+            except Exception as exc:  # the stop is recorded whatever went wrong
+                stop = NodeStop(
+                    STOP_FAILED,
+                    1,
+                    f"fedshield failed while the node ran ({type(exc).__name__}: {exc}); see "
+                    "the output above and start again",
+                )
+            record_node_stop(config, stop)
     return stop
 
 

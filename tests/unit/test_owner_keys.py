@@ -197,3 +197,53 @@ def test_rotate_key_refuses_a_mistyped_folder_before_rotating(tmp_path):
     )  # fmt: skip
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
     assert open_owner_keys(key_dir) == before
+
+
+def test_rotate_key_is_refused_while_a_node_runs_and_works_once_it_is_gone(tmp_path):
+    """A node holds its key folder for as long as it runs (another process here, killed
+    the hard way at the end): the rotation is refused with the fix and changes nothing,
+    and runs once the node is gone, since the kernel drops a dead holder's lock."""
+    import subprocess
+    import sys
+
+    key_dir, ledgers = tmp_path / "keys", tmp_path / "ledgers"
+    before = open_owner_keys(key_dir)
+    ledgers.mkdir(mode=0o700)
+    node = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from fedshield.common.key_folder_lock import node_uses_keys\n"
+         f"with node_uses_keys({str(key_dir)!r}):\n"
+         "    print('running', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert node.stdout.readline().strip() == "running"
+        args = ["client", "rotate-key", "--key-dir", str(key_dir), "--cache-dir", ""]
+        result = CliRunner().invoke(app, [*args, "--ledger-dir", str(ledgers)])
+        assert isinstance(result.exception, ConfigError)
+        assert "a running node uses" in str(result.exception) and "then rotate" in str(
+            result.exception
+        )
+        assert open_owner_keys(key_dir) == before
+    finally:
+        node.kill()
+        node.wait()
+    result = CliRunner().invoke(app, [*args, "--ledger-dir", str(ledgers)])
+    assert result.exit_code == 0, result.output
+    assert open_owner_keys(key_dir).key_id != before.key_id
+
+
+def test_nodes_share_the_key_folder_and_none_starts_during_a_rotation(tmp_path):
+    from fedshield.common.key_folder_lock import node_uses_keys, rotation_owns_keys
+
+    key_dir = tmp_path / "keys"
+    with node_uses_keys(key_dir), node_uses_keys(key_dir):  # two owners, one folder
+        pass
+    with (
+        rotation_owns_keys(key_dir),
+        pytest.raises(ConfigError, match="a key rotation is under way"),
+        node_uses_keys(key_dir),
+    ):
+        pass
+    with node_uses_keys(key_dir):  # released when the rotation ends
+        pass
