@@ -199,7 +199,8 @@ def audit_empirical(
         int | None,
         typer.Option(
             help="With --privacy-unit: records in each canary unit, in or out whole on one "
-            "coin (default 5; 1 without --privacy-unit)."
+            "coin (default 20: fewer did not show a planted clipping defect; 1 without "
+            "--privacy-unit)."
         ),
     ] = None,
     out: Annotated[
@@ -254,7 +255,9 @@ def audit_empirical(
     )
     from fedshield.simulation import empirical
 
-    per_canary = records_per_canary if records_per_canary is not None else 5 if privacy_unit else 1
+    # 20 by default: at 5 records per canary unit a build that clipped each record (not
+    # each unit) went unseen, at 10 barely seen, at 20 caught (docs/BENCHMARKS.md, issue 25).
+    per_canary = records_per_canary if records_per_canary is not None else 20 if privacy_unit else 1
     plan = empirical.prepare(config, clients, canaries, confidence, per_canary)
     kind = (
         f"canary units of {per_canary} records ('{privacy_unit}')" if privacy_unit else "canaries"

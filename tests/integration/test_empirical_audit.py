@@ -26,8 +26,8 @@ SMALL = ["--max-records", "600", "--clients", "2", "--rounds", "3", "--canaries"
 # settings measured (2026-12-07) to show a unit clipped record by record. The learning
 # rate is low so that a canary unit's fit does not saturate within a round: its trace
 # then grows with how far its records move the model (kC under the defect, C if not).
-UNITS = [
-    *["--privacy-unit", "author", "--records-per-canary", "20", "--max-records", "600"],
+UNITS = [  # the default of 20 records per canary unit (asserted below)
+    *["--privacy-unit", "author", "--max-records", "600"],
     *["--clients", "2", "--rounds", "3", "--canaries", "200", "--learning-rate", "0.5"],
 ]
 
