@@ -120,7 +120,7 @@ def simulate(
         str,
         typer.Option(
             help="Start the head as a zero-shot classifier: 'names' (each class described "
-            "by its name) or a JSON file of one public phrase per class; '' = a zero head."
+            "by its name) or a JSON file of one or more public phrases per class; '' = a zero head."
         ),
     ] = "",
     privacy_unit: PrivacyUnitOption = "",

@@ -179,13 +179,16 @@ def run_federation(
                 "bias-trained-by-owners": config.train_bias,
             },
             # The zero-shot head's public source, so an auditor rebuilds the weights.
-            "class-descriptions": descriptions
-            and {
-                "from": config.class_descriptions,
-                "sha256": digest,
-                "scale": config.class_description_scale,
-                "descriptions": descriptions,
-            },
+            "class-descriptions": (
+                {
+                    "from": config.class_descriptions,
+                    "sha256": digest,
+                    "scale": config.class_description_scale,
+                    "descriptions": descriptions,
+                }
+                if descriptions
+                else None
+            ),
             "test-records": len(test),
             Field.EVAL_DATA: test.source,
             Field.TRANSPORT: config.transport or "unspecified (flwr run)",
