@@ -54,6 +54,9 @@ DEFAULTS = {
     "bias": "prior",
     "features": "hashed",  # or "minilm": the frozen encoder's sentence embeddings
     "centre": 0,  # 1: subtract the evaluation split's mean feature, then L2 again
+    # > 0: hashed buckets weighted by idf ** idf (document frequencies of the evaluation
+    # split, which is the operator's), before the L2 norm and the projection
+    "idf": 0.0,
     # The zero-shot head (server/class_descriptions.py): "" = a zero head; "names"; or
     # "file" = bench/class_descriptions/CORPUS.json. "scale" = class-description-scale.
     "descriptions": "",
@@ -95,6 +98,26 @@ def described(model, cfg: dict, corpus: str, classes: tuple[str, ...]):
     return model
 
 
+def idf_featurize(texts, spec: FeaturizerSpec, reference, power: float) -> np.ndarray:
+    """The product's hashed features, with buckets weighted by idf ** power of ``reference``."""
+    if not power:
+        return featurize(texts, spec)
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from fedshield.common.featurize import _projection
+
+    hasher = HashingVectorizer(
+        n_features=spec.n_buckets, alternate_sign=False, norm=None, dtype=np.float32
+    )
+    df = np.asarray((hasher.transform(reference) > 0).sum(0)).ravel()
+    weights = (np.log((1 + len(reference)) / (1 + df)) + 1.0) ** power
+    counts = hasher.transform(texts)
+    counts.data = np.log1p(counts.data)
+    counts = counts.multiply(weights[None, :]).tocsr()
+    dense = np.asarray((normalize(counts) @ _projection(spec)).todense())
+    return normalize(dense).astype(np.float32)
+
+
 def minilm(texts: list[str], corpus: str, split: str) -> np.ndarray:
     """The frozen encoder's embeddings, kept in the temporary folder between runs."""
     from fedshield.common.minilm import encode_frozen
@@ -129,11 +152,14 @@ def main() -> None:
         for values in itertools.product(*(grid[key] for key in keys)):
             cfg = dict(zip(keys, values, strict=True))
             spec = FeaturizerSpec(ngram_max=cfg["ngram_max"], out_dim=cfg["out_dim"])
-            key = spec if cfg["features"] == "hashed" else "minilm"
+            key = (spec, cfg["idf"]) if cfg["features"] == "hashed" else "minilm"
             if key not in features:
                 features[key] = (
-                    (featurize(train.texts, spec), featurize(val.texts, spec))
-                    if key == spec
+                    (
+                        idf_featurize(train.texts, spec, val.texts, cfg["idf"]),
+                        idf_featurize(val.texts, spec, val.texts, cfg["idf"]),
+                    )
+                    if key != "minilm"
                     else (minilm(train.texts, corpus, "train"), minilm(val.texts, corpus, "val"))
                 )
             xt, xv = features[key]
