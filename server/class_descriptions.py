@@ -140,15 +140,11 @@ def description_embeddings(spec: ModelSpec, texts: list[str], device: torch.devi
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def set_description_head(
-    model: nn.Module,
-    spec: ModelSpec,
-    descriptions: dict[str, list[str]],
-    scale: float,
-    device: torch.device,
-) -> None:
-    """Set the head's weights of a freshly built model: each class's row is ``scale`` x
-    the unit-norm mean of its phrases' unit-norm features, in class order."""
+def description_rows(
+    spec: ModelSpec, descriptions: dict[str, list[str]], device: torch.device
+) -> np.ndarray:
+    """(classes, features): each class's unit-norm mean of its phrases' unit-norm features,
+    in class order; refuses a class whose phrases give the model no features."""
     rows = []
     for name, phrases in descriptions.items():
         mean = description_embeddings(spec, phrases, device).mean(axis=0)
@@ -160,5 +156,26 @@ def set_description_head(
                 f"punctuation); describe the class in words"
             )
         rows.append(mean / norm)
+    return np.stack(rows).astype(np.float32)
+
+
+def check_description_features(spec: ModelSpec, descriptions: dict[str, list[str]]) -> None:
+    """The featureless-class refusal before a run starts, where it is cheap: the hashed
+    words. (A transformer's embedding of any phrase is non-zero; loading one to check
+    would delay every start, so the MiniLM case is left to the run's own head.)"""
+    if spec.name == "hashed":
+        description_rows(spec, descriptions, torch.device("cpu"))
+
+
+def set_description_head(
+    model: nn.Module,
+    spec: ModelSpec,
+    descriptions: dict[str, list[str]],
+    scale: float,
+    device: torch.device,
+) -> None:
+    """Set the head's weights of a freshly built model: each class's row is ``scale`` x
+    the unit-norm mean of its phrases' unit-norm features, in class order."""
+    rows = description_rows(spec, descriptions, device)
     with torch.no_grad():
-        head_weight(model).copy_(torch.from_numpy(scale * np.stack(rows).astype(np.float32)))
+        head_weight(model).copy_(torch.from_numpy(scale * rows))

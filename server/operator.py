@@ -78,9 +78,14 @@ def check_request(settings: SuperLinkSettings, request: FederationRequest) -> Ru
 
         check_continuation(plan, evaluation.classes)
     if plan.class_descriptions:
-        from fedshield.server.class_descriptions import class_descriptions
+        from fedshield.common.model import ModelSpec
+        from fedshield.server.class_descriptions import (
+            check_description_features,
+            class_descriptions,
+        )
 
-        class_descriptions(plan.class_descriptions, plan.class_names())  # read, every class
+        described = class_descriptions(plan.class_descriptions, plan.class_names())
+        check_description_features(ModelSpec.from_config(plan), described)  # every class
     if plan.model == "minilm":
         from fedshield.common import minilm
 

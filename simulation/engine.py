@@ -60,9 +60,14 @@ def check_inputs(config: RunConfig, num_clients: int) -> tuple[list[int], int]:
         raise ConfigError(f"--clients must be >= 1, got {num_clients}")
     test = heldout_test_split(config)
     if config.class_descriptions:  # read now, not after the owners' preparation
-        from fedshield.server.class_descriptions import class_descriptions
+        from fedshield.common.model import ModelSpec
+        from fedshield.server.class_descriptions import (
+            check_description_features,
+            class_descriptions,
+        )
 
-        class_descriptions(config.class_descriptions, test.classes)
+        described = class_descriptions(config.class_descriptions, test.classes)
+        check_description_features(ModelSpec.from_config(config), described)
     sizes = [len(simulated_owner_data(config, i, num_clients)) for i in range(num_clients)]
     if config.dp:
         for size in sizes:

@@ -432,6 +432,32 @@ def test_simulate_refuses_descriptions_that_miss_a_class_before_anything_runs(
         run_with_progress(config, 2)
 
 
+def test_simulate_refuses_featureless_hashed_descriptions_before_anything_runs(
+    tmp_path, monkeypatch
+):
+    """IMDB's classes are "0" and "1": under ``names`` the hashed words see nothing. That is
+    refused with the class named before Ray or any owner starts, not inside the ServerApp."""
+    from fedshield.cli.simulate_run import run_with_progress
+    from fedshield.simulation import engine
+
+    def started(*args, **kwargs):
+        raise AssertionError("the simulation started before the descriptions were checked")
+
+    monkeypatch.setattr(engine, "run_simulation", started)
+    monkeypatch.setattr("fedshield.cli.simulate_run._prepare_owners_first", started)
+    config = RunConfig.from_dict(
+        {
+            "max-records": 200,
+            "partition": "iid",
+            "desensitise": False,
+            "out-dir": str(tmp_path / "run"),
+            "class-descriptions": "names",
+        }
+    )
+    with pytest.raises(ConfigError, match=r"class '0'.*no features"):
+        run_with_progress(config, 2)
+
+
 # --- (3) the run-start audit entry -------------------------------------------------------
 
 
