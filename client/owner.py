@@ -9,6 +9,7 @@ operator plays every owner.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -314,14 +315,39 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     return _INPUT_CACHE[key]
 
 
+# Encodings kept per data version: the server picks the model's description (max-tokens,
+# finetune-layers, ...), so without a bound a hostile server could fill the owner's disk
+# with one multi-GB cache per variant. Past this many, the least recently used goes.
+MAX_ENCODINGS_PER_DATA = 3
+
+
 def _cache_path(owner: Owner, spec: ModelSpec) -> Path:
     # Encodings are derived from private text: they stay with the owner, sealed under its
     # at-rest key (common/sealed.py), keyed by the texts as read (after desensitisation)
-    # and the model's public description. The name is the one earlier versions kept in
-    # the clear, so the first read finds that file unsealed and replaces it.
+    # and the model's public description. The first part of the name is the data's alone,
+    # so the bound below counts one owner's variants, not other owners' sharing the folder.
     description = json.dumps(spec.describe(), sort_keys=True)
+    data = hashlib.sha256(f"data\n{owner.dataset.text_version}".encode()).hexdigest()
     name = hashlib.sha256(f"{owner.dataset.text_version}\n{description}".encode()).hexdigest()
-    return owner.cache_dir / f"encoded-{name[:32]}.npz"
+    return owner.cache_dir / f"encoded-{data[:16]}-{name[:32]}.npz"
+
+
+def _evict_encodings(kept: Path) -> None:
+    """Delete this data's least recently used encodings past MAX_ENCODINGS_PER_DATA, and
+    any file named as versions before the bound named theirs (which some kept in the
+    clear). Another process may be deleting too: a file already gone is fine."""
+    data = kept.name.split("-")[1]
+    legacy = [p for p in kept.parent.glob("encoded-*.npz") if p.name.count("-") == 1]
+    siblings = []
+    for path in kept.parent.glob(f"encoded-{data}-*.npz"):
+        try:
+            siblings.append((path.stat().st_mtime_ns, path))
+        except FileNotFoundError:
+            continue
+    siblings.sort(reverse=True)
+    stale = [p for _, p in siblings[MAX_ENCODINGS_PER_DATA:] if p != kept]
+    for path in stale + legacy:
+        path.unlink(missing_ok=True)
 
 
 def prepare_simulated_owner(config: RunConfig, num_clients: int, pid: int) -> int:
@@ -354,6 +380,8 @@ def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
     if path.exists():
         try:
             stored_bytes = read_sealed(path, owner.keys, ENCODED_RECORDS)
+        except FileNotFoundError:  # evicted by another process since: encoded below
+            pass
         except SealedFileError as exc:
             # The reason and the path (a hash, no text) only: then rebuilt below.
             record = rejection_recorder(owner.audit_dir, owner.owner_id, ENCODED_RECORDS)
@@ -362,6 +390,8 @@ def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
             with np.load(io.BytesIO(stored_bytes)) as stored:
                 parts = tuple(stored[f"part{i}"] for i in range(len(stored.files)))
             if all(len(part) == len(owner.dataset) for part in parts):
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(path)  # recently used: the last to be evicted
                 return parts
     parts = spec.encode(owner.dataset.texts, owner.device)
     owner.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -369,4 +399,5 @@ def _encoded_on_disk(owner: Owner, spec: ModelSpec) -> ModelInputs:
     np.savez(buffer, **{f"part{i}": p for i, p in enumerate(parts)})
     # Atomic: a concurrent reader (another simulated owner's actor) sees old or new.
     write_sealed(path, buffer.getvalue(), owner.keys, ENCODED_RECORDS)
+    _evict_encodings(path)
     return parts

@@ -7,6 +7,7 @@ file is an entry of the owner's audit log: its name, purpose and why, no content
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -125,6 +126,46 @@ def test_a_cache_copied_from_another_owner_is_rebuilt_never_used(tmp_path, encod
     path.write_bytes(foreign.read_bytes())
     encode_calls.clear()
     assert_rebuilt(mine, expected, encode_calls)
+
+
+def test_a_server_varying_the_model_cannot_fill_the_owners_disk(tmp_path, encode_calls):
+    """Each model description the server picks is one more encoding of the owner's data:
+    past MAX_ENCODINGS_PER_DATA the least recently used is deleted, so a hostile server
+    sending a new max-tokens every run holds at most that many on the owner's disk.
+    Another owner's encodings in the same folder and the one in use are kept; a file named
+    as versions before the bound named theirs (some kept in the clear) is deleted."""
+    mine = make_owner(tmp_path, "a")
+    theirs = owner_module.Owner(**{**make_owner(tmp_path, "b").__dict__})
+    theirs = dataclasses.replace(
+        theirs,
+        dataset=take(load_dataset("rotten-tomatoes"), 20, seed=1),
+        cache_dir=mine.cache_dir,
+    )
+    owner_module._encoded_on_disk(theirs, SPEC)
+    legacy = mine.cache_dir / ("encoded-" + "0" * 32 + ".npz")
+    legacy.write_bytes(poisoned(mine))
+    specs = [
+        dataclasses.replace(SPEC, featurizer=dataclasses.replace(SPEC.featurizer, out_dim=d))
+        for d in (64, 128, 256, 512, 1024, 2048)
+    ]
+    owner_module._encoded_on_disk(mine, specs[0])
+    for spec in specs[1:]:  # (a pause between runs: file times are a few ms coarse)
+        time.sleep(0.02)
+        owner_module._encoded_on_disk(mine, spec)
+        time.sleep(0.02)
+        owner_module._encoded_on_disk(mine, specs[0])  # in use every run: kept
+    files = {p.name for p in mine.cache_dir.glob("encoded-*.npz")}
+    mine_kept = {owner_module._cache_path(mine, s).name for s in specs} & files
+    assert len(mine_kept) == owner_module.MAX_ENCODINGS_PER_DATA
+    assert owner_module._cache_path(mine, specs[0]).name in mine_kept
+    assert owner_module._cache_path(mine, specs[-1]).name in mine_kept
+    assert owner_module._cache_path(theirs, SPEC).name in files  # not another owner's
+    assert not legacy.exists() and files == mine_kept | {
+        owner_module._cache_path(theirs, SPEC).name
+    }
+    encode_calls.clear()
+    owner_module._encoded_on_disk(mine, specs[0])  # still read from the disk
+    assert encode_calls == []
 
 
 def test_without_keys_nothing_is_written_to_disk(tmp_path):
