@@ -408,35 +408,18 @@ def test_a_description_without_features_is_refused_naming_the_class(
         set_description_head(SPEC.build(len(classes)), SPEC, described, 30.0, CPU)
 
 
-def test_simulate_refuses_descriptions_that_miss_a_class_before_anything_runs(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("described", "refusal"),
+    [
+        ('{"0": "a bad film"}', r"no description for 1"),
+        # IMDB's classes are "0" and "1": under ``names`` the hashed words see nothing.
+        ("names", r"class '0'.*no features"),
+    ],
+)
+def test_simulate_refuses_bad_descriptions_before_anything_runs(
+    tmp_path, monkeypatch, described, refusal
 ):
-    from fedshield.cli.simulate_run import run_with_progress
-    from fedshield.simulation import engine
-
-    def started(*args, **kwargs):
-        raise AssertionError("the simulation started before the descriptions were read")
-
-    monkeypatch.setattr(engine, "run_simulation", started)
-    monkeypatch.setattr("fedshield.cli.simulate_run._prepare_owners_first", started)
-    config = RunConfig.from_dict(
-        {
-            "max-records": 200,
-            "partition": "iid",
-            "desensitise": False,
-            "out-dir": str(tmp_path / "run"),
-            "class-descriptions": _file(tmp_path, '{"0": "a bad film"}'),
-        }
-    )
-    with pytest.raises(ConfigError, match=r"no description for 1"):
-        run_with_progress(config, 2)
-
-
-def test_simulate_refuses_featureless_hashed_descriptions_before_anything_runs(
-    tmp_path, monkeypatch
-):
-    """IMDB's classes are "0" and "1": under ``names`` the hashed words see nothing. That is
-    refused with the class named before Ray or any owner starts, not inside the ServerApp."""
+    """Refused with the class named before Ray or any owner starts, not in the ServerApp."""
     from fedshield.cli.simulate_run import run_with_progress
     from fedshield.simulation import engine
 
@@ -451,10 +434,10 @@ def test_simulate_refuses_featureless_hashed_descriptions_before_anything_runs(
             "partition": "iid",
             "desensitise": False,
             "out-dir": str(tmp_path / "run"),
-            "class-descriptions": "names",
+            "class-descriptions": described if described == "names" else _file(tmp_path, described),
         }
     )
-    with pytest.raises(ConfigError, match=r"class '0'.*no features"):
+    with pytest.raises(ConfigError, match=refusal):
         run_with_progress(config, 2)
 
 
