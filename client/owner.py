@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -315,39 +316,52 @@ def owner_inputs(owner: Owner, spec: ModelSpec) -> ModelInputs:
     return _INPUT_CACHE[key]
 
 
-# Encodings kept per data version: the server picks the model's description (max-tokens,
-# finetune-layers, ...), so without a bound a hostile server could fill the owner's disk
+# Encodings kept per owner: the server picks the model's description (max-tokens,
+# finetune-layers, ...) and, for an owner without its own class list, the classes that
+# make its data version; without a bound a hostile server could fill the owner's disk
 # with one multi-GB cache per variant. Past this many, the least recently used goes.
-MAX_ENCODINGS_PER_DATA = 3
+MAX_ENCODINGS_PER_OWNER = 3
 
 
 def _cache_path(owner: Owner, spec: ModelSpec) -> Path:
     # Encodings are derived from private text: they stay with the owner, sealed under its
     # at-rest key (common/sealed.py), keyed by the texts as read (after desensitisation)
-    # and the model's public description. The first part of the name is the data's alone,
-    # so the bound below counts one owner's variants, not other owners' sharing the folder.
+    # and the model's public description. The first part of the name is the owner's
+    # alone, so the bound counts its own files, not those of owners sharing the folder.
     description = json.dumps(spec.describe(), sort_keys=True)
-    data = hashlib.sha256(f"data\n{owner.dataset.text_version}".encode()).hexdigest()
+    mine = hashlib.sha256(f"owner\n{owner.owner_id}".encode()).hexdigest()
     name = hashlib.sha256(f"{owner.dataset.text_version}\n{description}".encode()).hexdigest()
-    return owner.cache_dir / f"encoded-{data[:16]}-{name[:32]}.npz"
+    return owner.cache_dir / f"encoded-{mine[:16]}-{name[:32]}.npz"
 
 
 def _evict_encodings(kept: Path) -> None:
-    """Delete this data's least recently used encodings past MAX_ENCODINGS_PER_DATA, and
-    any file named as versions before the bound named theirs (which some kept in the
-    clear). Another process may be deleting too: a file already gone is fine."""
-    data = kept.name.split("-")[1]
-    legacy = [p for p in kept.parent.glob("encoded-*.npz") if p.name.count("-") == 1]
-    siblings = []
-    for path in kept.parent.glob(f"encoded-{data}-*.npz"):
-        try:
-            siblings.append((path.stat().st_mtime_ns, path))
-        except FileNotFoundError:
-            continue
-    siblings.sort(reverse=True)
-    stale = [p for _, p in siblings[MAX_ENCODINGS_PER_DATA:] if p != kept]
-    for path in stale + legacy:
-        path.unlink(missing_ok=True)
+    """Delete this owner's least recently used encodings past MAX_ENCODINGS_PER_OWNER, and
+    files named as versions before the bound named theirs (some kept in the clear). Only
+    regular files are touched, and nothing here can fail the round: a file another
+    process deleted, moved or planted (a folder, a link, another user's) is passed over."""
+    try:
+        prefix = kept.name.split("-")[1]
+        candidates = [
+            p
+            for p in kept.parent.glob("encoded-*.npz")
+            if p.name.count("-") == 1 or p.name.startswith(f"encoded-{prefix}-")
+        ]
+        dated = []
+        for path in candidates:
+            try:
+                status = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(status.st_mode):
+                dated.append((path.name.count("-") == 2, status.st_mtime_ns, path))
+        dated.sort(reverse=True)  # this owner's files newest first, then the old-named
+        stale = [p for _, _, p in dated[MAX_ENCODINGS_PER_OWNER:] if p != kept]
+        stale += [p for mine, _, p in dated[:MAX_ENCODINGS_PER_OWNER] if not mine]
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    except OSError:  # the folder itself went away or became unreadable: nothing to bound
+        return
 
 
 def prepare_simulated_owner(config: RunConfig, num_clients: int, pid: int) -> int:

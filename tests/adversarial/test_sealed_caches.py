@@ -7,6 +7,7 @@ file is an entry of the owner's audit log: its name, purpose and why, no content
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -117,52 +118,67 @@ def test_a_cache_copied_from_another_owner_is_rebuilt_never_used(tmp_path, encod
     mine, theirs = make_owner(tmp_path, "a"), make_owner(tmp_path, "b")
     expected = owner_module._encoded_on_disk(mine, SPEC)
     # Another owner's well-formed cache, sealed under its own key, for the same data
-    # version and model: the same file name, different contents.
+    # version and model, copied in under this owner's file name.
     foreign = owner_module._cache_path(theirs, SPEC)
     foreign.parent.mkdir(parents=True, mode=0o700)
     write_sealed(foreign, poisoned(theirs), theirs.keys, ENCODED_RECORDS)
     path = owner_module._cache_path(mine, SPEC)
-    assert path.name == foreign.name
     path.write_bytes(foreign.read_bytes())
     encode_calls.clear()
     assert_rebuilt(mine, expected, encode_calls)
 
 
 def test_a_server_varying_the_model_cannot_fill_the_owners_disk(tmp_path, encode_calls):
-    """Each model description the server picks is one more encoding of the owner's data:
-    past MAX_ENCODINGS_PER_DATA the least recently used is deleted, so a hostile server
-    sending a new max-tokens every run holds at most that many on the owner's disk.
-    Another owner's encodings in the same folder and the one in use are kept; a file named
-    as versions before the bound named theirs (some kept in the clear) is deleted."""
+    """Each model description or class list the server picks is one more encoding of the
+    owner's data: past MAX_ENCODINGS_PER_OWNER the least recently used is deleted, so a
+    hostile server sending a new max-tokens or class list every run holds at most that
+    many on the owner's disk. Another owner's encodings in the same folder and the one in
+    use are kept; files named as before the bound (some in the clear) are deleted; a
+    folder planted under an encoding's name is passed over, never a crash."""
     mine = make_owner(tmp_path, "a")
-    theirs = owner_module.Owner(**{**make_owner(tmp_path, "b").__dict__})
     theirs = dataclasses.replace(
-        theirs,
+        make_owner(tmp_path, "b"),
         dataset=take(load_dataset("rotten-tomatoes"), 20, seed=1),
         cache_dir=mine.cache_dir,
     )
     owner_module._encoded_on_disk(theirs, SPEC)
     legacy = mine.cache_dir / ("encoded-" + "0" * 32 + ".npz")
     legacy.write_bytes(poisoned(mine))
+    planted = [
+        mine.cache_dir / "encoded-x.npz",
+        owner_module._cache_path(mine, SPEC).with_name(
+            owner_module._cache_path(mine, SPEC).name[:25] + "z" * 32 + ".npz"
+        ),
+    ]
+    for folder in planted:
+        folder.mkdir()
+        os.utime(folder, (0, 0))  # the oldest: first in line for eviction
     specs = [
         dataclasses.replace(SPEC, featurizer=dataclasses.replace(SPEC.featurizer, out_dim=d))
-        for d in (64, 128, 256, 512, 1024, 2048)
+        for d in (64, 128, 256, 512)
     ]
+    # another data version: the same texts under a class list the server chose
+    relabelled = dataclasses.replace(
+        mine, dataset=dataclasses.replace(mine.dataset, fingerprint="other classes")
+    )
     owner_module._encoded_on_disk(mine, specs[0])
-    for spec in specs[1:]:  # (a pause between runs: file times are a few ms coarse)
+    variants = [(mine, s) for s in specs[1:]] + [(relabelled, s) for s in specs]
+    for owner, spec in variants:  # (a pause between runs: file times are a few ms coarse)
         time.sleep(0.02)
-        owner_module._encoded_on_disk(mine, spec)
+        owner_module._encoded_on_disk(owner, spec)
         time.sleep(0.02)
         owner_module._encoded_on_disk(mine, specs[0])  # in use every run: kept
-    files = {p.name for p in mine.cache_dir.glob("encoded-*.npz")}
-    mine_kept = {owner_module._cache_path(mine, s).name for s in specs} & files
-    assert len(mine_kept) == owner_module.MAX_ENCODINGS_PER_DATA
-    assert owner_module._cache_path(mine, specs[0]).name in mine_kept
-    assert owner_module._cache_path(mine, specs[-1]).name in mine_kept
-    assert owner_module._cache_path(theirs, SPEC).name in files  # not another owner's
-    assert not legacy.exists() and files == mine_kept | {
-        owner_module._cache_path(theirs, SPEC).name
+    files = {p.name for p in mine.cache_dir.glob("encoded-*.npz") if p.is_file()}
+    everything = {owner_module._cache_path(o, s).name for o, s in variants} | {
+        owner_module._cache_path(mine, specs[0]).name
     }
+    mine_kept = everything & files
+    assert len(mine_kept) == owner_module.MAX_ENCODINGS_PER_OWNER
+    assert owner_module._cache_path(mine, specs[0]).name in mine_kept
+    assert owner_module._cache_path(relabelled, specs[-1]).name in mine_kept
+    theirs_name = owner_module._cache_path(theirs, SPEC).name
+    assert not legacy.exists() and files == mine_kept | {theirs_name}  # theirs is kept
+    assert all(folder.is_dir() for folder in planted)
     encode_calls.clear()
     owner_module._encoded_on_disk(mine, specs[0])  # still read from the disk
     assert encode_calls == []
