@@ -59,6 +59,70 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
+# --dist loadfile hands each xdist worker whole files, by default the files with the most
+# tests first, so the files of one or two tests that each run a simulation or a deployment
+# came last and one worker ran the last of them while the others had finished (2026-12-07:
+# about 2 minutes of a 22-minute run on a loaded 2-core machine). These files go first,
+# heaviest first (longest-processing-time-first scheduling); the others follow in xdist's
+# order. Seconds of one worker's time on the 2-core machine, from --durations=0 of a whole
+# run, rounded (only their order matters; a file missing here only starts later).
+HEAVY_FILES = {
+    "tests/integration/test_empirical_audit.py": 540,
+    "tests/integration/test_deployment.py": 350,
+    "tests/integration/test_simulation.py": 320,
+    "tests/unit/test_minilm.py": 230,
+    "tests/adversarial/test_privacy_unit_attacks.py": 225,
+    "tests/integration/test_run_lifecycle.py": 220,
+    "tests/integration/test_owner_lifecycle.py": 190,
+    "tests/integration/test_desensitisation_end_to_end.py": 165,
+    "tests/integration/test_deployment_minilm.py": 140,
+    "tests/adversarial/test_hostile_deployment.py": 120,
+    "tests/integration/test_predict.py": 115,
+    "tests/integration/test_ray_cluster.py": 105,
+    "tests/unit/test_client_faults.py": 100,
+    "tests/unit/test_gpu_path.py": 100,
+    "tests/integration/test_operator_status.py": 95,
+    "tests/integration/test_resume.py": 65,
+    "tests/unit/test_one_run.py": 50,
+    "tests/integration/test_report_units.py": 45,
+    "tests/unit/test_privacy_unit_owner.py": 45,
+    "tests/integration/test_cli.py": 45,
+    "tests/unit/test_audit_report.py": 40,
+    "tests/adversarial/test_hostile_server.py": 40,
+    "tests/unit/test_rough_edges.py": 30,
+    "tests/adversarial/test_data_security_attacks.py": 30,
+    "tests/integration/test_gpu_check.py": 25,
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with the files of ``HEAVY_FILES`` handed out first, heaviest first;
+    any other --dist, or an xdist whose scheduler keeps its queue otherwise, as xdist has
+    it."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from collections import OrderedDict
+
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeaviestFirst(OrderedDict):
+        """The scheduler's queue of files: the next one taken is the heaviest left (ties
+        and unlisted files in xdist's own order)."""
+
+        def popitem(self, last=True):
+            if last:
+                return super().popitem(last=True)
+            scope = max(self, key=lambda scope: HEAVY_FILES.get(scope, 0))  # first of ties
+            return scope, self.pop(scope)
+
+    scheduler = LoadFileScheduling(config, log)
+    if type(getattr(scheduler, "workqueue", None)) is not OrderedDict or scheduler.workqueue:
+        return None
+    scheduler.workqueue = HeaviestFirst()
+    return scheduler
+
+
 @pytest.fixture()
 def flower_task_identity():
     """What Flower's runtime sets in a ClientApp process before it handles a message."""

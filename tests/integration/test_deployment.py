@@ -1,6 +1,7 @@
 """A real deployed federation on 127.0.0.1: `fedshield server start` (flower-superlink
 with TLS and SuperNode authentication) and three `fedshield client start` SuperNodes,
-each training on its own CSV; plus the ways a connection must fail."""
+each training on its own CSV; plus the ways a connection must fail. (The same
+deployment with the MiniLM encoder: test_deployment_minilm.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
@@ -251,38 +251,3 @@ def test_a_client_killed_mid_run_does_not_stop_the_federation(pki, data, tmp_pat
     assert all(d["owners"] == [owner_keys[2]] for d in dropped)
     assert any(entry["late"] == [owner_keys[2]] for entry in rounds[2:])
     assert any(e["type"] == "run-end" for e in log.entries)
-
-
-def test_owners_fine_tune_minilm_over_tls_with_their_own_device_and_cache(
-    pki, data, tmp_path, processes
-):
-    """The deployed path with the pretrained encoder: the plan names the model, each
-    owner picks its device and keeps its encodings in its own cache, mode 0600."""
-    minilm = ("model='minilm'", "finetune-layers=1", "max-tokens=32")
-    served = start_federation(processes, pki, data, tmp_path, 2, "num-rounds=2", *minilm)
-    owners = [tmp_path / f"owner-{i}" for i in range(2)]
-    for i, (home, device) in enumerate(zip(owners, ("cpu", "auto"), strict=True)):
-        extra = ("--device", device, "--cache-dir", str(home / "cache"))
-        start_owner(processes, pki, data, served.port, f"owner-{i}", home, *extra)
-    assert served.server.wait(timeout_s=600) == 0, served.server.log_text()[-4000:]
-
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
-    assert sorted(metrics["rounds"][-1]["epsilon"]) == sorted(keys(pki, 2))
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert (meta["model"], meta["finetune-layers"], meta["max-tokens"]) == ("minilm", 1, 32)
-    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
-    assert "layers.0.attention.self.query.weight" in state
-    for home in owners:
-        ledger = PrivacyLedger(home / "ledgers")
-        assert [(e.kind, e.server_round) for e in ledger.entries()] == [
-            ("count", 1),  # the record count's DP release, once, before round 1
-            ("train", 1),
-            ("train", 2),
-        ]
-        (cached,) = (home / "cache").glob("encoded-*.npz")
-        assert cached.stat().st_mode & 0o777 == 0o600
-        log = verify_log(home / "audit" / "audit.jsonl")
-        assert log.ok, log.problem
-        devices = {e["data"]["device"] for e in log.entries if e["type"] == "round-start"}
-        assert devices == {"cpu"}  # this machine has no GPU; "auto" resolved to CPU

@@ -185,7 +185,7 @@ def test_no_process_is_left_running(first_run):
     assert ray_processes(first_run[1].tag) == []
 
 
-def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(first_run, tmp_path):
+def test_a_second_run_keeps_charging_the_same_ledger(first_run, tmp_path):
     out, _, _ = first_run
     ledger_dir = out / "ledgers"
     before = {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()}
@@ -231,33 +231,8 @@ def test_a_second_run_keeps_charging_the_same_ledger_until_the_budget_refuses(fi
         )
     # the same partitions: the count released in the first run is reused, not charged again
     assert all(len(led.entries()) == 7 for led in ledgers(ledger_dir).values())
-
-    # A third run under a budget that the first round would pass: every owner refuses
-    # before training, the server reports it and stops, and no ledger moves.
-    budget = f"{max(after.values()) + 1e-3:.6f}"
-    third = simulate(
-        *SMALL,
-        "--data",
-        str(first_run[2]),
-        "--epsilon",
-        "2",
-        "--epsilon-budget",
-        budget,
-        "--ledger-dir",
-        str(ledger_dir),
-        "--out",
-        str(tmp_path / "run3"),
-    )
-    # It exits 6 (no accepted update), stops after the first round and saves no model.
-    assert third.returncode == 6, third.stderr[-3000:]
-    assert "no owner's update was accepted" in " ".join(third.stderr.split())
-    metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
-    assert metrics["final"]["outcome"] == "failed" and len(metrics["rounds"]) == 2
-    assert not (tmp_path / "run3" / "model.pt").exists()
-    for entry in metrics["rounds"][1:]:
-        assert entry["participants"] == [] and len(entry["refusals"]) == 3
-        assert all("privacy budget" in reason for reason in entry["refusals"])
-    assert {name: led.epsilon(DELTA) for name, led in ledgers(ledger_dir).items()} == after
+    # A run under a budget that its first round would pass (every owner refuses, the
+    # ledgers do not move, exit 6): tests/integration/test_run_lifecycle.py's third run.
 
 
 def test_the_audit_logs_verify_and_the_report_recomputes_every_owners_epsilon(first_run, tmp_path):
@@ -323,6 +298,9 @@ def test_the_planted_marker_appears_in_no_output_log_or_ledger(first_run):
 
 
 def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
+    # 2,000 records (16 to train on per owner): the scale under test is the owners and
+    # their sampling; every owner's records are desensitised before round 1, which took
+    # twice as long with 6,000.
     proc = simulate(
         "--clients",
         "100",
@@ -331,7 +309,7 @@ def test_a_hundred_owners_with_ten_sampled_per_round_complete(tmp_path):
         "--rounds",
         "2",
         "--max-records",
-        "6000",
+        "2000",
         "--partition",
         "iid",
         "--out",

@@ -18,8 +18,9 @@ from fedshield.common.model import ModelSpec
 from fedshield.common.owner_keys import open_owner_keys
 from tests.support.simulation import simulate
 
-SLICE = ["--data", "rotten-tomatoes", "--max-records", "600", "--max-tokens", "48"]
+SLICE = ["--data", "rotten-tomatoes", "--max-records", "600"]
 SMALL = ["--clients", "2", "--rounds", "5", "--partition", "iid", "--epsilon", "8"]
+ROUNDS_FINE_TUNED = "4"
 
 
 def _metrics(out) -> dict:
@@ -29,7 +30,10 @@ def _metrics(out) -> dict:
 @pytest.mark.slow
 def test_frozen_encoder_run_learns_within_budget(tmp_path):
     proc = simulate(
-        *SLICE, *SMALL, "--model", "minilm", "--finetune-layers", "0", "--out", str(tmp_path)
+        *SLICE,
+        *SMALL,
+        *("--max-tokens", "48", "--model", "minilm", "--finetune-layers", "0"),
+        *("--out", str(tmp_path)),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = _metrics(tmp_path)
@@ -52,13 +56,18 @@ def test_frozen_encoder_run_learns_within_budget(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_out(tmp_path):
-    # 8 rounds: the head starts at zero with half the clipping norm, and the first
-    # rounds can still predict the majority class.
+    # 4 rounds: the head starts at zero with half the clipping norm, and round 1 still
+    # predicts the majority class (0.55 here); the final accuracy was 0.68-0.76 in 8 runs
+    # on 2026-12-07 (0.73 with the 8 rounds run before, at about twice the time: more
+    # noise per round). 32 tokens fine-tune a third less per record than 48; the median
+    # review here is 26 tokens.
     proc = simulate(
         *SLICE,
         *SMALL,
+        "--max-tokens",
+        "32",
         "--rounds",
-        "8",
+        ROUNDS_FINE_TUNED,
         "--model",
         "minilm",
         "--finetune-layers",
@@ -84,7 +93,7 @@ def test_fine_tuned_top_layer_moves_from_the_public_weights_and_epsilon_checks_o
             if json.loads(line)["type"] == "dp-charged"
         ]
         # the count's DP release, then one charge per round
-        assert [c["kind"] for c in charges] == ["count"] + ["train"] * 8, log
+        assert [c["kind"] for c in charges] == ["count"] + ["train"] * int(ROUNDS_FINE_TUNED), log
         last = charges[-1]
         events = [DpEvent.from_entry(e) for e in last["ledger-events"]]
         assert last["epsilon-after"] == pytest.approx(
