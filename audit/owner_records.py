@@ -115,6 +115,8 @@ class OwnerAudit:
     updates_released: int = 0
     evaluate_answers_released: int = 0
     updates_re_released: int = 0
+    # retried rounds released under the charge of an attempt that never sent its update
+    charges_reused: int = 0
     problems: list[str] = field(default_factory=list)
     group_warnings: list[GroupPrivacyWarning] = field(default_factory=list)
     unit_at_round_start: str | None = None  # the unit named before any charge
@@ -254,6 +256,7 @@ class OwnerAudit:
             "updates_released": self.updates_released,
             "evaluate_answers_released": self.evaluate_answers_released,
             "updates_re_released": self.updates_re_released,
+            "charges_reused": self.charges_reused,
             "problems": self.problems,
             "status": self.status,
             "ok": self.ok,

@@ -245,6 +245,17 @@ def _check_charge(
     except (ValueError, TypeError, KeyError) as exc:
         audit.problems.append(f"round {server_round}: a logged DP event is malformed ({exc})")
         return previous_events or []
+    if (
+        data.get(Field.REUSES_CHARGE_OF) is not None
+        and previous_events is not None
+        and _composed(previous_events) == events
+    ):
+        # The owner retried a round it had charged and logged and never sent: the
+        # charge is in the history already, so this entry adds nothing to it.
+        audit.charges_reused += 1
+        return events
+    if data.get(Field.REUSES_CHARGE_OF) is not None:
+        audit.charges_reused += 1  # the first attempt's entry was lost: this one logs it
     if previous_events is not None and _composed([*previous_events, new_event]) != events:
         audit.problems.append(
             f"round {server_round}: ledger history differs from the previous entry's plus "

@@ -17,12 +17,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedshield.client.accept import check_message_records, check_plan_record
-from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
+from fedshield.client.charge import (
+    charge_and_audit,
+    load_global_model,
+    record_budget_change,
+)
 from fedshield.client.count import RecordCount, count_event, released_record_count
+from fedshield.client.encoding_cache import owner_inputs
 from fedshield.client.evaluate import evaluate_round
 from fedshield.client.group_warning import warn_group_privacy
 from fedshield.client.integrity import rejection_recorder
@@ -33,7 +39,6 @@ from fedshield.client.owner import (
     desensitised_for_round,
     is_simulated,
     owner_allows_evaluate,
-    owner_inputs,
     owner_label,
     resolve_owner,
 )
@@ -159,6 +164,25 @@ def train_round(
         owner.keys,
         rejection_recorder(audit, owner.owner_id, RELEASED_UPDATE),
     )
+    with releases.claimed(plan.run_key):
+        return _train_claimed(
+            msg, model, context, plan, classes, server_round, owner, audit, releases
+        )
+
+
+def _train_claimed(
+    msg: Message,
+    model: torch.nn.Module,
+    context: Context,
+    plan: Plan,
+    classes: tuple[str, ...],
+    server_round: int,
+    owner: Owner,
+    audit: AuditLog,
+    releases: ReleasedUpdates,
+) -> Message:
+    """``train_round`` with the run claimed: a kept update re-sent, or train, charge, keep."""
+    spec = ModelSpec.from_config(plan)
     global_sha256 = wire.arrays_digest(msg.content[wire.ARRAYS])[0]
     already = releases.find(plan.run_key, server_round, global_sha256)
     if already is not None:
@@ -195,11 +219,20 @@ def train_round(
     planned = planned_dp_event(count.value, settings)
     check_plan_cost(planned, plan.num_rounds)
     accounted = accounted_event(planned, count.relation) if plan.dp else planned
+    release = releases.release_id(plan.run_key, server_round)
+    # Charged already, never kept (the owner stopped in between), so never sent: the
+    # retry releases its one update under that charge (client/releases.py).
+    paid = (
+        owner.ledger.unreleased_charge(release, accounted, owner.dataset.fingerprint)
+        if plan.dp and releases.unsent(plan.run_key, server_round)
+        else None
+    )
     if plan.dp:
         check_delta(owner.delta, count.at_least_one)
         # Refuse before touching the text: the pre-flight needs only the released count
         # and the plan, so a refused round costs the same whatever the records hold.
-        owner.ledger.check_budget(accounted, context.run_id)
+        if paid is None:
+            owner.ledger.check_budget(accounted, context.run_id)
     owner = desensitised_for_round(owner, audit, server_round)
     inputs = owner_inputs(owner, spec)
     outcome = train_locally(
@@ -225,6 +258,8 @@ def train_round(
             settings.max_grad_norm,
             relation=count.relation,
             trained=planned,
+            release=release,
+            paid=paid,
         )
         warn_group_privacy(owner, audit, server_round)
     else:

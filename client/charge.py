@@ -7,7 +7,9 @@ whole ledger history composed (``privacy.composed_history``: one event per mecha
 steps summed, so an entry's size grows with the mechanisms, not the rounds), from which
 an auditor recomputes epsilon independently, and the
 name of the accountant the figures rest on (``privacy.accountant_used``: PLD, or RDP
-beyond PLD's range).
+beyond PLD's range). A retried round whose first attempt was charged and stopped before
+keeping its update (``paid``: nothing left) adds no ledger entry; its ``dp-charged``
+entry names that charge (``reuses-charge-of``), its history unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from flwr.app import Context, Message
 
 from fedshield.client.accept import check_model_arrays
+from fedshield.client.ledger_entries import LedgerEntry
 from fedshield.client.owner import Owner
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field
@@ -67,26 +70,35 @@ def charge_and_audit(
     relation: str = ADD_REMOVE,
     released: int | None = None,
     trained: DpEvent | None = None,
+    release: str = "",
+    paid: LedgerEntry | None = None,
 ) -> float:
     """Charge the ledger durably, then record the charge with the whole history, composed.
 
     ``event`` is what the accountant composes (``privacy.accounted_event`` of the
     ``trained`` event under ``relation``); ``released`` is a count release's value.
     """
-    # Charge before release: a crash after this line over-counts, never under-counts.
-    epsilon = owner.ledger.charge_ledger_before_release(
-        event,
-        context.run_id,
-        server_round,
-        kind=kind,
-        data_fingerprint=owner.dataset.fingerprint,
-        records=len(owner.dataset),
-        relation=relation,
-        released=released,
-        unit=owner.protected_unit,
-    )
-    state = owner.ledger.state()  # one read: this charge is last
+    if paid is None:
+        # Charge before release: a crash after this line over-counts, never under-counts.
+        epsilon = owner.ledger.charge_ledger_before_release(
+            event,
+            context.run_id,
+            server_round,
+            kind=kind,
+            data_fingerprint=owner.dataset.fingerprint,
+            records=len(owner.dataset),
+            relation=relation,
+            released=released,
+            unit=owner.protected_unit,
+            release=release,
+        )
+    else:
+        # Paid by an attempt that stopped before keeping its update (none left): recorded
+        # again, with the history unchanged, in case that attempt's entry was lost too.
+        epsilon = owner.ledger.epsilon(owner.delta)
+    state = owner.ledger.state()  # one read
     history = [e.event for e in state.entries]
+    before = history[:-1] if paid is None else [e.event for e in state.entries if e != paid]
     audit.append(
         Event.DP_CHARGED,
         **{
@@ -112,13 +124,14 @@ def charge_and_audit(
                 else {}
             ),
             Field.ACCOUNTANT: accountant_used(history, owner.delta),
-            "epsilon-before": epsilon_spent(history[:-1], owner.delta),
+            "epsilon-before": epsilon_spent(before, owner.delta),
             Field.EPSILON_AFTER: epsilon,
             Field.EPSILON_BUDGET: owner.epsilon_budget,
             "budget-remaining": owner.epsilon_budget - epsilon,
             # The history composed (one event per mechanism, steps summed): the same
             # epsilon, and an entry whose size does not grow with the rounds.
             Field.LEDGER_EVENTS: [e.as_entry() for e in composed_history(history)],
+            **({Field.REUSES_CHARGE_OF: paid.recorded_at} if paid is not None else {}),
         },
     )
     return epsilon

@@ -15,8 +15,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedshield.client.charge import charge_and_audit, load_global_model, record_budget_change
 from fedshield.client.count import released_record_count
+from fedshield.client.encoding_cache import owner_inputs
 from fedshield.client.ledger_entries import KIND_EVALUATE
-from fedshield.client.owner import RECORD, Owner, desensitised_for_round, owner_inputs
+from fedshield.client.owner import RECORD, Owner, desensitised_for_round
 from fedshield.client.secure_random import SecureRandom
 from fedshield.common import wire
 from fedshield.common.audit_events import Event, Field

@@ -261,7 +261,8 @@ def warm_up(owner_settings: dict | None) -> None:
         shorten_object_pull_retries()
     except DependencyMismatch as exc:
         log.warning("fedshield: %s", exc)
-    from fedshield.client.owner import owner_inputs, resolve_owner, with_desensitised_text
+    from fedshield.client.encoding_cache import owner_inputs
+    from fedshield.client.owner import resolve_owner, with_desensitised_text
     from fedshield.common.config import RunConfig
     from fedshield.common.model import ModelSpec
 

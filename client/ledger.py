@@ -291,6 +291,34 @@ class PrivacyLedger:
         """Pre-flight: epsilon after ``planned``; raises if that passes the budget or cap."""
         return self._refuse_if_over(self.entries(), planned, run_id, "pre-flight")
 
+    def unreleased_charge(
+        self, release: str, event: DpEvent, data_fingerprint: str
+    ) -> LedgerEntry | None:
+        """The training charge already paid for ``release`` (a run's round), if a retry
+        may release under it: the same event on the same data version, and the latest
+        charge of that run (a later round's keep may have pruned this round's kept file,
+        so after one nothing proves this round's update never left).
+
+        The caller proves the rest: it holds the run's claim and no kept file of the
+        round exists (``ReleasedUpdates.claimed``, ``unsent``), so the charging attempt
+        stopped before keeping, and the update, kept before it is sent, never left.
+        """
+        if not release:
+            return None
+        run = release.rsplit("-", 1)[0]
+        latest = next(
+            (e for e in reversed(self.entries()) if e.release.rsplit("-", 1)[0] == run), None
+        )
+        if (
+            latest is not None
+            and latest.release == release
+            and latest.kind == KIND_TRAIN
+            and latest.event == event
+            and latest.data_fingerprint == data_fingerprint
+        ):
+            return latest
+        return None
+
     def charge_ledger_before_release(
         self,
         event: DpEvent,
@@ -303,8 +331,11 @@ class PrivacyLedger:
         relation: str = ADD_REMOVE,
         released: int | None = None,
         unit: str = UNIT_RECORD,
+        release: str = "",
     ) -> float:
         """Durably append ``event``; returns epsilon composed over all events after it.
+
+        ``release`` names the kept release this charge pays for (``unreleased_charge``).
 
         The budget is checked again under the lock: another run of this owner may have
         charged since the pre-flight check, and then the release must not happen.
@@ -331,6 +362,7 @@ class PrivacyLedger:
                 relation,
                 released,
                 unit,
+                release,
             )
             self._write(
                 LedgerState(

@@ -37,6 +37,9 @@ class LedgerEntry:
     released: int | None = None
     # What one contribution was (issue 25): "record", or the owner's privacy-unit column.
     unit: str = UNIT_RECORD
+    # KIND_TRAIN with a run key: which kept release (client/releases.py) this charge
+    # pays for, so that a retry after a stop between charge and keep reuses it.
+    release: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +54,7 @@ class LedgerEntry:
             "relation": self.relation,
             "released": self.released,
             "unit": self.unit,
+            **({"release": self.release} if self.release else {}),
         }
 
     @classmethod
@@ -71,6 +75,7 @@ class LedgerEntry:
             relation=str(data.get("relation", ADD_REMOVE)),
             released=None if data.get("released") is None else int(data["released"]),
             unit=str(data.get("unit", UNIT_RECORD)),
+            release=str(data.get("release", "")),
         )
 
 

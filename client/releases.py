@@ -8,6 +8,13 @@ nothing, so the ledger is not charged twice. Stored next to the ledger, atomical
 before the update leaves, sealed under the owner's at-rest key (common/sealed.py); only
 the two latest rounds of each run are kept.
 
+A charge made for a round whose update was never kept (the owner stopped between the
+charge and the keep) is reused by the retry, not charged again: the update is kept before
+it is sent, so none left. ``claimed`` holds the run's lock from the lookup to the keep,
+so a round in flight in another process is never mistaken for one that stopped (the
+kernel drops a dead holder's lock); the ledger side is
+``PrivacyLedger.unreleased_charge``.
+
 A kept release that fails authentication (edited, truncated, another owner's, sealed
 under a key since rotated) is never sent: it counts as absent, so the round trains
 again and is charged as new (a cost, never a leak); the owner's console and audit log
@@ -16,10 +23,13 @@ name the file (client/integrity.py).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -41,6 +51,8 @@ class ReleasedUpdates:
         on_rejected: Callable[[SealedFileError, str], None] | None = None,
     ) -> None:
         self.directory = Path(ledger_dir).expanduser() / f"{fingerprint}.releases"
+        # Empty lock files, apart: the releases folder holds sealed files only.
+        self.claims = Path(ledger_dir).expanduser() / f"{fingerprint}.claims"
         self.keys = keys
         self.on_rejected = on_rejected
 
@@ -50,8 +62,34 @@ class ReleasedUpdates:
         # folder and match no other run's files.
         return hashlib.sha256(run_key.encode("utf-8")).hexdigest()[:32]
 
+    def release_id(self, run_key: str, server_round: int) -> str:
+        """What the ledger's charge for this round names ("" without a run key: nothing
+        is kept, so nothing can be reused)."""
+        return f"{self._run_name(run_key)}-{server_round:06d}" if run_key else ""
+
     def _path(self, run_key: str, server_round: int) -> Path:
-        return self.directory / f"{self._run_name(run_key)}-{server_round:06d}.pt"
+        return self.directory / f"{self.release_id(run_key, server_round)}.pt"
+
+    @contextlib.contextmanager
+    def claimed(self, run_key: str) -> Iterator[None]:
+        """Hold the run's lock: no other process of this owner answers a round of the
+        run meanwhile (a re-sent round waits, then finds the kept update)."""
+        if not run_key:
+            yield
+            return
+        self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.claims / f"{self._run_name(run_key)}.lock"
+        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # closing drops the lock
+
+    def unsent(self, run_key: str, server_round: int) -> bool:
+        """No kept file of the round exists, in any state (one that fails authentication
+        may have been sent): only then can the round's update never have left."""
+        return bool(run_key) and not os.path.lexists(self._path(run_key, server_round))
 
     def find(
         self, run_key: str, server_round: int, global_sha256: str

@@ -123,6 +123,7 @@ class Field:
     LEDGER_EVENTS = "ledger-events"
     # why
     REASON = "reason"
+    REUSES_CHARGE_OF = "reuses-charge-of"
     CODE = "code"
     ERROR = "error"
     WARNING = "warning"
@@ -291,6 +292,9 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.EPSILON_BUDGET,
             "budget-remaining",
             Field.LEDGER_EVENTS,
+            # a retried round released under the charge its first attempt paid and never
+            # sent (client/releases.py): that charge's time; the history adds nothing
+            Field.REUSES_CHARGE_OF,
         }
     ),
     # a record-level charge on data with a privacy-unit column (the owner's own record):

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
-from fedshield.client.owner import prepare_simulated_owner
+from fedshield.client.encoding_cache import prepare_simulated_owner
 from fedshield.common.config import RunConfig
 from fedshield.server.app import prepare_operator_evaluation_data
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fedshield.audit.verify import verify_log
+from fedshield.client import encoding_cache
 from fedshield.client import owner as owner_module
 from fedshield.client.ledger import KIND_TRAIN, PrivacyLedger
 from fedshield.common import desensitised_data, wire
@@ -33,7 +34,7 @@ from fedshield.common.sealed import (
 from fedshield.common.splits import take
 from tests.support.client_app import PLAN, owner_context, run_train, train_message
 
-# The cheap encoder: _encoded_on_disk caches whatever spec it is given, and the hashed
+# The cheap encoder: encoded_on_disk caches whatever spec it is given, and the hashed
 # featuriser takes milliseconds where MiniLM takes minutes.
 SPEC = ModelSpec()
 
@@ -79,8 +80,8 @@ def rejections(audit_dir) -> list[dict]:
 
 
 def assert_rebuilt(owner, expected, encode_calls) -> None:
-    path = owner_module._cache_path(owner, SPEC)
-    got = owner_module._encoded_on_disk(owner, SPEC)
+    path = encoding_cache.encoding_path(owner, SPEC)
+    got = encoding_cache.encoded_on_disk(owner, SPEC)
     assert encode_calls == [len(owner.dataset)], "the bad cache was used, not rebuilt"
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
     read_sealed(path, owner.keys, ENCODED_RECORDS)  # overwritten, sealed under its own key
@@ -91,8 +92,8 @@ def assert_rebuilt(owner, expected, encode_calls) -> None:
 
 def test_the_cache_holds_no_encoding_in_the_clear(tmp_path):
     owner = make_owner(tmp_path, "a")
-    (parts,) = owner_module._encoded_on_disk(owner, SPEC)
-    stored = owner_module._cache_path(owner, SPEC).read_bytes()
+    (parts,) = encoding_cache.encoded_on_disk(owner, SPEC)
+    stored = encoding_cache.encoding_path(owner, SPEC).read_bytes()
     assert not stored.startswith(b"PK")  # not a zip (npz) any more
     assert parts.astype("f4").tobytes()[:64] not in stored
 
@@ -100,8 +101,8 @@ def test_the_cache_holds_no_encoding_in_the_clear(tmp_path):
 @pytest.mark.parametrize("damage", ["flip", "truncate", "plaintext-npz"])
 def test_a_tampered_cache_is_rebuilt_never_used(tmp_path, encode_calls, damage):
     owner = make_owner(tmp_path, "a")
-    expected = owner_module._encoded_on_disk(owner, SPEC)
-    path = owner_module._cache_path(owner, SPEC)
+    expected = encoding_cache.encoded_on_disk(owner, SPEC)
+    path = encoding_cache.encoding_path(owner, SPEC)
     data = bytearray(path.read_bytes())
     if damage == "flip":
         data[-20] ^= 0x40
@@ -116,13 +117,13 @@ def test_a_tampered_cache_is_rebuilt_never_used(tmp_path, encode_calls, damage):
 
 def test_a_cache_copied_from_another_owner_is_rebuilt_never_used(tmp_path, encode_calls):
     mine, theirs = make_owner(tmp_path, "a"), make_owner(tmp_path, "b")
-    expected = owner_module._encoded_on_disk(mine, SPEC)
+    expected = encoding_cache.encoded_on_disk(mine, SPEC)
     # Another owner's well-formed cache, sealed under its own key, for the same data
     # version and model, copied in under this owner's file name.
-    foreign = owner_module._cache_path(theirs, SPEC)
+    foreign = encoding_cache.encoding_path(theirs, SPEC)
     foreign.parent.mkdir(parents=True, mode=0o700)
     write_sealed(foreign, poisoned(theirs), theirs.keys, ENCODED_RECORDS)
-    path = owner_module._cache_path(mine, SPEC)
+    path = encoding_cache.encoding_path(mine, SPEC)
     path.write_bytes(foreign.read_bytes())
     encode_calls.clear()
     assert_rebuilt(mine, expected, encode_calls)
@@ -141,13 +142,13 @@ def test_a_server_varying_the_model_cannot_fill_the_owners_disk(tmp_path, encode
         dataset=take(load_dataset("rotten-tomatoes"), 20, seed=1),
         cache_dir=mine.cache_dir,
     )
-    owner_module._encoded_on_disk(theirs, SPEC)
+    encoding_cache.encoded_on_disk(theirs, SPEC)
     legacy = mine.cache_dir / ("encoded-" + "0" * 32 + ".npz")
     legacy.write_bytes(poisoned(mine))
     planted = [
         mine.cache_dir / "encoded-x.npz",
-        owner_module._cache_path(mine, SPEC).with_name(
-            owner_module._cache_path(mine, SPEC).name[:25] + "z" * 32 + ".npz"
+        encoding_cache.encoding_path(mine, SPEC).with_name(
+            encoding_cache.encoding_path(mine, SPEC).name[:25] + "z" * 32 + ".npz"
         ),
     ]
     for folder in planted:
@@ -161,33 +162,33 @@ def test_a_server_varying_the_model_cannot_fill_the_owners_disk(tmp_path, encode
     relabelled = dataclasses.replace(
         mine, dataset=dataclasses.replace(mine.dataset, fingerprint="other classes")
     )
-    owner_module._encoded_on_disk(mine, specs[0])
+    encoding_cache.encoded_on_disk(mine, specs[0])
     variants = [(mine, s) for s in specs[1:]] + [(relabelled, s) for s in specs]
     for owner, spec in variants:  # (a pause between runs: file times are a few ms coarse)
         time.sleep(0.02)
-        owner_module._encoded_on_disk(owner, spec)
+        encoding_cache.encoded_on_disk(owner, spec)
         time.sleep(0.02)
-        owner_module._encoded_on_disk(mine, specs[0])  # in use every run: kept
+        encoding_cache.encoded_on_disk(mine, specs[0])  # in use every run: kept
     files = {p.name for p in mine.cache_dir.glob("encoded-*.npz") if p.is_file()}
-    everything = {owner_module._cache_path(o, s).name for o, s in variants} | {
-        owner_module._cache_path(mine, specs[0]).name
+    everything = {encoding_cache.encoding_path(o, s).name for o, s in variants} | {
+        encoding_cache.encoding_path(mine, specs[0]).name
     }
     mine_kept = everything & files
-    assert len(mine_kept) == owner_module.MAX_ENCODINGS_PER_OWNER
-    assert owner_module._cache_path(mine, specs[0]).name in mine_kept
-    assert owner_module._cache_path(relabelled, specs[-1]).name in mine_kept
-    theirs_name = owner_module._cache_path(theirs, SPEC).name
+    assert len(mine_kept) == encoding_cache.MAX_ENCODINGS_PER_OWNER
+    assert encoding_cache.encoding_path(mine, specs[0]).name in mine_kept
+    assert encoding_cache.encoding_path(relabelled, specs[-1]).name in mine_kept
+    theirs_name = encoding_cache.encoding_path(theirs, SPEC).name
     assert not legacy.exists() and files == mine_kept | {theirs_name}  # theirs is kept
     assert all(folder.is_dir() for folder in planted)
     encode_calls.clear()
-    owner_module._encoded_on_disk(mine, specs[0])  # still read from the disk
+    encoding_cache.encoded_on_disk(mine, specs[0])  # still read from the disk
     assert encode_calls == []
 
 
 def test_without_keys_nothing_is_written_to_disk(tmp_path):
     owner = make_owner(tmp_path, "a")
     keyless = owner_module.Owner(**{**owner.__dict__, "keys": None})
-    owner_module._encoded_on_disk(keyless, SPEC)
+    encoding_cache.encoded_on_disk(keyless, SPEC)
     assert not owner.cache_dir.exists()
 
 

@@ -1,20 +1,26 @@
 """Kill the ClientApp at points around training and the ledger write: the ledger is never
-corrupt, never rolls back, and never records less epsilon than left the machine."""
+corrupt, never rolls back, and never records less epsilon than left the machine; and
+the retry of a round that was charged but never sent costs nothing more."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from dataclasses import replace
 
 import pytest
 
+from fedshield.audit.owners import owner_audits
+from fedshield.audit.verify import verify_log
 from fedshield.client import app as client_module
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.client.releases import ReleasedUpdates
 from fedshield.common import wire
-from tests.support.client_app import owner_context, run_train, train_message
+from tests.support.client_app import PLAN, owner_context, run_train, train_message
 
 KILLED = 137
+# A run key, as every run the server starts has: the owner keeps its releases under it.
+KEYED = replace(PLAN, run_key="resume-test")
 
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -44,13 +50,17 @@ def _round_in_child(fault: str, data_path, ledger_dir, queue) -> None:
             "charge_ledger_before_release",
             when=lambda kwargs: kwargs.get("kind") == "train",  # not the count's charge
         )
+    elif fault == "before-keep":  # charged and logged, the update not kept: never sent
+        ReleasedUpdates.remember = lambda *a, **k: os._exit(KILLED)
     elif fault == "before-reply":
         ReleasedUpdates.remember = _die_after(ReleasedUpdates, "remember")
-    reply = run_train(owner_context(data_path, ledger_dir), train_message(server_round=1))
+    reply = run_train(owner_context(data_path, ledger_dir), train_message(KEYED, server_round=1))
     queue.put(reply.content[wire.METRICS]["epsilon"])
 
 
-@pytest.mark.parametrize("fault", ["after-training", "after-charge", "before-reply", "none"])
+@pytest.mark.parametrize(
+    "fault", ["after-training", "after-charge", "before-keep", "before-reply", "none"]
+)
 def test_a_killed_round_never_under_counts(fault, owner_csv, tmp_path):
     # spawn, not fork: a fork of a process whose torch thread pool has run can hang.
     ctx = mp.get_context("spawn")
@@ -72,9 +82,70 @@ def test_a_killed_round_never_under_counts(fault, owner_csv, tmp_path):
     else:
         assert child.exitcode == KILLED
         assert len(entries) == 1  # charged although the update never left: over-counts only
-    # A restarted client answers the same round again; it is never charged below what
-    # the first attempt recorded.
+    # A restarted client answers the same round again, the server re-sending it.
     before = ledger.epsilon(1e-5)
-    reply = run_train(owner_context(owner_csv, ledger_dir), train_message(server_round=1))
+    reply = run_train(owner_context(owner_csv, ledger_dir), train_message(KEYED, server_round=1))
     assert not reply.has_error(), reply.error
-    assert ledger.epsilon(1e-5) >= before
+    # Killed after training: nothing was charged, the retry charges once. Killed after
+    # the charge (logged or not), before the keep: nothing left, the retry reuses that
+    # charge. Killed after the keep: the kept update is sent again. One charge each way.
+    assert len([e for e in ledger.entries() if e.kind == "train"]) == 1
+    assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
+    if fault != "after-training":
+        assert ledger.epsilon(1e-5) == pytest.approx(before)
+    log = verify_log(tmp_path / "audit" / "audit.jsonl")
+    assert log.ok, log.problem
+    types = [e["type"] for e in log.entries]
+    reused = [e for e in log.entries if "reuses-charge-of" in e["data"]]
+    assert len(reused) == (fault in ("after-charge", "before-keep"))
+    # The auditor's account of the owner says so, and recomputes the one charge's epsilon.
+    (audit,) = owner_audits([log])
+    assert audit.charges_reused == (fault in ("after-charge", "before-keep"))
+    assert len([c for c in audit.charges if c.kind == "train"]) == 1
+    assert audit.problems == []
+    # (its own accountant: within 2% of the owner's PLD figure)
+    assert audit.final_recomputed == pytest.approx(ledger.epsilon(1e-5), rel=0.02)
+    assert types.count("update-re-released") == (fault in ("before-reply", "none"))
+
+
+def test_a_round_kept_and_maybe_sent_is_never_released_again_for_free(owner_csv, tmp_path):
+    """Only a round whose kept file never existed is unsent: a kept file that fails
+    authentication, or a round pruned after later rounds, is charged as new."""
+    ledger_dir = tmp_path / "ledgers"
+    context = owner_context(owner_csv, ledger_dir, budget=50.0)
+    for server_round in (1, 2, 3):  # round 3's keep prunes round 1's kept file
+        assert not run_train(context, train_message(KEYED, server_round)).has_error()
+    kept = sorted((ledger_dir).glob("*.releases/*.pt"))
+    assert len(kept) == 2
+    kept[-1].write_bytes(b"tampered")  # round 3's: it may have left, it cannot be re-sent
+    for server_round in (1, 3):
+        assert not run_train(context, train_message(KEYED, server_round)).has_error()
+    rounds = [e.server_round for e in PrivacyLedger(ledger_dir).entries() if e.kind == "train"]
+    assert rounds == [1, 2, 3, 1, 3]
+
+
+def _answer_in_child(data_path, ledger_dir, queue) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 42, 1
+    reply = run_train(owner_context(data_path, ledger_dir), train_message(KEYED, server_round=1))
+    queue.put(None if reply.has_error() else wire.arrays_digest(reply.content[wire.ARRAYS])[0])
+
+
+def test_a_round_sent_twice_at_once_never_releases_two_updates_for_one_charge(owner_csv, tmp_path):
+    """A hostile server sends one round to two processes of the owner at once: every
+    distinct update that leaves has a charge of its own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    ledger_dir = tmp_path / "ledgers"
+    children = [
+        ctx.Process(target=_answer_in_child, args=(owner_csv, ledger_dir, queue)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    digests = {queue.get(timeout=180) for _ in children}
+    for child in children:
+        child.join(60)
+    assert None not in digests
+    charges = [e for e in PrivacyLedger(ledger_dir).entries() if e.kind == "train"]
+    assert len(charges) == len(digests) == 1  # the second waited, then re-sent the first

@@ -188,6 +188,7 @@ def test_device_choice_fails_clearly_where_the_device_is_missing(monkeypatch):
 
 
 def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, monkeypatch):
+    from fedshield.client import encoding_cache
     from fedshield.client import owner as owner_module
     from fedshield.common.data import load_dataset
     from fedshield.common.splits import take
@@ -203,17 +204,17 @@ def test_encodings_are_kept_on_the_owners_disk_readable_by_it_alone(tmp_path, mo
         keys=open_owner_keys(tmp_path / "keys"),
     )
     spec = ModelSpec(name="minilm", finetune_layers=1, max_tokens=16)
-    first = owner_module.owner_inputs(owner, spec)
+    first = encoding_cache.owner_inputs(owner, spec)
     (stored,) = (tmp_path / "cache").glob("encoded-*.npz")
     assert stored.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
 
-    owner_module._INPUT_CACHE.clear()  # a new process: only the disk remains
+    encoding_cache._INPUT_CACHE.clear()  # a new process: only the disk remains
 
     def must_not_encode(*_):
         raise AssertionError("encoded again although the owner's cache holds it")
 
     monkeypatch.setattr(ModelSpec, "encode", must_not_encode)
-    again = owner_module.owner_inputs(owner, spec)
+    again = encoding_cache.owner_inputs(owner, spec)
     assert all((a == b).all() for a, b in zip(first, again, strict=True))
-    owner_module._INPUT_CACHE.clear()
+    encoding_cache._INPUT_CACHE.clear()
