@@ -141,6 +141,9 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     refusals_since_change: list[Refusal] = []
     records_by_file: dict[str, int] = {}
     units_by_file: dict[str, int] = {}
+    # The last charge's (run key, round), cleared once an update leaves: only that
+    # charge, never sent, can a later entry reuse.
+    reusable: tuple | None = None
     for tagged in entries:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
@@ -185,12 +188,17 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
             audit.budget = new
         elif kind == Event.UPDATE_RELEASED:
             audit.updates_released += 1
+            reusable = None
         elif kind == Event.EVALUATE_RELEASED:
             audit.evaluate_answers_released += 1
         elif kind == Event.UPDATE_RE_RELEASED:
             audit.updates_re_released += 1
         elif kind == Event.DP_CHARGED:
-            previous_events = _check_charge(audit, tagged, previous_events, budget_in_force)
+            here = (tagged.run_key, data.get(Field.SERVER_ROUND))
+            previous_events = _check_charge(
+                audit, tagged, previous_events, budget_in_force, reusable == here
+            )
+            reusable = here
             refusals_since_change = []
             budget_in_force = audit.charges[-1].budget_in_force
     audit.data_files = _data_files(audit.charges, records_by_file, units_by_file)
@@ -231,8 +239,13 @@ def _check_charge(
     tagged: _Tagged,
     previous_events: list[DpEvent] | None,
     budget_in_force: float | None,
+    reusable: bool = False,
 ) -> list[DpEvent]:
-    """Recompute one charge, judge it against the budget in force; returns its history."""
+    """Recompute one charge, judge it against the budget in force; returns its history.
+
+    ``reusable``: the last charge was this entry's run and round, and no update left
+    since; only then may an entry that reuses a charge add nothing to the history.
+    """
     data = tagged.entry["data"]
     server_round = int(data[Field.SERVER_ROUND])
     # Composed (one event per mechanism, steps summed), whether the entry carries the
@@ -253,6 +266,11 @@ def _check_charge(
         # The owner retried a round it had charged and logged and never sent: the
         # charge is in the history already, so this entry adds nothing to it.
         audit.charges_reused += 1
+        if not reusable:
+            audit.problems.append(
+                f"round {server_round}: reuses a charge that is not this run's and round's "
+                "last, or whose update was released: a second update without a charge"
+            )
         return events
     if data.get(Field.REUSES_CHARGE_OF) is not None:
         audit.charges_reused += 1  # the first attempt's entry was lost: this one logs it

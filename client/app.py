@@ -61,6 +61,7 @@ from fedshield.common.audit_events import Event, Field
 from fedshield.common.audit_log import AuditLog
 from fedshield.common.config import RunConfig
 from fedshield.common.errors import (
+    ConfigError,
     DataError,
     FedshieldError,
     PolicyRefusal,
@@ -71,6 +72,7 @@ from fedshield.common.privacy import ADD_REMOVE, accounted_event, check_delta
 from fedshield.common.sealed import RELEASED_UPDATE
 
 log = logging.getLogger("fedshield.client")
+MAX_SERVER_ROUND = 999_999
 
 
 def training_settings(
@@ -134,6 +136,12 @@ def train_round(
     audit: AuditLog,
 ) -> Message:
     """One round at one owner: data -> features -> pre-flight -> DP-SGD -> charge -> reply."""
+    if not 1 <= server_round <= MAX_SERVER_ROUND:
+        # The round names the owner's kept releases and their charges (client/releases.py).
+        raise ConfigError(
+            f"the plan's server-round is {server_round}; an owner trains rounds 1 to "
+            f"{MAX_SERVER_ROUND}"
+        )
     spec = ModelSpec.from_config(plan)
     # The server's model is checked (client/accept.py) before anything is logged,
     # charged or trained: a bad model costs nothing.
@@ -222,9 +230,15 @@ def _train_claimed(
     release = releases.release_id(plan.run_key, server_round)
     # Charged already, never kept (the owner stopped in between), so never sent: the
     # retry releases its one update under that charge (client/releases.py).
-    paid = (
+    candidate = (
         owner.ledger.unreleased_charge(release, accounted, owner.dataset.fingerprint)
-        if plan.dp and releases.unsent(plan.run_key, server_round)
+        if plan.dp
+        else None
+    )
+    paid = (
+        candidate
+        if candidate is not None
+        and releases.unsent(plan.run_key, server_round, candidate.charge_id)
         else None
     )
     if plan.dp:
@@ -284,7 +298,15 @@ def _train_claimed(
             "max-grad-norm": settings.max_grad_norm if plan.dp else 0.0,
         }
     )
-    releases.remember(plan.run_key, server_round, global_sha256, arrays, metrics)
+    latest = owner.ledger.latest_run_charge(release)
+    releases.remember(
+        plan.run_key,
+        server_round,
+        global_sha256,
+        arrays,
+        metrics,
+        latest.charge_id if latest is not None else "",
+    )
     return _reply(msg, owner, arrays, metrics, audit, server_round, count.relation)
 
 

@@ -291,24 +291,26 @@ class PrivacyLedger:
         """Pre-flight: epsilon after ``planned``; raises if that passes the budget or cap."""
         return self._refuse_if_over(self.entries(), planned, run_id, "pre-flight")
 
+    def latest_run_charge(self, release: str) -> LedgerEntry | None:
+        """The latest charge of the run ``release`` names (its run part, matched exactly)."""
+        run = release.partition("-")[0]
+        if not run:
+            return None
+        return next((e for e in reversed(self.entries()) if e.run_name == run), None)
+
     def unreleased_charge(
         self, release: str, event: DpEvent, data_fingerprint: str
     ) -> LedgerEntry | None:
-        """The training charge already paid for ``release`` (a run's round), if a retry
-        may release under it: the same event on the same data version, and the latest
-        charge of that run (a later round's keep may have pruned this round's kept file,
-        so after one nothing proves this round's update never left).
+        """The training charge already paid for ``release`` (a run's round) that a retry
+        may release under: the same event on the same data version, and the latest
+        charge of that run (after a later one, nothing proves this round never left).
 
-        The caller proves the rest: it holds the run's claim and no kept file of the
-        round exists (``ReleasedUpdates.claimed``, ``unsent``), so the charging attempt
-        stopped before keeping, and the update, kept before it is sent, never left.
+        The caller proves the rest (``ReleasedUpdates.claimed``, ``unsent``): it holds
+        the run's claim, and nothing was kept in the run since this charge, so the
+        attempt that paid it stopped before keeping, and its update, kept before it is
+        sent, never left.
         """
-        if not release:
-            return None
-        run = release.rsplit("-", 1)[0]
-        latest = next(
-            (e for e in reversed(self.entries()) if e.release.rsplit("-", 1)[0] == run), None
-        )
+        latest = self.latest_run_charge(release)
         if (
             latest is not None
             and latest.release == release

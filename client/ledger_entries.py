@@ -41,6 +41,16 @@ class LedgerEntry:
     # pays for, so that a retry after a stop between charge and keep reuses it.
     release: str = ""
 
+    @property
+    def charge_id(self) -> str:
+        """Names this charge among its run's (client/releases.py's keep marker)."""
+        return f"{self.release}@{self.recorded_at!r}"
+
+    @property
+    def run_name(self) -> str:
+        """The run part of ``release`` ("" for a charge without one)."""
+        return self.release.partition("-")[0]
+
     def as_dict(self) -> dict:
         return {
             **self.event.as_dict(),

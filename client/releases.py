@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
+from fedshield.common.durable import write_bytes_atomic
 from fedshield.common.errors import SealedFileError
 from fedshield.common.owner_keys import OwnerKeys
 from fedshield.common.sealed import RELEASED_UPDATE, read_sealed, write_sealed
@@ -86,10 +87,23 @@ class ReleasedUpdates:
         finally:
             os.close(lock)  # closing drops the lock
 
-    def unsent(self, run_key: str, server_round: int) -> bool:
-        """No kept file of the round exists, in any state (one that fails authentication
-        may have been sent): only then can the round's update never have left."""
-        return bool(run_key) and not os.path.lexists(self._path(run_key, server_round))
+    def _marker(self, run_key: str) -> Path:
+        return self.claims / f"{self._run_name(run_key)}.kept"
+
+    def unsent(self, run_key: str, server_round: int, charge_id: str) -> bool:
+        """Nothing was kept in the run since the charge ``charge_id`` (the keep marker,
+        written before every keep, does not name it; pruning cannot undo a marker) and
+        no kept file of the round exists in any state: only then can no update paid by
+        that charge have left."""
+        if not run_key or os.path.lexists(self._path(run_key, server_round)):
+            return False
+        try:
+            marked = self._marker(run_key).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return True
+        except (OSError, UnicodeDecodeError):
+            return False  # unreadable: something may have been kept
+        return marked != charge_id
 
     def find(
         self, run_key: str, server_round: int, global_sha256: str
@@ -117,9 +131,15 @@ class ReleasedUpdates:
         global_sha256: str,
         arrays: ArrayRecord,
         metrics: MetricRecord,
+        latest_charge: str,
     ) -> None:
+        """Keep the update before it is sent. ``latest_charge``: the ``charge_id`` of the
+        run's latest charge ("" for none), marked first, so that no charge made before
+        this keep is ever reused (``unsent``)."""
         if not run_key:
             return
+        self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_bytes_atomic(self._marker(run_key), latest_charge.encode("utf-8"))
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(run_key, server_round)
         saved = {
@@ -130,5 +150,12 @@ class ReleasedUpdates:
         buffer = io.BytesIO()
         torch.save(saved, buffer)
         write_sealed(path, buffer.getvalue(), self.keys, RELEASED_UPDATE)
-        for old in sorted(self.directory.glob(f"{self._run_name(run_key)}-*.pt"))[:-2]:
-            old.unlink(missing_ok=True)
+        kept = [
+            (int(p.stem.rpartition("-")[2]), p)
+            for p in self.directory.glob(f"{self._run_name(run_key)}-*.pt")
+            if p.stem.rpartition("-")[2].isdigit()
+        ]
+        # The two latest rounds stay, and always the one just kept.
+        for _, old in sorted(kept)[:-2]:
+            if old != path:
+                old.unlink(missing_ok=True)

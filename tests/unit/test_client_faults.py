@@ -149,3 +149,63 @@ def test_a_round_sent_twice_at_once_never_releases_two_updates_for_one_charge(ow
     assert None not in digests
     charges = [e for e in PrivacyLedger(ledger_dir).entries() if e.kind == "train"]
     assert len(charges) == len(digests) == 1  # the second waited, then re-sent the first
+
+
+@pytest.mark.parametrize(
+    "sends",
+    [
+        # (round, dp): a round re-sent after later ones (its kept file pruned, or never
+        # outliving its own keep), and non-private rounds pruning a private round's file
+        [(5, True), (6, True), (3, True), (3, True), (3, True)],
+        [(1, True), (2, False), (3, False), (1, True), (1, True)],
+        [(999_998, True), (999_999, True), (1, True), (1, True)],
+    ],
+)
+def test_a_hostile_order_of_rounds_never_gets_two_updates_for_one_charge(
+    sends, owner_csv, tmp_path
+):
+    """Whatever rounds a hostile server re-sends, in whatever order, every distinct
+    private update that leaves has a charge of its own (red team, 2026-12-07)."""
+    ledger_dir = tmp_path / "ledgers"
+    context = owner_context(owner_csv, ledger_dir, budget=80.0)
+    context.node_config["allow-no-dp"] = True
+    private = set()
+    for server_round, dp in sends:
+        reply = run_train(context, train_message(replace(KEYED, dp=dp), server_round))
+        assert not reply.has_error(), reply.error
+        if dp:
+            private.add(wire.arrays_digest(reply.content[wire.ARRAYS])[0])
+    charges = [e for e in PrivacyLedger(ledger_dir).entries() if e.kind == "train"]
+    assert len(private) <= len(charges)
+    (audit,) = owner_audits([verify_log(tmp_path / "audit" / "audit.jsonl")])
+    assert len([c for c in audit.charges if c.kind == "train"]) == len(charges)
+
+
+@pytest.mark.parametrize("server_round", [0, -1, 1_000_000])
+def test_a_round_outside_the_owners_range_is_refused(server_round, owner_csv, tmp_path):
+    reply = run_train(
+        owner_context(owner_csv, tmp_path / "ledgers"), train_message(KEYED, server_round)
+    )
+    assert reply.has_error()  # the reply says only that the plan does not fit
+    log = verify_log(tmp_path / "audit" / "audit.jsonl")
+    (refused,) = [e for e in log.entries if e["type"] == "round-refused"]
+    assert "server-round" in refused["data"]["reason"]  # the owner's own record says why
+    assert not [e for e in PrivacyLedger(tmp_path / "ledgers").entries() if e.kind == "train"]
+
+
+def test_the_auditor_flags_a_reused_charge_after_its_update_left(owner_csv, tmp_path):
+    """Owner code that claimed a reuse after the round's update was released (a second
+    update, no charge) is caught by the auditor from the log alone."""
+    from fedshield.common.audit_log import AuditLog
+
+    ledger_dir = tmp_path / "ledgers"
+    assert not run_train(owner_context(owner_csv, ledger_dir), train_message(KEYED, 1)).has_error()
+    path = tmp_path / "audit" / "audit.jsonl"
+    (charged,) = [e for e in verify_log(path).entries if e["data"].get("kind") == "train"]
+    (audit,) = owner_audits([verify_log(path)])
+    assert audit.problems == []
+    actor = charged["actor"]
+    AuditLog(path, actor).append("dp-charged", **charged["data"], **{"reuses-charge-of": 1.0})
+    (audit,) = owner_audits([verify_log(path)])
+    assert audit.charges_reused == 1
+    assert any("whose update was released" in p for p in audit.problems), audit.problems

@@ -137,7 +137,7 @@ def test_rotate_key_reseals_the_cache_and_the_kept_releases(tmp_path):
     write_sealed(texts, b"[PERSON] was admitted", old, DESENSITISED_TEXT)
     releases = ReleasedUpdates(ledgers, "f" * 64, old)
     arrays = ArrayRecord({"w": torch.ones(3)})
-    releases.remember("run", 1, "g" * 64, arrays, MetricRecord({"noise-multiplier": 1.0}))
+    releases.remember("run", 1, "g" * 64, arrays, MetricRecord({"noise-multiplier": 1.0}), "")
     clear = cache / "encoded-old.npz"
     clear.write_bytes(b"clear text from before encryption at rest")
 
