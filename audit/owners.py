@@ -141,9 +141,10 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     refusals_since_change: list[Refusal] = []
     records_by_file: dict[str, int] = {}
     units_by_file: dict[str, int] = {}
-    # The last charge's (run key, round), cleared once an update leaves: only that
-    # charge, never sent, can a later entry reuse.
-    reusable: tuple | None = None
+    # Per run key, the round of its last training charge, cleared once that run's update
+    # leaves: only that charge, never sent, can a later entry reuse. (The run key is the
+    # last round-start's: concurrent runs interleaved in one log may be misattributed.)
+    reusable: dict = {}
     for tagged in entries:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
@@ -188,17 +189,23 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
             audit.budget = new
         elif kind == Event.UPDATE_RELEASED:
             audit.updates_released += 1
-            reusable = None
+            reusable.pop(tagged.run_key, None)
         elif kind == Event.EVALUATE_RELEASED:
             audit.evaluate_answers_released += 1
         elif kind == Event.UPDATE_RE_RELEASED:
             audit.updates_re_released += 1
         elif kind == Event.DP_CHARGED:
-            here = (tagged.run_key, data.get(Field.SERVER_ROUND))
+            train = data.get(Field.KIND, "train") == "train"
+            here = data.get(Field.SERVER_ROUND)
             previous_events = _check_charge(
-                audit, tagged, previous_events, budget_in_force, reusable == here
+                audit,
+                tagged,
+                previous_events,
+                budget_in_force,
+                train and tagged.run_key in reusable and reusable[tagged.run_key] == here,
             )
-            reusable = here
+            if train:  # an evaluate or count charge neither allows nor clears a reuse
+                reusable[tagged.run_key] = here
             refusals_since_change = []
             budget_in_force = audit.charges[-1].budget_in_force
     audit.data_files = _data_files(audit.charges, records_by_file, units_by_file)
@@ -243,8 +250,9 @@ def _check_charge(
 ) -> list[DpEvent]:
     """Recompute one charge, judge it against the budget in force; returns its history.
 
-    ``reusable``: the last charge was this entry's run and round, and no update left
-    since; only then may an entry that reuses a charge add nothing to the history.
+    ``reusable``: the run's last training charge was this entry's round, and no update of
+    the run left since; only then may an entry that reuses a charge add nothing to the
+    history.
     """
     data = tagged.entry["data"]
     server_round = int(data[Field.SERVER_ROUND])

@@ -272,7 +272,7 @@ def _train_claimed(
             settings.max_grad_norm,
             relation=count.relation,
             trained=planned,
-            release=release,
+            release=releases.charging(plan.run_key, server_round) if paid is None else "",
             paid=paid,
         )
         warn_group_privacy(owner, audit, server_round)

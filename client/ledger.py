@@ -313,7 +313,7 @@ class PrivacyLedger:
         latest = self.latest_run_charge(release)
         if (
             latest is not None
-            and latest.release == release
+            and latest.round_release == release
             and latest.kind == KIND_TRAIN
             and latest.event == event
             and latest.data_fingerprint == data_fingerprint

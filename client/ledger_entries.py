@@ -38,18 +38,24 @@ class LedgerEntry:
     # What one contribution was (issue 25): "record", or the owner's privacy-unit column.
     unit: str = UNIT_RECORD
     # KIND_TRAIN with a run key: which kept release (client/releases.py) this charge
-    # pays for, so that a retry after a stop between charge and keep reuses it.
+    # pays for and the attempt that paid it ("run-round/attempt"), so that a retry after a
+    # stop between charge and keep reuses it.
     release: str = ""
 
     @property
     def charge_id(self) -> str:
-        """Names this charge among its run's (client/releases.py's keep marker)."""
-        return f"{self.release}@{self.recorded_at!r}"
+        """Names this charge (its attempt) among its run's: ``release`` itself."""
+        return self.release
 
     @property
     def run_name(self) -> str:
         """The run part of ``release`` ("" for a charge without one)."""
         return self.release.partition("-")[0]
+
+    @property
+    def round_release(self) -> str:
+        """``release`` without its attempt: the run and round it paid for."""
+        return self.release.partition("/")[0]
 
     def as_dict(self) -> dict:
         return {

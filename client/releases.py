@@ -29,6 +29,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from fedshield.common.owner_keys import OwnerKeys
 from fedshield.common.sealed import RELEASED_UPDATE, read_sealed, write_sealed
 
 _log = logging.getLogger(__name__)
+CHARGING = "charging "
 
 
 class ReleasedUpdates:
@@ -90,20 +92,35 @@ class ReleasedUpdates:
     def _marker(self, run_key: str) -> Path:
         return self.claims / f"{self._run_name(run_key)}.kept"
 
+    def charging(self, run_key: str, server_round: int) -> str:
+        """Before a charge: a fresh attempt's name (the ledger entry's ``release``),
+        durably marked as charging. Only a marker that still names it when the round is
+        retried proves the attempt stopped before its keep ("" without a run key)."""
+        if not run_key:
+            return ""
+        attempt = f"{self.release_id(run_key, server_round)}/{secrets.token_hex(8)}"
+        self._mark(run_key, f"{CHARGING}{attempt}")
+        return attempt
+
+    def _mark(self, run_key: str, text: str) -> None:
+        self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_bytes_atomic(self._marker(run_key), text.encode("utf-8"))
+
+    def _marker(self, run_key: str) -> Path:
+        return self.claims / f"{self._run_name(run_key)}.kept"
+
     def unsent(self, run_key: str, server_round: int, charge_id: str) -> bool:
-        """Nothing was kept in the run since the charge ``charge_id`` (the keep marker,
-        written before every keep, does not name it; pruning cannot undo a marker) and
-        no kept file of the round exists in any state: only then can no update paid by
-        that charge have left."""
-        if not run_key or os.path.lexists(self._path(run_key, server_round)):
+        """The attempt ``charge_id`` was the run's last to charge and none kept since:
+        the run's marker still reads "charging" it (every keep overwrites it first, and
+        pruning cannot undo that), and no kept file of the round exists in any state.
+        A missing or unreadable marker proves nothing: the round is charged anew."""
+        if not run_key or not charge_id or os.path.lexists(self._path(run_key, server_round)):
             return False
         try:
             marked = self._marker(run_key).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return True
         except (OSError, UnicodeDecodeError):
-            return False  # unreadable: something may have been kept
-        return marked != charge_id
+            return False
+        return marked == f"{CHARGING}{charge_id}"
 
     def find(
         self, run_key: str, server_round: int, global_sha256: str
@@ -133,13 +150,12 @@ class ReleasedUpdates:
         metrics: MetricRecord,
         latest_charge: str,
     ) -> None:
-        """Keep the update before it is sent. ``latest_charge``: the ``charge_id`` of the
-        run's latest charge ("" for none), marked first, so that no charge made before
-        this keep is ever reused (``unsent``)."""
+        """Keep the update before it is sent. The marker is overwritten first (naming
+        ``latest_charge``, the run's latest charge, for the reader), so that no charge
+        made before this keep is ever reused (``unsent``)."""
         if not run_key:
             return
-        self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_bytes_atomic(self._marker(run_key), latest_charge.encode("utf-8"))
+        self._mark(run_key, f"kept after {latest_charge}")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(run_key, server_round)
         saved = {

@@ -16,7 +16,14 @@ from fedshield.client import app as client_module
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.client.releases import ReleasedUpdates
 from fedshield.common import wire
-from tests.support.client_app import PLAN, owner_context, run_train, train_message
+from tests.support.client_app import (
+    PLAN,
+    client_app,
+    evaluate_message,
+    owner_context,
+    run_train,
+    train_message,
+)
 
 KILLED = 137
 # A run key, as every run the server starts has: the owner keeps its releases under it.
@@ -159,6 +166,8 @@ def test_a_round_sent_twice_at_once_never_releases_two_updates_for_one_charge(ow
         [(5, True), (6, True), (3, True), (3, True), (3, True)],
         [(1, True), (2, False), (3, False), (1, True), (1, True)],
         [(999_998, True), (999_999, True), (1, True), (1, True)],
+        # the claims folder cleared (its files look disposable): no proof, so a new charge
+        [(1, True), (2, False), (3, False), ("wipe", None), (1, True), (1, True)],
     ],
 )
 def test_a_hostile_order_of_rounds_never_gets_two_updates_for_one_charge(
@@ -171,6 +180,10 @@ def test_a_hostile_order_of_rounds_never_gets_two_updates_for_one_charge(
     context.node_config["allow-no-dp"] = True
     private = set()
     for server_round, dp in sends:
+        if server_round == "wipe":
+            for marker in ledger_dir.glob("*.claims/*"):
+                marker.unlink()
+            continue
         reply = run_train(context, train_message(replace(KEYED, dp=dp), server_round))
         assert not reply.has_error(), reply.error
         if dp:
@@ -199,13 +212,20 @@ def test_the_auditor_flags_a_reused_charge_after_its_update_left(owner_csv, tmp_
     from fedshield.common.audit_log import AuditLog
 
     ledger_dir = tmp_path / "ledgers"
-    assert not run_train(owner_context(owner_csv, ledger_dir), train_message(KEYED, 1)).has_error()
+    context = owner_context(owner_csv, ledger_dir)
+    context.node_config["allow-evaluate"] = True
+    assert not run_train(context, train_message(KEYED, 1)).has_error()
+    # An evaluate answer's charge in between neither allows nor hides a reuse.
+    assert not client_app()(evaluate_message(KEYED), context).has_error()
     path = tmp_path / "audit" / "audit.jsonl"
-    (charged,) = [e for e in verify_log(path).entries if e["data"].get("kind") == "train"]
+    charges = [e for e in verify_log(path).entries if e["type"] == "dp-charged"]
+    (charged,) = [e for e in charges if e["data"]["kind"] == "train"]
+    history = charges[-1]["data"]["ledger-events"]  # the evaluate charge's: unchanged
     (audit,) = owner_audits([verify_log(path)])
     assert audit.problems == []
     actor = charged["actor"]
-    AuditLog(path, actor).append("dp-charged", **charged["data"], **{"reuses-charge-of": 1.0})
+    forged = {**charged["data"], "ledger-events": history, "reuses-charge-of": 1.0}
+    AuditLog(path, actor).append("dp-charged", **forged)
     (audit,) = owner_audits([verify_log(path)])
     assert audit.charges_reused == 1
     assert any("whose update was released" in p for p in audit.problems), audit.problems
