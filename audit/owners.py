@@ -141,10 +141,9 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
     refusals_since_change: list[Refusal] = []
     records_by_file: dict[str, int] = {}
     units_by_file: dict[str, int] = {}
-    # Per run key, the round of its last training charge, cleared once that run's update
-    # leaves: only that charge, never sent, can a later entry reuse. (The run key is the
-    # last round-start's: concurrent runs interleaved in one log may be misattributed.)
-    reusable: dict = {}
+    # Training charges not yet released, by the attempt that paid them ("paid-by"), with
+    # what they paid for: only such a charge, matched exactly, can a later entry reuse.
+    unreleased: dict[str, tuple] = {}
     for tagged in entries:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
@@ -189,23 +188,29 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
             audit.budget = new
         elif kind == Event.UPDATE_RELEASED:
             audit.updates_released += 1
-            reusable.pop(tagged.run_key, None)
+            if data.get(Field.PAID_BY):
+                unreleased.pop(data[Field.PAID_BY], None)
+            else:  # a release that names no charge may be any of its round's
+                here = data.get(Field.SERVER_ROUND)
+                unreleased = {k: v for k, v in unreleased.items() if v[0] != here}
         elif kind == Event.EVALUATE_RELEASED:
             audit.evaluate_answers_released += 1
         elif kind == Event.UPDATE_RE_RELEASED:
             audit.updates_re_released += 1
         elif kind == Event.DP_CHARGED:
-            train = data.get(Field.KIND, "train") == "train"
-            here = data.get(Field.SERVER_ROUND)
+            paid_by = data.get(Field.PAID_BY)
+            paid = _paid_for(data)
             previous_events = _check_charge(
                 audit,
                 tagged,
                 previous_events,
                 budget_in_force,
-                train and tagged.run_key in reusable and reusable[tagged.run_key] == here,
+                bool(paid_by) and unreleased.get(paid_by) == paid,
             )
-            if train:  # an evaluate or count charge neither allows nor clears a reuse
-                reusable[tagged.run_key] = here
+            # Only a training charge with its attempt named can be reused; an evaluate or
+            # count charge neither allows nor clears one.
+            if paid_by and data.get(Field.KIND, "train") == "train":
+                unreleased[paid_by] = paid
             refusals_since_change = []
             budget_in_force = audit.charges[-1].budget_in_force
     audit.data_files = _data_files(audit.charges, records_by_file, units_by_file)
@@ -241,6 +246,22 @@ def _composed(events) -> list[DpEvent]:
     return [DpEvent(sigma, q, n) for (sigma, q), n in sorted(steps.items())]
 
 
+def _paid_for(data: dict) -> tuple:
+    """What a training charge paid for: a reuse must match it exactly."""
+    return tuple(
+        data.get(key)
+        for key in (
+            Field.SERVER_ROUND,
+            Field.NOISE_MULTIPLIER,
+            Field.SAMPLE_RATE,
+            Field.STEPS,
+            Field.DATA_FINGERPRINT,
+            Field.RELATION,
+            Field.KIND,
+        )
+    )
+
+
 def _check_charge(
     audit: OwnerAudit,
     tagged: _Tagged,
@@ -250,9 +271,9 @@ def _check_charge(
 ) -> list[DpEvent]:
     """Recompute one charge, judge it against the budget in force; returns its history.
 
-    ``reusable``: the run's last training charge was this entry's round, and no update of
-    the run left since; only then may an entry that reuses a charge add nothing to the
-    history.
+    ``reusable``: the entry names (``paid-by``) a training charge for the same round,
+    event, data and relation whose update was not released since; only then may an entry
+    that reuses a charge add nothing to the history.
     """
     data = tagged.entry["data"]
     server_round = int(data[Field.SERVER_ROUND])
@@ -276,8 +297,9 @@ def _check_charge(
         audit.charges_reused += 1
         if not reusable:
             audit.problems.append(
-                f"round {server_round}: reuses a charge that is not this run's and round's "
-                "last, or whose update was released: a second update without a charge"
+                f"round {server_round}: reuses a charge that names no unreleased charge of "
+                "this round, event and data, or whose update was released: a second update "
+                "without a charge"
             )
         return events
     if data.get(Field.REUSES_CHARGE_OF) is not None:

@@ -238,7 +238,7 @@ def _train_claimed(
     paid = (
         candidate
         if candidate is not None
-        and releases.unsent(plan.run_key, server_round, candidate.charge_id)
+        and releases.claim_unsent(plan.run_key, server_round, candidate.charge_id)
         else None
     )
     if plan.dp:
@@ -259,9 +259,13 @@ def _train_claimed(
         units=owner.training_units,
     )
     epsilon = 0.0
+    attempt = ""  # the charge this update is released under, named in the audit log
     if plan.dp:
         if outcome.dp_event != planned:
             raise RuntimeError(f"training did {outcome.dp_event}, planned {planned}")
+        attempt = (
+            paid.release if paid is not None else releases.charging(plan.run_key, server_round)
+        )
         epsilon = charge_and_audit(
             owner,
             audit,
@@ -272,7 +276,7 @@ def _train_claimed(
             settings.max_grad_norm,
             relation=count.relation,
             trained=planned,
-            release=releases.charging(plan.run_key, server_round) if paid is None else "",
+            release=attempt,
             paid=paid,
         )
         warn_group_privacy(owner, audit, server_round)
@@ -307,7 +311,7 @@ def _train_claimed(
         metrics,
         latest.charge_id if latest is not None else "",
     )
-    return _reply(msg, owner, arrays, metrics, audit, server_round, count.relation)
+    return _reply(msg, owner, arrays, metrics, audit, server_round, count.relation, attempt)
 
 
 def _reply(
@@ -318,9 +322,12 @@ def _reply(
     audit: AuditLog,
     server_round: int,
     relation: str,
+    paid_by: str = "",
 ) -> Message:
     """Log the release, then build the reply (arrays, aggregate metrics, owner record
-    with the privacy definition the update was released under)."""
+    with the privacy definition the update was released under). ``paid_by``: the charge
+    attempt the update is released under (the ledger entry's ``release``), for the
+    auditor to match a reused charge against the releases."""
     digest, size = wire.arrays_digest(arrays)
     released = audit.append(
         Event.UPDATE_RELEASED,
@@ -330,6 +337,7 @@ def _reply(
             Field.UPDATE_BYTES: size,
             Field.UPDATE_L2_DISTANCE: wire.arrays_l2_distance(arrays, msg.content[wire.ARRAYS]),
             Field.METRICS: dict(metrics),
+            **({Field.PAID_BY: paid_by} if paid_by else {}),
         },
     )
     owner_record = ConfigRecord(

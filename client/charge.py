@@ -132,6 +132,7 @@ def charge_and_audit(
             # epsilon, and an entry whose size does not grow with the rounds.
             Field.LEDGER_EVENTS: [e.as_entry() for e in composed_history(history)],
             **({Field.REUSES_CHARGE_OF: paid.recorded_at} if paid is not None else {}),
+            **({Field.PAID_BY: release} if release else {}),
         },
     )
     return epsilon

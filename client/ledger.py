@@ -305,7 +305,7 @@ class PrivacyLedger:
         may release under: the same event on the same data version, and the latest
         charge of that run (after a later one, nothing proves this round never left).
 
-        The caller proves the rest (``ReleasedUpdates.claimed``, ``unsent``): it holds
+        The caller proves the rest (``ReleasedUpdates.claimed``, ``claim_unsent``): it holds
         the run's claim, and nothing was kept in the run since this charge, so the
         attempt that paid it stopped before keeping, and its update, kept before it is
         sent, never left.

@@ -80,11 +80,25 @@ class ReleasedUpdates:
         if not run_key:
             yield
             return
-        self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.claims / f"{self._run_name(run_key)}.lock"
-        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
+        while True:
+            self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(lock)
+            if current is not None and (current.st_dev, current.st_ino) == (
+                held.st_dev,
+                held.st_ino,
+            ):
+                break
+            # The file was removed or replaced while we waited (someone cleaned the
+            # folder): a lock on it excludes nobody, so lock the file now there.
+            os.close(lock)
+        try:
             yield
         finally:
             os.close(lock)  # closing drops the lock
@@ -106,21 +120,26 @@ class ReleasedUpdates:
         self.claims.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_bytes_atomic(self._marker(run_key), text.encode("utf-8"))
 
-    def _marker(self, run_key: str) -> Path:
-        return self.claims / f"{self._run_name(run_key)}.kept"
-
-    def unsent(self, run_key: str, server_round: int, charge_id: str) -> bool:
-        """The attempt ``charge_id`` was the run's last to charge and none kept since:
-        the run's marker still reads "charging" it (every keep overwrites it first, and
-        pruning cannot undo that), and no kept file of the round exists in any state.
+    def claim_unsent(self, run_key: str, server_round: int, charge_id: str) -> bool:
+        """Take the proof that the attempt ``charge_id`` was the run's last to charge and
+        nothing was kept since: the run's marker still reads "charging" it (every keep
+        overwrites it first; pruning cannot undo that) and no kept file of the round
+        exists in any state. Taking it renames the marker away, atomically, so at most
+        one retry ever reuses a charge, even with the lock file deleted under a holder.
         A missing or unreadable marker proves nothing: the round is charged anew."""
         if not run_key or not charge_id or os.path.lexists(self._path(run_key, server_round)):
             return False
+        taken = self.claims / f"{self._run_name(run_key)}.taken-{secrets.token_hex(8)}"
         try:
-            marked = self._marker(run_key).read_text(encoding="utf-8")
+            os.rename(self._marker(run_key), taken)
+        except OSError:
+            return False
+        try:
+            return taken.read_text(encoding="utf-8") == f"{CHARGING}{charge_id}"
         except (OSError, UnicodeDecodeError):
             return False
-        return marked == f"{CHARGING}{charge_id}"
+        finally:
+            taken.unlink(missing_ok=True)
 
     def find(
         self, run_key: str, server_round: int, global_sha256: str
@@ -152,7 +171,7 @@ class ReleasedUpdates:
     ) -> None:
         """Keep the update before it is sent. The marker is overwritten first (naming
         ``latest_charge``, the run's latest charge, for the reader), so that no charge
-        made before this keep is ever reused (``unsent``)."""
+        made before this keep is ever reused (``claim_unsent``)."""
         if not run_key:
             return
         self._mark(run_key, f"kept after {latest_charge}")

@@ -124,6 +124,9 @@ class Field:
     # why
     REASON = "reason"
     REUSES_CHARGE_OF = "reuses-charge-of"
+    # a training charge's attempt ("<run>-<round>/<nonce>", client/releases.py): in the
+    # dp-charged entry that pays it and the update-released entry released under it
+    PAID_BY = "paid-by"
     CODE = "code"
     ERROR = "error"
     WARNING = "warning"
@@ -295,6 +298,7 @@ FIELDS: dict[str, frozenset[str]] = {
             # a retried round released under the charge its first attempt paid and never
             # sent (client/releases.py): that charge's time; the history adds nothing
             Field.REUSES_CHARGE_OF,
+            Field.PAID_BY,
         }
     ),
     # a record-level charge on data with a privacy-unit column (the owner's own record):
@@ -330,6 +334,7 @@ FIELDS: dict[str, frozenset[str]] = {
             Field.UPDATE_BYTES,
             Field.UPDATE_L2_DISTANCE,
             Field.METRICS,
+            Field.PAID_BY,
         }
     ),
     # a round answered again with the update already released (no new charge)

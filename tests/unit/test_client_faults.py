@@ -229,3 +229,45 @@ def test_the_auditor_flags_a_reused_charge_after_its_update_left(owner_csv, tmp_
     (audit,) = owner_audits([verify_log(path)])
     assert audit.charges_reused == 1
     assert any("whose update was released" in p for p in audit.problems), audit.problems
+
+
+def test_the_auditor_flags_a_reuse_that_does_not_match_the_charge(owner_csv, tmp_path, monkeypatch):
+    """A reuse must name an unreleased charge of the same round, event and data: one
+    claiming a cheaper event (fewer noise, more steps) than was paid is caught."""
+    from fedshield.common.audit_log import AuditLog
+
+    def stop(*args, **kwargs):
+        raise OSError("the owner stops before keeping")
+
+    monkeypatch.setattr(ReleasedUpdates, "remember", stop)
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    assert run_train(context, train_message(KEYED, 1)).has_error()  # charged, never sent
+    path = tmp_path / "audit" / "audit.jsonl"
+    (charged,) = [e for e in verify_log(path).entries if e["data"].get("kind") == "train"]
+    assert charged["data"]["paid-by"]
+    forged = {**charged["data"], "steps": 5000, "noise-multiplier": 0.05}
+    AuditLog(path, charged["actor"]).append(
+        "dp-charged", **forged, **{"reuses-charge-of": charged["data"]["paid-by"]}
+    )
+    (audit,) = owner_audits([verify_log(path)])
+    assert any("names no unreleased charge" in p for p in audit.problems), audit.problems
+    # The honest reuse of the same charge passes.
+    monkeypatch.undo()
+    assert not run_train(context, train_message(KEYED, 1)).has_error()
+
+
+def test_the_proof_of_an_unsent_charge_is_taken_once(tmp_path):
+    """Two retries of one round (the run's lock file deleted under the first, so both
+    run): only the first takes the marker's proof; the second is charged anew."""
+    from fedshield.common.owner_keys import open_owner_keys
+
+    releases = ReleasedUpdates(tmp_path / "ledgers", "f" * 64, open_owner_keys(tmp_path / "k"))
+    attempt = releases.charging("run", 3)
+    assert not releases.claim_unsent("run", 3, attempt + "0")  # another attempt's: no
+    attempt = releases.charging("run", 3)
+    with releases.claimed("run"):
+        for lock in (tmp_path / "ledgers").glob("*.claims/*.lock"):
+            lock.unlink()
+        with releases.claimed("run"):  # a new lock file: nothing excludes the second
+            assert releases.claim_unsent("run", 3, attempt)
+            assert not releases.claim_unsent("run", 3, attempt)
