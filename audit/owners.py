@@ -189,7 +189,13 @@ def _audit_one(ledger_id: str, entries: list[_Tagged]) -> OwnerAudit:
         elif kind == Event.UPDATE_RELEASED:
             audit.updates_released += 1
             if data.get(Field.PAID_BY):
-                unreleased.pop(data[Field.PAID_BY], None)
+                paid = unreleased.pop(data[Field.PAID_BY], None)
+                if paid is None or paid[0] != data.get(Field.SERVER_ROUND):
+                    audit.problems.append(
+                        f"round {data.get(Field.SERVER_ROUND)}: an update released under a "
+                        "charge that is unknown, of another round, or already released: an "
+                        "update without a charge"
+                    )
             else:  # a release that names no charge may be any of its round's
                 here = data.get(Field.SERVER_ROUND)
                 unreleased = {k: v for k, v in unreleased.items() if v[0] != here}

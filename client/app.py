@@ -302,6 +302,12 @@ def _train_claimed(
             "max-grad-norm": settings.max_grad_norm if plan.dp else 0.0,
         }
     )
+    if attempt and paid is None and not releases.take_proof(plan.run_key, attempt):
+        # A retry took this charge's proof (it reuses the charge): one update per charge.
+        raise RuntimeError(
+            f"round {server_round}: another attempt is released under this charge; this "
+            "update is not sent"
+        )
     latest = owner.ledger.latest_run_charge(release)
     releases.remember(
         plan.run_key,

@@ -123,19 +123,25 @@ class ReleasedUpdates:
     def claim_unsent(self, run_key: str, server_round: int, charge_id: str) -> bool:
         """Take the proof that the attempt ``charge_id`` was the run's last to charge and
         nothing was kept since: the run's marker still reads "charging" it (every keep
-        overwrites it first; pruning cannot undo that) and no kept file of the round
-        exists in any state. Taking it renames the marker away, atomically, so at most
-        one retry ever reuses a charge, even with the lock file deleted under a holder.
+        takes it first; pruning cannot undo that) and no kept file of the round exists
+        in any state. At most one process ever takes it (``take_proof``).
         A missing or unreadable marker proves nothing: the round is charged anew."""
         if not run_key or not charge_id or os.path.lexists(self._path(run_key, server_round)):
             return False
+        return self.take_proof(run_key, charge_id)
+
+    def take_proof(self, run_key: str, attempt: str) -> bool:
+        """Rename the run's marker away, atomically, and say whether it read "charging
+        ``attempt``". Every attempt takes it before it keeps (or reuses), so one charge
+        releases one update even with the lock file deleted under its holder: a second
+        process finds no marker (a retry is charged anew; an attempt is not sent)."""
         taken = self.claims / f"{self._run_name(run_key)}.taken-{secrets.token_hex(8)}"
         try:
             os.rename(self._marker(run_key), taken)
         except OSError:
             return False
         try:
-            return taken.read_text(encoding="utf-8") == f"{CHARGING}{charge_id}"
+            return taken.read_text(encoding="utf-8") == f"{CHARGING}{attempt}"
         except (OSError, UnicodeDecodeError):
             return False
         finally:

@@ -58,6 +58,8 @@ def _round_in_child(fault: str, data_path, ledger_dir, queue) -> None:
             when=lambda kwargs: kwargs.get("kind") == "train",  # not the count's charge
         )
     elif fault == "before-keep":  # charged and logged, the update not kept: never sent
+        ReleasedUpdates.take_proof = lambda *a, **k: os._exit(KILLED)
+    elif fault == "in-keep":  # its proof taken, then killed: a retry cannot reuse it
         ReleasedUpdates.remember = lambda *a, **k: os._exit(KILLED)
     elif fault == "before-reply":
         ReleasedUpdates.remember = _die_after(ReleasedUpdates, "remember")
@@ -66,7 +68,7 @@ def _round_in_child(fault: str, data_path, ledger_dir, queue) -> None:
 
 
 @pytest.mark.parametrize(
-    "fault", ["after-training", "after-charge", "before-keep", "before-reply", "none"]
+    "fault", ["after-training", "after-charge", "before-keep", "in-keep", "before-reply", "none"]
 )
 def test_a_killed_round_never_under_counts(fault, owner_csv, tmp_path):
     # spawn, not fork: a fork of a process whose torch thread pool has run can hang.
@@ -95,10 +97,13 @@ def test_a_killed_round_never_under_counts(fault, owner_csv, tmp_path):
     assert not reply.has_error(), reply.error
     # Killed after training: nothing was charged, the retry charges once. Killed after
     # the charge (logged or not), before the keep: nothing left, the retry reuses that
-    # charge. Killed after the keep: the kept update is sent again. One charge each way.
-    assert len([e for e in ledger.entries() if e.kind == "train"]) == 1
+    # charge. Killed after the keep: the kept update is sent again. One charge each way,
+    # but for a kill inside the keep, after the attempt took its charge's proof: the
+    # retry cannot tell it from an update sent, and is charged anew (over-counts only).
+    charged = 2 if fault == "in-keep" else 1
+    assert len([e for e in ledger.entries() if e.kind == "train"]) == charged
     assert reply.content[wire.METRICS]["epsilon"] == pytest.approx(ledger.epsilon(1e-5))
-    if fault != "after-training":
+    if fault not in ("after-training", "in-keep"):
         assert ledger.epsilon(1e-5) == pytest.approx(before)
     log = verify_log(tmp_path / "audit" / "audit.jsonl")
     assert log.ok, log.problem
@@ -108,7 +113,7 @@ def test_a_killed_round_never_under_counts(fault, owner_csv, tmp_path):
     # The auditor's account of the owner says so, and recomputes the one charge's epsilon.
     (audit,) = owner_audits([log])
     assert audit.charges_reused == (fault in ("after-charge", "before-keep"))
-    assert len([c for c in audit.charges if c.kind == "train"]) == 1
+    assert len([c for c in audit.charges if c.kind == "train"]) == charged
     assert audit.problems == []
     # (its own accountant: within 2% of the owner's PLD figure)
     assert audit.final_recomputed == pytest.approx(ledger.epsilon(1e-5), rel=0.02)
@@ -271,3 +276,45 @@ def test_the_proof_of_an_unsent_charge_is_taken_once(tmp_path):
         with releases.claimed("run"):  # a new lock file: nothing excludes the second
             assert releases.claim_unsent("run", 3, attempt)
             assert not releases.claim_unsent("run", 3, attempt)
+
+
+def test_an_attempt_whose_charge_a_retry_took_is_not_sent(owner_csv, tmp_path, monkeypatch):
+    """The lock file deleted while the first attempt sits between its charge and its
+    keep: a re-send gets in and reuses the charge; the first attempt then sends nothing
+    (red team, 2026-12-07)."""
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    charge = client_module.charge_and_audit
+    nested, started = [], []
+
+    def charge_then_resend(*args, **kwargs):
+        epsilon = charge(*args, **kwargs)
+        if not started:
+            started.append(True)
+            for lock in (tmp_path / "ledgers").glob("*.claims/*.lock"):
+                lock.unlink()
+            nested.append(run_train(context, train_message(KEYED, 1)))
+        return epsilon
+
+    monkeypatch.setattr(client_module, "charge_and_audit", charge_then_resend)
+    first = run_train(context, train_message(KEYED, 1))
+    (resent,) = nested
+    assert not resent.has_error()  # the re-send reused the charge and sent its update
+    assert first.has_error()  # the first attempt's proof was taken: nothing sent
+    charges = [e for e in PrivacyLedger(tmp_path / "ledgers").entries() if e.kind == "train"]
+    assert len(charges) == 1
+    (audit,) = owner_audits([verify_log(tmp_path / "audit" / "audit.jsonl")])
+    assert audit.problems == [] and audit.updates_released == 1
+
+
+def test_the_auditor_flags_a_release_under_no_unreleased_charge(owner_csv, tmp_path):
+    from fedshield.common.audit_log import AuditLog
+
+    context = owner_context(owner_csv, tmp_path / "ledgers")
+    assert not run_train(context, train_message(KEYED, 1)).has_error()
+    path = tmp_path / "audit" / "audit.jsonl"
+    (released,) = [e for e in verify_log(path).entries if e["type"] == "update-released"]
+    log = AuditLog(path, released["actor"])
+    for paid_by in (released["data"]["paid-by"], "bogus"):  # again, and an unknown charge
+        log.append("update-released", **{**released["data"], "paid-by": paid_by})
+    (audit,) = owner_audits([verify_log(path)])
+    assert len([p for p in audit.problems if "an update without a charge" in p]) == 2
