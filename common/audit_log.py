@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,32 +72,46 @@ def public_key_hex(key: Ed25519PublicKey) -> str:
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
-    """The party's audit signing key; created with 0600 permissions if absent."""
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise AuditLogError(
-                f"{path}: audit signing key is readable by others (mode {oct(mode)}); "
-                f"run: chmod 600 {path}"
-            )
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise AuditLogError(f"{path}: not an Ed25519 private key")
-        return key
+    """The party's audit signing key; created with 0600 permissions if absent.
+
+    Created whole or not at all: written to a private temporary file, then linked into
+    place, so two processes of one party starting at once agree on one key (the second
+    reads the first's) and none ever reads a half-written one."""
+    if not path.exists():
+        _create_signing_key(path)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise AuditLogError(
+            f"{path}: audit signing key is readable by others (mode {oct(mode)}); "
+            f"run: chmod 600 {path}"
+        )
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AuditLogError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def _create_signing_key(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, pem)
         os.fsync(fd)
     finally:
         os.close(fd)
+    try:
+        os.link(staged, path)  # atomic, and refuses to replace a key already there
+    except FileExistsError:
+        return  # another process of this party created it first: that one is used
+    finally:
+        staged.unlink(missing_ok=True)
     # Public, but the owner's like the rest of its folder (0600); share it by copying.
     write_bytes_atomic(path.with_suffix(".pub"), (public_key_hex(key.public_key()) + "\n").encode())
-    return key
 
 
 class AuditLog:

@@ -145,3 +145,17 @@ def test_truncation_is_detected_unless_it_ends_on_an_earlier_checkpoint(tmp_path
         assert result.ok
     else:
         assert not result.ok
+
+
+def test_processes_starting_at_once_agree_on_one_signing_key(tmp_path):
+    """Two processes of one owner starting together (a re-sent round) once raised
+    FileExistsError in one of them; now the second reads the first's whole key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedshield.common.audit_log import load_or_create_signing_key, public_key_hex
+
+    path = tmp_path / "audit" / "audit-key.pem"
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_or_create_signing_key(path), range(16)))
+    assert len({public_key_hex(k.public_key()) for k in keys}) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["audit-key.pem", "audit-key.pub"]
