@@ -18,7 +18,7 @@ import logging
 from dataclasses import replace
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedshield.client.accept import check_message_records, check_plan_record
@@ -49,6 +49,7 @@ from fedshield.client.refusals import (
     refusal_audit,
 )
 from fedshield.client.releases import ReleasedUpdates
+from fedshield.client.reply import release_update
 from fedshield.client.train import (
     TrainSettings,
     calibrated,
@@ -203,7 +204,7 @@ def _train_claimed(
                 Field.REASON: "the server re-sent a round already answered; same update, no new charge",
             },
         )
-        return _reply(
+        return release_update(
             msg,
             owner,
             arrays,
@@ -317,45 +318,7 @@ def _train_claimed(
         metrics,
         latest.charge_id if latest is not None else "",
     )
-    return _reply(msg, owner, arrays, metrics, audit, server_round, count.relation, attempt)
-
-
-def _reply(
-    msg: Message,
-    owner: Owner,
-    arrays: ArrayRecord,
-    metrics: MetricRecord,
-    audit: AuditLog,
-    server_round: int,
-    relation: str,
-    paid_by: str = "",
-) -> Message:
-    """Log the release, then build the reply (arrays, aggregate metrics, owner record
-    with the privacy definition the update was released under). ``paid_by``: the charge
-    attempt the update is released under (the ledger entry's ``release``), for the
-    auditor to match a reused charge against the releases."""
-    digest, size = wire.arrays_digest(arrays)
-    released = audit.append(
-        Event.UPDATE_RELEASED,
-        **{
-            Field.SERVER_ROUND: server_round,
-            Field.UPDATE_SHA256: digest,
-            Field.UPDATE_BYTES: size,
-            Field.UPDATE_L2_DISTANCE: wire.arrays_l2_distance(arrays, msg.content[wire.ARRAYS]),
-            Field.METRICS: dict(metrics),
-            **({Field.PAID_BY: paid_by} if paid_by else {}),
-        },
-    )
-    owner_record = ConfigRecord(
-        {
-            wire.OWNER_ID: owner.owner_id,
-            wire.AUDIT_HEAD: released["hash"],
-            wire.PRIVACY_DEFINITION: relation,
-        }
-    )
-    content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics, wire.OWNER: owner_record})
-    wire.check_reply_fields("train", content)
-    return Message(content=content, reply_to=msg)
+    return release_update(msg, owner, arrays, metrics, audit, server_round, count.relation, attempt)
 
 
 def _handle(kind: str, msg: Message, context: Context, overrides: dict, handler) -> Message:
