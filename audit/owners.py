@@ -22,6 +22,8 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fedshield.audit.charge_check import Tagged, check_charge, epsilon_or_nan, paid_for
 from fedshield.audit.owner_records import BudgetChange, Charge, DataFile, OwnerAudit, Refusal
 from fedshield.audit.privacy_units import (
@@ -123,6 +125,10 @@ def _audit_one(ledger_id: str, entries: list[Tagged]) -> OwnerAudit:
     # Training charges not yet released, by the attempt that paid them ("paid-by"), with
     # what they paid for: only such a charge, matched exactly, can a later entry reuse.
     unreleased: dict[str, tuple] = {}
+    # A release that names no charge (no run key, an older log) needs one of its round's
+    # training charges that name none, unless the round was re-sent or non-private.
+    unnamed: Counter = Counter()
+    free: set = set()
     for tagged in entries:
         entry, data = tagged.entry, tagged.entry["data"]
         kind = entry["type"]
@@ -175,13 +181,15 @@ def _audit_one(ledger_id: str, entries: list[Tagged]) -> OwnerAudit:
                         "charge that is unknown, of another round, or already released: an "
                         "update without a charge"
                     )
-            else:  # a release that names no charge may be any of its round's
-                here = data.get(Field.SERVER_ROUND)
-                unreleased = {k: v for k, v in unreleased.items() if v[0] != here}
+            else:
+                _unnamed_release(audit, data.get(Field.SERVER_ROUND), unnamed, free, unreleased)
         elif kind == Event.EVALUATE_RELEASED:
             audit.evaluate_answers_released += 1
         elif kind == Event.UPDATE_RE_RELEASED:
             audit.updates_re_released += 1
+            free.add(data.get(Field.SERVER_ROUND))  # the same update again: no charge
+        elif kind == Event.NON_PRIVATE_ROUND:
+            free.add(data.get(Field.SERVER_ROUND))  # not DP: claims no charge
         elif kind == Event.DP_CHARGED:
             paid_by = data.get(Field.PAID_BY)
             paid = paid_for(data)
@@ -196,10 +204,33 @@ def _audit_one(ledger_id: str, entries: list[Tagged]) -> OwnerAudit:
             # count charge neither allows nor clears one.
             if paid_by and data.get(Field.KIND, "train") == "train":
                 unreleased[paid_by] = paid
+            elif data.get(Field.KIND, "train") == "train":
+                unnamed[data.get(Field.SERVER_ROUND)] += 1
             refusals_since_change = []
             budget_in_force = audit.charges[-1].budget_in_force
     audit.data_files = _data_files(audit.charges, records_by_file, units_by_file)
     return audit
+
+
+def _unnamed_release(
+    audit: OwnerAudit, here, unnamed: Counter, free: set, unreleased: dict[str, tuple]
+) -> None:
+    """Match a release that names no charge: a re-sent or non-private round's, else one
+    of its round's charges (one naming none first); with none left, it is a problem."""
+    if here in free:
+        free.discard(here)
+        return
+    if unnamed[here] > 0:
+        unnamed[here] -= 1
+        return
+    named = next((k for k, v in unreleased.items() if v[0] == here), None)
+    if named is not None:
+        del unreleased[named]
+        return
+    audit.problems.append(
+        f"round {here}: an update released under no charge of its round (none left "
+        "unreleased, and the round was not re-sent or non-private)"
+    )
 
 
 def _data_files(

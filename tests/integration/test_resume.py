@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fedshield.audit.owners import owner_audits
 from fedshield.audit.verify import verify_log
 from fedshield.client.ledger import PrivacyLedger
 from fedshield.server.checkpoint import ServerCheckpoint
@@ -78,6 +79,13 @@ def test_a_killed_server_resumes_without_losing_or_double_charging_epsilon(tmp_p
     for log_path in (out / "audit").rglob("audit.jsonl"):
         log = verify_log(log_path)
         assert log.ok, (log_path, log.problem)
+    # The auditor matches every owner's release to a charge (or a re-sent round).
+    owners = [
+        verify_log(p) for p in (out / "audit").rglob("audit.jsonl") if "server" not in p.parts
+    ]
+    audits = owner_audits(owners)
+    assert len(audits) == 3
+    assert [a.problems for a in audits] == [[], [], []]
     server = verify_log(out / "audit" / "server" / "audit.jsonl")
     assert [e["data"]["from-round"] for e in server.entries if e["type"] == "run-resumed"] == [
         done_before

@@ -197,6 +197,7 @@ def test_a_hostile_order_of_rounds_never_gets_two_updates_for_one_charge(
     assert len(private) <= len(charges)
     (audit,) = owner_audits([verify_log(tmp_path / "audit" / "audit.jsonl")])
     assert len([c for c in audit.charges if c.kind == "train"]) == len(charges)
+    assert audit.problems == []  # every release matched to a charge, or re-sent, or non-DP
 
 
 @pytest.mark.parametrize("server_round", [0, -1, 1_000_000])
@@ -316,5 +317,8 @@ def test_the_auditor_flags_a_release_under_no_unreleased_charge(owner_csv, tmp_p
     log = AuditLog(path, released["actor"])
     for paid_by in (released["data"]["paid-by"], "bogus"):  # again, and an unknown charge
         log.append("update-released", **{**released["data"], "paid-by": paid_by})
+    unnamed = {k: v for k, v in released["data"].items() if k != "paid-by"}
+    log.append("update-released", **{**unnamed, "update-sha256": "f" * 64})  # naming none
     (audit,) = owner_audits([verify_log(path)])
     assert len([p for p in audit.problems if "an update without a charge" in p]) == 2
+    assert len([p for p in audit.problems if "under no charge of its round" in p]) == 1
