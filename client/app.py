@@ -309,15 +309,7 @@ def _train_claimed(
             f"round {server_round}: another attempt is released under this charge; this "
             "update is not sent"
         )
-    latest = owner.ledger.latest_run_charge(release)
-    releases.remember(
-        plan.run_key,
-        server_round,
-        global_sha256,
-        arrays,
-        metrics,
-        latest.charge_id if latest is not None else "",
-    )
+    releases.remember(plan.run_key, server_round, global_sha256, arrays, metrics, attempt)
     return release_update(msg, owner, arrays, metrics, audit, server_round, count.relation, attempt)
 
 

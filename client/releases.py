@@ -173,14 +173,15 @@ class ReleasedUpdates:
         global_sha256: str,
         arrays: ArrayRecord,
         metrics: MetricRecord,
-        latest_charge: str,
+        attempt: str,
     ) -> None:
         """Keep the update before it is sent. The marker is overwritten first (naming
-        ``latest_charge``, the run's latest charge, for the reader), so that no charge
-        made before this keep is ever reused (``claim_unsent``)."""
+        ``attempt``, the charge the update is released under, for the reader; "" for a
+        non-private round), so that no charge made before this keep is ever reused
+        (``claim_unsent``)."""
         if not run_key:
             return
-        self._mark(run_key, f"kept after {latest_charge}")
+        self._mark(run_key, f"kept {attempt}")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(run_key, server_round)
         saved = {
