@@ -16,6 +16,7 @@ evaluation data would publish them). Test splits are never read.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import tempfile
@@ -52,7 +53,11 @@ DEFAULTS = {
     # "prior": the product's default, the head's bias fixed at the log of the published
     # priors (server/class_priors.py); "uniform": fixed at zero; "learnt": trained.
     "bias": "prior",
-    "features": "hashed",  # or "minilm": the frozen encoder's sentence embeddings
+    # or "minilm": the frozen encoder's sentence embeddings; or "concat": both, the
+    # encoder's share of the unit squared norm being "mix"
+    "features": "hashed",
+    "mix": 0.5,
+    "tokens": 128,  # the encoder's max tokens
     "centre": 0,  # 1: subtract the evaluation split's mean feature, then L2 again
     # > 0: hashed buckets weighted by idf ** idf (document frequencies of the evaluation
     # split, which is the operator's), before the L2 norm and the projection
@@ -118,13 +123,15 @@ def idf_featurize(texts, spec: FeaturizerSpec, reference, power: float) -> np.nd
     return normalize(dense).astype(np.float32)
 
 
-def minilm(texts: list[str], corpus: str, split: str) -> np.ndarray:
+def minilm(texts: list[str], corpus: str, split: str, tokens: int = 128) -> np.ndarray:
     """The frozen encoder's embeddings, kept in the temporary folder between runs."""
     from fedshield.common.minilm import encode_frozen
 
-    kept = Path(tempfile.gettempdir()) / f"class-tune-{corpus}-{split}-minilm128.npy"
+    # keyed by the texts too: a corpus whose loader changed is encoded anew
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
+    kept = Path(tempfile.gettempdir()) / f"class-tune-{corpus}-{split}-{digest}-minilm{tokens}.npy"
     if not kept.exists():
-        np.save(kept, encode_frozen(texts, 0, 128, torch.device("cpu"))[0])
+        np.save(kept, encode_frozen(texts, 0, tokens, torch.device("cpu"))[0])
     return np.load(kept)
 
 
@@ -137,6 +144,7 @@ def main() -> None:
     ap.add_argument("--no-dp", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--post-tau", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--ema", type=float, nargs="+", default=[], help="also score EMAs")
     ap.add_argument("--grid", default="{}", help="JSON: setting -> list of values")
     args = ap.parse_args()
     grid = {k: [v] for k, v in DEFAULTS.items()} | json.loads(args.grid)
@@ -152,17 +160,24 @@ def main() -> None:
         for values in itertools.product(*(grid[key] for key in keys)):
             cfg = dict(zip(keys, values, strict=True))
             spec = FeaturizerSpec(ngram_max=cfg["ngram_max"], out_dim=cfg["out_dim"])
-            key = (spec, cfg["idf"]) if cfg["features"] == "hashed" else "minilm"
+            key = (spec, cfg["idf"])
             if key not in features:
                 features[key] = (
-                    (
-                        idf_featurize(train.texts, spec, val.texts, cfg["idf"]),
-                        idf_featurize(val.texts, spec, val.texts, cfg["idf"]),
-                    )
-                    if key != "minilm"
-                    else (minilm(train.texts, corpus, "train"), minilm(val.texts, corpus, "val"))
+                    idf_featurize(train.texts, spec, val.texts, cfg["idf"]),
+                    idf_featurize(val.texts, spec, val.texts, cfg["idf"]),
                 )
-            xt, xv = features[key]
+            if cfg["features"] != "hashed" and cfg["tokens"] not in features:
+                features[cfg["tokens"]] = tuple(
+                    minilm(d.texts, corpus, name, cfg["tokens"])
+                    for d, name in ((train, "train"), (val, "val"))
+                )
+            xt, xv = features[key] if cfg["features"] == "hashed" else features[cfg["tokens"]]
+            if cfg["features"] == "concat":
+                m = cfg["mix"]
+                xt, xv = (
+                    np.hstack([np.sqrt(1 - m) * h, np.sqrt(m) * e]).astype(np.float32)
+                    for h, e in zip(features[key], features[cfg["tokens"]], strict=True)
+                )
             if cfg["centre"]:
                 mean = xv.mean(0, keepdims=True)
                 xt, xv = (normalize(x - mean).astype(np.float32) for x in (xt, xv))
@@ -209,7 +224,14 @@ def main() -> None:
                         server_opt=cfg["server_opt"],
                         tau=cfg["server_tau"],
                         initial_model=start_model,
+                        averages=tuple(args.ema),
                     )
+                    for beta, state in run_federation.averaged.items():
+                        start_model.load_state_dict(state)
+                        with torch.no_grad():
+                            logits = start_model(torch.from_numpy(xv)).numpy()
+                        s = scores(logits, true, train.classes)
+                        print(f"|   ema {beta} | {s['acc']:.3f} | {s['f1']:.3f} | {s['worst']:.2f}")
                 for tau in args.post_tau:
                     s = scores(final["logits"] - tau * log_prior, true, train.classes)
                     print(

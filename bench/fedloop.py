@@ -36,13 +36,16 @@ def run_federation(
     server_opt: str = "sgd",
     tau: float = 1e-3,
     initial_model=None,
+    averages: tuple[float, ...] = (),
 ):
     """Train ``rounds`` rounds over ``parts`` [(x, y), ...]; returns (curve, max epsilon).
 
     ``settings`` is one TrainSettings for every owner, or a list with one per owner.
     ``initial_model`` (default: zeros) is the global model before round 1.
     ``curve`` is the global model's accuracy on ``val`` = (x, y) after every round, or
-    ``score(model)`` where given.
+    ``score(model)`` where given. For each beta in ``averages`` the server also keeps an
+    exponential moving average of the global models (bias-corrected, a post-processing of
+    the released updates); ``run_federation.averaged[beta]`` is its last state.
     """
     score = score or (lambda m: accuracy(m, *val))
     per_owner = settings if isinstance(settings, list) else [settings] * len(parts)
@@ -55,6 +58,9 @@ def run_federation(
     ]
     curve = []
     eps = []
+    averaged = {
+        b: {k: torch.zeros_like(v) for k, v in model.state_dict().items()} for b in averages
+    }
     for rnd in range(rounds):
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         total = sum(len(x) for x, _ in parts)
@@ -84,5 +90,11 @@ def run_federation(
                 second[k] = second[k] - 0.01 * square * torch.sign(second[k] - square)
             new_state[k] = global_state[k] + server_lr * velocity[k] / (second[k].sqrt() + tau)
         model.load_state_dict(new_state)
+        for beta, avg in averaged.items():
+            for k, v in new_state.items():
+                avg[k] = beta * avg[k] + (1 - beta) * v
         curve.append(score(model))
+    run_federation.averaged = {
+        beta: {k: v / (1 - beta**rounds) for k, v in avg.items()} for beta, avg in averaged.items()
+    }
     return curve, (max(eps) if eps else 0.0)

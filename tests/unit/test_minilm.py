@@ -134,10 +134,12 @@ def test_the_public_start_is_identical_on_every_node():
 
 def test_the_encoding_of_a_text_does_not_depend_on_its_batch():
     spec = ModelSpec(name="minilm", finetune_layers=0, max_tokens=32)
-    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine"]
-    alone = spec.encode(texts[:1], torch.device("cpu"))[0]
+    # lengths from 1 token to past max_tokens: batches are cut to their longest text
+    texts = ["a gripping, beautifully shot film", "dull and far too long", "fine", "", "x " * 50]
     together = spec.encode(texts, torch.device("cpu"))[0]
-    torch.testing.assert_close(torch.from_numpy(alone[0]), torch.from_numpy(together[0]))
+    for i, text in enumerate(texts):
+        alone = spec.encode([text], torch.device("cpu"))[0]
+        torch.testing.assert_close(torch.from_numpy(alone[0]), torch.from_numpy(together[i]))
 
 
 def test_per_layer_clipping_keeps_the_total_norm_so_the_noise_and_epsilon_are_unchanged():
