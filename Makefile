@@ -41,8 +41,9 @@ demo: setup
 # that wait (2026-12-07, the same 747 tests on this 2-core machine: 16 min 4 s with two
 # workers, 14 min 29 s with three). TEST_WORKERS=0 runs them serially.
 TEST_WORKERS ?= 3
+# --durations: every run (CI's included) lists its 25 slowest tests, for whoever trims next
 test: setup-finetune
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
 
 # DP training of both models on CUDA when present (on CPU otherwise); installs nothing.
 gpu-check:
