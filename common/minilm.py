@@ -132,21 +132,25 @@ def encode_frozen(
     encoder = _encoder().to(device)
     frozen = encoder.encoder.layer[: NUM_LAYERS - finetune_layers]
     ids, mask = tokenize(texts, max_tokens)
-    if finetune_layers == 0:
-        embeddings = _sentence_embeddings(encoder, frozen, ids, mask, device, batch_size)
+    try:
+        if finetune_layers == 0:
+            return (_sentence_embeddings(encoder, frozen, ids, mask, device, batch_size),)
+        return _hidden_states(encoder, frozen, ids, mask, device, batch_size), mask
+    finally:
         encoder.to("cpu")
-        return (embeddings,)
+
+
+def _hidden_states(encoder, layers, ids, mask, device, batch_size) -> np.ndarray:
+    """The hidden states entering the first trainable layer, (n, T, 384) float16."""
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
+        for start in range(0, len(ids), batch_size):
             batch_ids = torch.from_numpy(ids[start : start + batch_size]).to(device)
             batch_mask = torch.from_numpy(mask[start : start + batch_size]).to(device)
-            hidden = _run_layers(frozen, encoder.embeddings(input_ids=batch_ids), batch_mask)
+            hidden = _run_layers(layers, encoder.embeddings(input_ids=batch_ids), batch_mask)
             outputs.append(hidden.to(torch.float16).cpu().numpy())
-    encoder.to("cpu")
-    width = (max_tokens, HIDDEN)
-    stacked = np.concatenate(outputs) if outputs else np.zeros((0, *width), np.float16)
-    return stacked, mask
+    width = (ids.shape[1], HIDDEN)
+    return np.concatenate(outputs) if outputs else np.zeros((0, *width), np.float16)
 
 
 def _sentence_embeddings(encoder, layers, ids, mask, device, batch_size) -> np.ndarray:
